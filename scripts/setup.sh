@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Install the workbench (and, with "dev", everything the tests need) into the current Python.
+# Usage: bash scripts/setup.sh [dev]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+extras=""
+if [ "${1:-}" = "dev" ]; then
+  extras="[dev]"
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = "0" ]; then
+    # virtual display and OpenGL for the napari viewer tests
+    if ! dpkg -s xvfb libgl1-mesa-dri >/dev/null 2>&1; then
+      apt-get update -qq
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq xvfb xauth libgl1-mesa-dri libegl1 libxkbcommon-x11-0 \
+        libxcb-cursor0 libxcb-icccm4 libxcb-keysyms1 libxcb-shape0 libdbus-1-3 >/dev/null
+    fi
+  fi
+fi
+# A CPU build of torch first where none is installed: a bare "torch" requirement would pull a multi-GB CUDA build.
+if ! "$PY" -c "import torch" >/dev/null 2>&1; then
+  "$PY" -m pip install -q "torch==2.13.0" || "$PY" -m pip install -q torch --index-url https://download.pytorch.org/whl/cpu
+fi
+"$PY" -m pip install -q -e ".${extras}"

@@ -1,0 +1,17 @@
+"""The core must stay free of GUI toolkits so every front end shares it."""
+
+import subprocess
+import sys
+
+GUI_MODULES = ("qtpy", "PyQt5", "PyQt6", "PySide2", "PySide6", "napari", "ipywidgets", "magicgui", "vispy")
+
+
+def test_import_workbench_pulls_in_no_gui():
+    code = (
+        "import sys, workbench, workbench.api, workbench.cli, workbench.inference, workbench.models, "
+        "workbench.losses, workbench.metrics, workbench.training.trainer, workbench.baselines, workbench.demo\n"
+        f"bad = [m for m in {GUI_MODULES!r} if m in sys.modules]\n"
+        "print(','.join(bad))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "", f"GUI modules imported by the core: {out.stdout}"

@@ -1,0 +1,103 @@
+"""The DWI task data: J-invariant inputs, masks, normalisation, seeded patch sampling."""
+
+import numpy as np
+import pytest
+import torch
+
+from workbench.config import DataConfig
+from workbench.data.dwi import DWIPatchSampler, compute_mask, prepare_subject
+from workbench.data.transforms import apply_augment, flip_spatial, sample_augment
+from workbench.io_utils import InputError
+
+
+@pytest.fixture(scope="module")
+def subject(small_phantom):
+    p = small_phantom
+    return prepare_subject(p.noisy, p.bvals, p.bvecs, DataConfig(), mask=p.mask)
+
+
+def test_layout_and_normalisation(subject, small_phantom):
+    n = small_phantom.noisy.shape[-1]
+    assert subject.n_volumes == n and subject.n_priors == 2 and subject.in_channels == n + 2
+    restored = subject.volumes.numpy().transpose(1, 2, 3, 0) * subject.scale
+    assert np.allclose(restored, small_phantom.noisy, rtol=1e-5, atol=1e-3)
+    assert 0.5 < float(subject.volumes[:, subject.mask].quantile(0.99)) < 1.5
+
+
+def test_network_input_never_contains_the_target(subject, small_phantom):
+    p = small_phantom
+    j = 7
+    x = subject.network_input(j)
+    assert torch.all(x[subject.n_priors + j] == 0)
+    # perturb volume j of the raw data: the input for j (other volumes + priors) is unchanged
+    noisy = p.noisy.copy()
+    noisy[..., j] += np.random.default_rng(0).normal(0, 50, noisy.shape[:3]).astype(np.float32)
+    other = prepare_subject(noisy, p.bvals, p.bvecs, DataConfig(qspace_prior="sh"), mask=p.mask,
+                            scale=subject.scale)
+    ref = prepare_subject(p.noisy, p.bvals, p.bvecs, DataConfig(qspace_prior="sh"), mask=p.mask,
+                          scale=subject.scale)
+    assert torch.allclose(other.network_input(j), ref.network_input(j), atol=1e-6)
+    assert not torch.allclose(other.network_input(j + 1), ref.network_input(j + 1))
+
+
+def test_sampler_is_seeded_and_shapes(subject):
+    sampler = DWIPatchSampler([subject], patch_size=8)
+    a = sampler.sample(3, torch.Generator().manual_seed(5))
+    b = sampler.sample(3, torch.Generator().manual_seed(5))
+    c = sampler.sample(3, torch.Generator().manual_seed(6))
+    assert torch.equal(a.input, b.input) and torch.equal(a.cond, b.cond)
+    assert not torch.equal(a.input, c.input)
+    assert a.input.shape == (3, subject.in_channels, 8, 8, 8)
+    assert a.target.shape == (3, 1, 8, 8, 8) and a.mask.shape == (3, 1, 8, 8, 8)
+    for i in range(3):  # the target is volume cond[i] and it is zeroed in the input
+        j = int(a.cond[i])
+        assert torch.all(a.input[i, subject.n_priors + j] == 0)
+        assert a.target[i].abs().sum() > 0
+    assert a.mask.sum() > 0
+
+
+def test_patch_larger_than_volume_uses_whole_axis(subject):
+    sampler = DWIPatchSampler([subject], patch_size=64)
+    batch = sampler.sample(2, torch.Generator().manual_seed(0))
+    assert batch.input.shape[2:] == subject.volumes.shape[1:]
+
+
+def test_validation_batches_are_fixed(subject):
+    sampler = DWIPatchSampler([subject], patch_size=8)
+    v1 = sampler.validation_batches()
+    sampler.sample(4, torch.Generator().manual_seed(1))
+    v2 = sampler.validation_batches()
+    assert len(v1) >= 1 and all(torch.equal(a.input, b.input) for a, b in zip(v1, v2))
+
+
+def test_mixed_volume_counts_are_refused(subject, small_phantom):
+    p = small_phantom
+    fewer = prepare_subject(p.noisy[..., :10], p.bvals[:10], p.bvecs[:10], DataConfig(), mask=p.mask)
+    with pytest.raises(InputError, match="same number of volumes"):
+        DWIPatchSampler([subject, fewer])
+
+
+def test_mask_checks(small_phantom):
+    p = small_phantom
+    with pytest.raises(InputError, match="mask shape"):
+        prepare_subject(p.noisy, p.bvals, p.bvecs, DataConfig(), mask=np.ones((3, 3, 3), bool))
+    with pytest.raises(InputError, match="mask is empty"):
+        prepare_subject(p.noisy, p.bvals, p.bvecs, DataConfig(), mask=np.zeros(p.mask.shape, bool))
+
+
+def test_auto_mask_finds_the_brain(small_phantom):
+    p = small_phantom
+    auto = compute_mask(p.noisy, p.bvals)
+    dice = 2 * (auto & p.mask).sum() / (auto.sum() + p.mask.sum())
+    assert dice > 0.8
+
+
+def test_augment_is_seeded_and_consistent():
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    p1, p2 = sample_augment(g1), sample_augment(g2)
+    assert p1 == p2 and 0.9 <= p1.intensity <= 1.1
+    x = torch.arange(2 * 3 * 4 * 5, dtype=torch.float32).reshape(2, 3, 4, 5)
+    y = x[:1].clone()
+    xi, yi, _ = apply_augment(p1, x, y)
+    assert torch.allclose(xi[:1], yi)  # same transform on image and target
+    assert torch.equal(flip_spatial(flip_spatial(x, (0, 2)), (0, 2)), x)

@@ -1,0 +1,297 @@
+"""What every front end calls: simulate, train, denoise, evaluate, baseline.
+
+The CLI, the napari plugin and the notebooks are thin layers over these
+functions; none of them re-implements a step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Optional, Sequence
+
+import numpy as np
+import torch
+
+from workbench.config import Config, load_config
+from workbench.data.dwi import DWIPatchSampler, DWISubject, prepare_subject
+from workbench.data.nifti import (
+    DWISeries,
+    ensure_distinct_output,
+    load_dwi,
+    load_volume,
+    save_dwi,
+    strip_nifti_suffix,
+)
+from workbench.io_utils import InputError, atomic_write_text
+from workbench.training.events import Callback
+
+PathLike = str | os.PathLike
+
+
+def simulate(out_dir: PathLike, snr: float = 20.0, seed: int = 0, scheme: str = "multishell",
+             shape: tuple[int, int, int] = (64, 64, 32)) -> dict[str, Path]:
+    """Write a DWI phantom with ground truth: dwi, bval, bvec, clean, mask (and tissue labels)."""
+    from workbench.data.phantoms import simulate_dwi, write_phantom
+
+    return write_phantom(simulate_dwi(shape=shape, scheme=scheme, snr=snr, seed=seed), out_dir)
+
+
+def resolve_config(config: Config | PathLike | None) -> Config:
+    if config is None:
+        return Config()
+    if isinstance(config, Config):
+        return config
+    return load_config(config)
+
+
+def load_mask(mask: PathLike | np.ndarray | None, shape: tuple[int, ...]) -> Optional[np.ndarray]:
+    """A mask from a file or array, checked against the series' spatial shape."""
+    if mask is None:
+        return None
+    if isinstance(mask, np.ndarray):
+        arr = mask
+    else:
+        arr, _, _ = load_volume(mask, "mask file")
+    arr = np.asarray(arr)
+    if arr.ndim == 4 and arr.shape[3] == 1:
+        arr = arr[..., 0]
+    if arr.shape != tuple(shape):
+        raise InputError(f"mask shape {arr.shape} does not match the DWI's spatial shape {tuple(shape)}")
+    return arr > 0
+
+
+def model_meta_for(config: Config, subject: DWISubject) -> dict:
+    return {
+        "name": config.model.name,
+        "in_channels": subject.in_channels,
+        "out_channels": 1,
+        "num_conditions": subject.n_volumes,
+        # the first prior is the network's starting point: it learns a correction to it
+        "residual_channel": 0 if subject.n_priors > 0 else None,
+    }
+
+
+def make_trainer(
+    series: Sequence[DWISeries],
+    out_dir: Optional[PathLike],
+    config: Config,
+    *,
+    masks: Optional[Sequence[Optional[np.ndarray]]] = None,
+    callbacks: Iterable[Callback] = (),
+    loss_weights=None,
+):
+    """Prepare the data, build the model and return a ready :class:`~workbench.training.trainer.Trainer`.
+
+    Front ends that need to stop training or change loss weights while it runs
+    keep the returned trainer (``request_stop()``, ``loss_weights.set()``).
+    """
+    from workbench.models import build_model
+    from workbench.training.trainer import Trainer
+
+    masks = list(masks) if masks is not None else [None] * len(series)
+    subjects = [prepare_subject(s.data, s.bvals, s.bvecs, config.data, mask=m) for s, m in zip(series, masks)]
+    sampler = DWIPatchSampler(subjects, patch_size=config.data.patch_size, augment=config.data.augment)
+    meta = model_meta_for(config, subjects[0])
+    torch.manual_seed(config.train.seed)
+    model = build_model(config.model, in_channels=meta["in_channels"], out_channels=1,
+                        num_conditions=meta["num_conditions"], residual_channel=meta["residual_channel"])
+    task_meta = {
+        "task": "dwi_denoise",
+        "n_volumes": subjects[0].n_volumes,
+        "n_priors": subjects[0].n_priors,
+        "scale": subjects[0].scale,
+        "bvals": None if subjects[0].bvals is None else [float(b) for b in subjects[0].bvals],
+    }
+    trainer = Trainer(model, sampler, config, out_dir=out_dir, callbacks=tuple(callbacks),
+                      loss_weights=loss_weights, model_meta=meta, task_meta=task_meta)
+    trainer.subjects = subjects  # kept for front ends that preview predictions
+    return trainer
+
+
+def train(
+    dwi_paths: Sequence[PathLike],
+    out_dir: PathLike,
+    config: Config | PathLike | None = None,
+    *,
+    resume: bool = False,
+    callbacks: Iterable[Callback] = (),
+    mask_paths: Optional[Sequence[Optional[PathLike]]] = None,
+    nan_to_zero: bool = False,
+):
+    """Train a J-invariant denoiser on one or more DWI series; checkpoints go to ``out_dir``."""
+    config = resolve_config(config)
+    if nan_to_zero:
+        config.data.nan_to_zero = True
+    series = [load_dwi(p, nan_to_zero=config.data.nan_to_zero) for p in dwi_paths]
+    masks = [load_mask(m, s.spatial_shape) for s, m in
+             zip(series, mask_paths or [None] * len(series))]
+    trainer = make_trainer(series, out_dir, config, masks=masks, callbacks=callbacks)
+    return trainer.fit(resume=resume)
+
+
+@dataclass
+class DenoiseReport:
+    """What ``workbench denoise`` did and how good it thinks the result is (no reference needed)."""
+
+    output: str
+    n_volumes: int
+    trained_steps: int
+    train_seconds: float
+    inference_seconds: float
+    heldout_mse: float
+    sigma_upper: float
+    sigma_background: Optional[float]
+    est_rmse_vs_clean: Optional[float]
+    device: str
+    amp: bool
+    checkpoint: Optional[str] = None
+    extra: dict = field(default_factory=dict)
+
+
+def denoise_series(
+    series: DWISeries,
+    *,
+    checkpoint: Optional[PathLike] = None,
+    config: Config | PathLike | None = None,
+    mask: Optional[np.ndarray] = None,
+    device: Optional[str] = None,
+    amp: Optional[bool] = None,
+    run_dir: Optional[PathLike] = None,
+    callbacks: Iterable[Callback] = (),
+    progress: Optional[Callable[[int, int], None]] = None,
+) -> tuple[np.ndarray, DenoiseReport]:
+    """Denoise an in-memory series; returns the (X, Y, Z, N) result in input units and a report."""
+    from workbench.baselines import estimate_background_sigma
+    from workbench.inference import Denoiser
+
+    t0 = time.perf_counter()
+    steps = 0
+    if checkpoint is not None:
+        if config is not None:
+            raise InputError("--config and --checkpoint exclude each other: the checkpoint carries its config")
+        denoiser = Denoiser.from_checkpoint(checkpoint, device=device or "auto", amp=amp)
+    else:
+        cfg = resolve_config(config).model_copy(deep=True)
+        if device is not None:
+            cfg.train.device = device
+        if amp is not None:
+            cfg.train.amp = amp
+        with tempfile.TemporaryDirectory(prefix="workbench-run-") as tmp:
+            trainer = make_trainer([series], run_dir or tmp, cfg, masks=[mask], callbacks=callbacks)
+            result = trainer.fit()
+            steps = result.steps_done
+            best = Path(result.best_checkpoint or result.last_checkpoint)
+            denoiser = Denoiser.from_checkpoint(best, device=cfg.train.device, amp=cfg.train.amp)
+    t_train = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    out = denoiser.denoise(series.data, series.bvals, series.bvecs, mask, progress=progress)
+    t_inf = time.perf_counter() - t1
+    sigma_bg = None
+    try:
+        sigma_bg = estimate_background_sigma(series.data, out.mask)
+    except (InputError, ValueError):
+        pass
+    est = None if sigma_bg is None else float(np.sqrt(max(out.heldout_mse - sigma_bg**2, 0.0)))
+    report = DenoiseReport(
+        output="", n_volumes=series.n_volumes, trained_steps=steps, train_seconds=t_train,
+        inference_seconds=t_inf, heldout_mse=out.heldout_mse, sigma_upper=out.sigma_upper,
+        sigma_background=sigma_bg, est_rmse_vs_clean=est, device=str(denoiser.device), amp=denoiser.amp,
+        checkpoint=None if checkpoint is None else str(checkpoint),
+    )
+    return out.denoised, report
+
+
+def denoise(
+    dwi_path: PathLike,
+    out_path: PathLike,
+    *,
+    checkpoint: Optional[PathLike] = None,
+    config: Config | PathLike | None = None,
+    mask: PathLike | None = None,
+    bval: Optional[PathLike] = None,
+    bvec: Optional[PathLike] = None,
+    device: Optional[str] = None,
+    amp: Optional[bool] = None,
+    nan_to_zero: bool = False,
+    run_dir: Optional[PathLike] = None,
+    callbacks: Iterable[Callback] = (),
+    progress: Optional[Callable[[int, int], None]] = None,
+) -> DenoiseReport:
+    """Denoise a 4D DWI file: train on the data itself (no clean data needed) or apply ``checkpoint``.
+
+    The output keeps the input's affine and header; bval/bvec are copied beside
+    it and the report is written as ``OUT.json``. The held-out mean squared
+    error (each volume predicted without seeing it) estimates error-to-clean +
+    sigma^2, so ``sigma_upper`` bounds the noise level and, with a background
+    sigma, ``est_rmse_vs_clean`` estimates quality without a reference.
+    """
+    out_path = ensure_distinct_output(out_path, dwi_path, mask, bval, bvec)
+    series = load_dwi(dwi_path, bval, bvec, nan_to_zero=nan_to_zero)
+    mask_arr = load_mask(mask, series.spatial_shape)
+    denoised, report = denoise_series(series, checkpoint=checkpoint, config=config, mask=mask_arr, device=device,
+                                      amp=amp, run_dir=run_dir, callbacks=callbacks, progress=progress)
+    save_dwi(out_path, series, denoised)
+    report.output = str(out_path)
+    atomic_write_text(strip_nifti_suffix(out_path).with_suffix(".json"), json.dumps(asdict(report), indent=2))
+    return report
+
+
+def evaluate(
+    pred_path: PathLike,
+    reference_path: PathLike,
+    *,
+    mask: PathLike | None = None,
+    bval: Optional[PathLike] = None,
+    bvec: Optional[PathLike] = None,
+) -> dict[str, float]:
+    """PSNR/SSIM/RMSE in the mask over DW volumes and all, FA/MD error: see :func:`workbench.metrics.evaluate_dwi`."""
+    from workbench.metrics import evaluate_dwi
+
+    pred = load_dwi(pred_path, bval, bvec, require_gradients=False)
+    ref = load_dwi(reference_path, bval, bvec, require_gradients=False)
+    bvals = pred.bvals if pred.bvals is not None else ref.bvals
+    bvecs = pred.bvecs if pred.bvecs is not None else ref.bvecs
+    if bvals is None or bvecs is None:
+        raise InputError("evaluate needs the gradient table: put .bval/.bvec beside a file or pass --bval/--bvec")
+    if pred.data.shape != ref.data.shape:
+        raise InputError(f"{Path(pred_path).name} has shape {pred.data.shape} but the reference has "
+                         f"{ref.data.shape}: compare the same series")
+    mask_arr = load_mask(mask, pred.spatial_shape)
+    return evaluate_dwi(pred.data, ref.data, bvals, bvecs, mask_arr)
+
+
+def baseline(name: str, dwi_path: PathLike, out_path: PathLike, *, mask: PathLike | None = None,
+             bval: Optional[PathLike] = None, bvec: Optional[PathLike] = None,
+             nan_to_zero: bool = False) -> dict:
+    """Run a DIPY method (mppca, patch2self, nlmeans) through the same I/O as ``denoise``."""
+    from workbench.baselines import BASELINES, run_baseline
+
+    if name not in BASELINES:
+        raise InputError(f"unknown baseline '{name}'; known baselines: {', '.join(sorted(BASELINES))}")
+    out_path = ensure_distinct_output(out_path, dwi_path, mask, bval, bvec)
+    series = load_dwi(dwi_path, bval, bvec, nan_to_zero=nan_to_zero)
+    mask_arr = load_mask(mask, series.spatial_shape)
+    t0 = time.perf_counter()
+    out = run_baseline(name, series.data, series.bvals, mask=mask_arr)
+    seconds = time.perf_counter() - t0
+    save_dwi(out_path, series, out)
+    return {"output": str(out_path), "method": name, "seconds": seconds}
+
+
+def snapshot_denoiser(trainer, device: Optional[str] = None):
+    """A :class:`~workbench.inference.Denoiser` from a copy of a (possibly running) trainer's model.
+
+    The copy is taken now; training goes on unaffected. Front ends use it to
+    preview the model being trained.
+    """
+    import copy
+
+    from workbench.inference import Denoiser
+
+    model = copy.deepcopy(trainer.raw_model)
+    return Denoiser(model, trainer.config, trainer.subjects[0].n_volumes, device=device or trainer.device)

@@ -1,0 +1,151 @@
+"""Typed configuration for every run: data, model, loss and training.
+
+One pydantic model per concern, all with ``extra="forbid"`` so a typo in a YAML
+file is an error rather than a silently ignored key. The whole :class:`Config`
+is stored in every checkpoint and written as ``config.yaml`` beside each run.
+Model classes never import this module: :func:`workbench.models.build_model`
+translates a :class:`ModelConfig` into keyword arguments.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Strict):
+    """How training samples are drawn from a 4D DWI series."""
+
+    patch_size: int = Field(32, ge=8, le=256, description="edge of the cubic training patch (voxels)")
+    batch_size: int = Field(4, ge=1, le=256)
+    qspace_prior: Literal["sh", "regression", "both", "none"] = Field(
+        "both",
+        description="closed-form leave-one-out prediction of each volume from the others, given to "
+        "the network as extra input channels: spherical harmonics per shell, voxelwise linear "
+        "regression on the other volumes, both, or none",
+    )
+    sh_order: int = Field(4, ge=2, le=8, description="even SH order for the 'sh' prior")
+    augment: bool = Field(
+        False,
+        description="random flips and intensity scaling of patches (off by default for DWI: a flip "
+        "mirrors fibre orientations relative to the fixed gradient table)",
+    )
+    mask: Literal["auto", "none"] = Field("auto", description="brain mask via DIPY median_otsu when none is given")
+    nan_to_zero: bool = Field(False, description="replace NaN/Inf voxels with 0 instead of refusing the input")
+
+    @field_validator("sh_order")
+    @classmethod
+    def _even(cls, v: int) -> int:
+        if v % 2:
+            raise ValueError(f"sh_order must be even, got {v}")
+        return v
+
+
+class ModelConfig(_Strict):
+    """Which network to build, and its size."""
+
+    name: str = Field("multiscale", description="key in workbench.models.MODELS")
+    base_filters: int = Field(24, ge=4, le=256)
+    embedding_dim: int = Field(32, ge=4, le=512, description="sinusoidal volume-index encoding size")
+    use_cbam: bool = True
+
+    @field_validator("name")
+    @classmethod
+    def _known_model(cls, v: str) -> str:
+        from workbench.models import MODELS
+
+        if v not in MODELS:
+            raise ValueError(f"unknown model '{v}'; known models: {', '.join(sorted(MODELS))}")
+        return v
+
+
+class LossConfig(_Strict):
+    """Weights of the composite loss; every key must be in workbench.losses.LOSSES."""
+
+    weights: dict[str, float] = Field(default_factory=lambda: {"mse": 1.0, "edge": 0.05})
+    charbonnier_eps: float = Field(1e-3, gt=0)
+
+    @field_validator("weights")
+    @classmethod
+    def _non_negative(cls, v: dict[str, float]) -> dict[str, float]:
+        if not v:
+            raise ValueError("loss.weights is empty: give at least one term, e.g. {mse: 1.0}")
+        from workbench.losses import LOSSES
+
+        unknown = sorted(set(v) - set(LOSSES))
+        if unknown:
+            raise ValueError(f"unknown loss term(s) {unknown}; known terms: {', '.join(sorted(LOSSES))}")
+        bad = {k: w for k, w in v.items() if w < 0}
+        if bad:
+            raise ValueError(f"loss weights must be >= 0, got {bad}")
+        return v
+
+
+class TrainConfig(_Strict):
+    """The optimisation loop."""
+
+    steps: int = Field(800, ge=1, le=10_000_000, description="optimizer steps")
+    lr: float = Field(1e-3, gt=0, le=1.0)
+    optimizer: Literal["adam", "adamw"] = "adamw"
+    weight_decay: float = Field(1e-4, ge=0)
+    schedule: Literal["onecycle", "cosine", "plateau", "none"] = "onecycle"
+    grad_clip: Optional[float] = Field(1.0, gt=0, description="max gradient norm; null disables clipping")
+    accumulation_steps: int = Field(1, ge=1, le=1024)
+    amp: Union[bool, Literal["auto"]] = Field(
+        "auto", description="mixed precision; auto: on for CUDA and for CPUs with native bfloat16 "
+        "(AVX512-BF16/AMX), off where bfloat16 would only be emulated (slower than float32)"
+    )
+    amp_dtype: Literal["auto", "bfloat16", "float16"] = Field(
+        "auto", description="auto: bfloat16 on CPU and on CUDA where supported, else float16 + GradScaler"
+    )
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    val_every: int = Field(100, ge=1)
+    val_batches: int = Field(4, ge=1)
+    early_stopping_patience: Optional[int] = Field(None, ge=1, description="validations without improvement")
+    checkpoint_every: int = Field(200, ge=1)
+    compile: bool = False
+    seed: int = 0
+    threads: Optional[int] = Field(None, ge=1, description="torch CPU threads; null keeps torch's default")
+
+
+class Config(_Strict):
+    """Everything a run needs, stored verbatim in its checkpoints."""
+
+    task: Literal["dwi_denoise"] = "dwi_denoise"
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    @classmethod
+    def from_yaml(cls, text: str) -> "Config":
+        raw = yaml.safe_load(text) or {}
+        if not isinstance(raw, dict):
+            raise ValueError("a config file must hold a mapping (data:, model:, loss:, train:)")
+        return cls.model_validate(raw)
+
+
+def load_config(path: str | os.PathLike) -> Config:
+    """Read a YAML config; a missing key keeps its default, an unknown key is an error."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    return Config.from_yaml(path.read_text())
+
+
+def save_config(config: Config, path: str | os.PathLike) -> None:
+    """Write ``config`` as YAML atomically (temporary file, then rename)."""
+    from workbench.io_utils import atomic_write_text
+
+    atomic_write_text(Path(path), config.to_yaml())

@@ -1,0 +1,1 @@
+"""Data: NIfTI I/O, DWI datasets, q-space priors, transforms and phantoms."""

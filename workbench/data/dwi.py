@@ -1,0 +1,191 @@
+"""The DWI denoising task: normalisation, masks, J-invariant inputs and patch sampling.
+
+For target volume ``j`` the network input is, channel by channel::
+
+    [prior_1(j), ..., prior_P(j), v_0, ..., v_{j-1}, 0, v_{j+1}, ..., v_{N-1}]
+
+where the priors are closed-form leave-one-out predictions of ``j``
+(:mod:`workbench.data.qspace`) and volume ``j`` itself is zeroed. Nothing in the
+input depends on the noisy target, so the loss against it is the J-invariant
+self-supervised loss of Batson & Royer (Noise2Self, 2019): its expectation is
+the error to the clean signal plus the noise variance.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from workbench.config import DataConfig
+from workbench.data.qspace import B0_THRESHOLD, qspace_priors
+from workbench.data.transforms import apply_augment, sample_augment
+from workbench.io_utils import InputError
+from workbench.training.sampling import Batch
+
+
+def compute_mask(data: np.ndarray, bvals: Optional[np.ndarray]) -> np.ndarray:
+    """Brain mask from the mean b0 (or mean of all volumes) with DIPY's median_otsu."""
+    from dipy.segment.mask import median_otsu
+
+    if bvals is not None and np.any(bvals <= B0_THRESHOLD):
+        ref = data[..., bvals <= B0_THRESHOLD].mean(axis=-1)
+    else:
+        ref = data.mean(axis=-1)
+    _, mask = median_otsu(ref, median_radius=2, numpass=1)
+    if mask.sum() < 0.01 * mask.size:  # otsu failed (e.g. no background): use everything non-zero
+        mask = ref > 0
+    return mask.astype(bool)
+
+
+@dataclass
+class DWISubject:
+    """One prepared series: normalised volumes, priors and masks as torch tensors."""
+
+    volumes: torch.Tensor  # (N, X, Y, Z), divided by ``scale``
+    priors: torch.Tensor  # (P, N, X, Y, Z)
+    mask: torch.Tensor  # (X, Y, Z) bool, the brain
+    loss_mask: torch.Tensor  # (X, Y, Z) float, the brain dilated: where the loss is computed
+    scale: float
+    bvals: Optional[np.ndarray] = None
+    bvecs: Optional[np.ndarray] = None
+
+    @property
+    def n_volumes(self) -> int:
+        return int(self.volumes.shape[0])
+
+    @property
+    def n_priors(self) -> int:
+        return int(self.priors.shape[0])
+
+    @property
+    def in_channels(self) -> int:
+        return self.n_priors + self.n_volumes
+
+    def network_input(self, j: int, region: Optional[tuple[slice, slice, slice]] = None) -> torch.Tensor:
+        """(P + N, ...) input for target volume ``j``; volume ``j`` is zeroed (J-invariance)."""
+        region = region or (slice(None),) * 3
+        vols = self.volumes[(slice(None),) + region].clone()
+        vols[j] = 0.0
+        return torch.cat([self.priors[(slice(None), j) + region], vols], dim=0)
+
+
+def prepare_subject(
+    data: np.ndarray,
+    bvals: Optional[np.ndarray],
+    bvecs: Optional[np.ndarray],
+    cfg: DataConfig,
+    mask: Optional[np.ndarray] = None,
+    scale: Optional[float] = None,
+) -> DWISubject:
+    """Normalise a (X, Y, Z, N) series by the 99.5th percentile inside the mask and build its priors."""
+    if data.ndim != 4:
+        raise InputError(f"expected a 4D series (X, Y, Z, N), got shape {data.shape}")
+    if mask is None:
+        mask = compute_mask(data, bvals) if cfg.mask == "auto" else np.ones(data.shape[:3], bool)
+    mask = np.asarray(mask).astype(bool)
+    if mask.shape != data.shape[:3]:
+        raise InputError(f"mask shape {mask.shape} does not match the series' spatial shape {data.shape[:3]}")
+    if not mask.any():
+        raise InputError("the mask is empty: pass a mask that covers the brain, or --mask none")
+    if scale is None:
+        scale = float(np.percentile(data[mask], 99.5))
+    if not np.isfinite(scale) or scale <= 0:
+        raise InputError("the series has no positive signal inside the mask: check the file and the mask")
+    norm = (data / scale).astype(np.float32)
+    priors = qspace_priors(norm, bvals, bvecs, mask, cfg.qspace_prior, cfg.sh_order)
+    loss_mask = ndimage.binary_dilation(mask, iterations=2)
+    return DWISubject(
+        volumes=torch.from_numpy(np.ascontiguousarray(np.moveaxis(norm, -1, 0))),
+        priors=torch.from_numpy(np.ascontiguousarray(np.moveaxis(priors, -1, 1))),
+        mask=torch.from_numpy(mask),
+        loss_mask=torch.from_numpy(loss_mask.astype(np.float32)),
+        scale=scale,
+        bvals=None if bvals is None else np.asarray(bvals),
+        bvecs=None if bvecs is None else np.asarray(bvecs),
+    )
+
+
+@dataclass
+class DWIPatchSampler:
+    """Random 3D patches and held-out volume indices from one or more prepared series.
+
+    Patch corners are drawn so that each patch contains a random brain voxel; a
+    series smaller than the patch is sampled whole along that axis.
+    """
+
+    subjects: Sequence[DWISubject]
+    patch_size: int = 32
+    augment: bool = False
+    n_validation: int = 8
+    validation_seed: int = 12345
+    _brain_voxels: list = field(default_factory=list, init=False, repr=False)
+    _validation: Optional[list] = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.subjects:
+            raise InputError("no training series given")
+        n = {s.n_volumes for s in self.subjects}
+        p = {s.n_priors for s in self.subjects}
+        if len(n) > 1 or len(p) > 1:
+            raise InputError(f"all training series must have the same number of volumes, got {sorted(n)}")
+        self._brain_voxels = [torch.nonzero(s.mask, as_tuple=False) for s in self.subjects]
+
+    @property
+    def n_volumes(self) -> int:
+        return self.subjects[0].n_volumes
+
+    @property
+    def in_channels(self) -> int:
+        return self.subjects[0].in_channels
+
+    def _region(self, subject: DWISubject, center: torch.Tensor) -> tuple[slice, ...]:
+        region = []
+        for axis in range(3):
+            size = subject.volumes.shape[1 + axis]
+            ps = min(self.patch_size, size)
+            start = int(center[axis]) - ps // 2
+            start = max(0, min(start, size - ps))
+            region.append(slice(start, start + ps))
+        return tuple(region)
+
+    def _draw(self, generator: torch.Generator, augment: bool):
+        s = int(torch.randint(len(self.subjects), (1,), generator=generator))
+        subject = self.subjects[s]
+        voxels = self._brain_voxels[s]
+        center = voxels[int(torch.randint(len(voxels), (1,), generator=generator))]
+        j = int(torch.randint(subject.n_volumes, (1,), generator=generator))
+        region = self._region(subject, center)
+        image = subject.network_input(j, region)
+        target = subject.volumes[(slice(j, j + 1),) + region]
+        mask = subject.loss_mask[region][None]
+        if augment:
+            image, target, mask = apply_augment(sample_augment(generator), image, target, mask)
+        return image, target, mask, j
+
+    def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
+        return self._batch(generator, batch_size, self.augment)
+
+    def validation_batches(self) -> list[Batch]:
+        """Fixed patches (own seed, no augmentation), two per batch, identical on every call."""
+        if self._validation is None:
+            g = torch.Generator().manual_seed(self.validation_seed)
+            self._validation = [self._batch(g, 2, False) for _ in range(max(1, self.n_validation // 2))]
+        return self._validation
+
+    def _batch(self, generator: torch.Generator, batch_size: int, augment: bool) -> Batch:
+        draws = [self._draw(generator, augment) for _ in range(batch_size)]
+        shapes = {d[0].shape[1:] for d in draws}
+        if len(shapes) > 1:  # only when series of different sizes are mixed: crop to the smallest
+            lo = tuple(min(s[a] for s in shapes) for a in range(3))
+            draws = [(i[..., : lo[0], : lo[1], : lo[2]], t[..., : lo[0], : lo[1], : lo[2]],
+                      m[..., : lo[0], : lo[1], : lo[2]], j) for i, t, m, j in draws]
+        return Batch(
+            input=torch.stack([d[0] for d in draws]),
+            target=torch.stack([d[1] for d in draws]),
+            cond=torch.tensor([d[3] for d in draws], dtype=torch.long),
+            mask=torch.stack([d[2] for d in draws]),
+        )

@@ -1,0 +1,191 @@
+"""Whole-volume inference: tile -> predict -> stitch, edge maps and attention maps.
+
+Memory stays bounded for any volume size: the network only ever sees tiles of
+``tile`` voxels per axis, overlapping by ``overlap`` voxels and blended with a
+separable linear ramp so seams do not show.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from workbench.config import Config
+from workbench.data.dwi import DWISubject, prepare_subject
+from workbench.training.distributed import resolve_device
+from workbench.training.schedules import amp_settings
+from workbench.io_utils import InputError
+
+ProgressFn = Callable[[int, int], None]
+
+
+def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
+    """Start offsets of tiles of length ``tile`` that cover ``[0, size)`` with at least ``overlap``."""
+    if tile >= size:
+        return [0]
+    stride = max(1, tile - overlap)
+    starts = list(range(0, size - tile, stride))
+    starts.append(size - tile)
+    return starts
+
+
+def _ramp(length: int, overlap: int, at_start: bool, at_end: bool) -> torch.Tensor:
+    w = torch.ones(length)
+    ramp = torch.linspace(0.0, 1.0, overlap + 2)[1:-1] if overlap > 0 else torch.ones(0)
+    if overlap > 0 and not at_start:
+        w[:overlap] = ramp
+    if overlap > 0 and not at_end:
+        w[-overlap:] = ramp.flip(0)
+    return w
+
+
+@torch.no_grad()
+def predict_tiled(
+    model: torch.nn.Module,
+    image: torch.Tensor,
+    cond: int,
+    *,
+    tile: int = 64,
+    overlap: int = 16,
+    device: torch.device | str = "cpu",
+    amp: bool = True,
+    amp_dtype: torch.dtype = torch.bfloat16,
+) -> torch.Tensor:
+    """Run ``model`` over a (C, X, Y, Z) image in overlapping tiles; returns (C_out, X, Y, Z) float32 on CPU."""
+    device = torch.device(device)
+    size = image.shape[1:]
+    tiles = [min(tile, s) for s in size]
+    ov = [min(overlap, t // 2) for t in tiles]
+    starts = [tile_starts(s, t, o) for s, t, o in zip(size, tiles, ov)]
+    out = acc = None
+    cond_t = torch.tensor([cond], dtype=torch.long, device=device)
+    for corner in itertools.product(*starts):
+        region = tuple(slice(c, c + t) for c, t in zip(corner, tiles))
+        x = image[(slice(None),) + region].unsqueeze(0).to(device)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
+            y = model(x, cond_t)
+        y = y.float()[0].cpu()
+        if out is None:
+            out = torch.zeros((y.shape[0],) + tuple(size))
+            acc = torch.zeros(tuple(size))
+        w = [
+            _ramp(t, o, c == 0, c + t >= s)
+            for c, t, o, s in zip(corner, tiles, ov, size)
+        ]
+        weight = w[0][:, None, None] * w[1][None, :, None] * w[2][None, None, :]
+        out[(slice(None),) + region] += y * weight
+        acc[region] += weight
+    return out / acc.clamp_min(1e-8)
+
+
+@dataclass
+class DenoiseOutput:
+    """Denoised (X, Y, Z, N) series in input units and the held-out quality estimate."""
+
+    denoised: np.ndarray
+    heldout_mse: float
+    sigma_upper: float
+    mask: np.ndarray
+
+
+class Denoiser:
+    """A trained J-invariant DWI denoiser bound to a device.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Network taking ``(input, volume_index)``.
+    config : Config
+        The run's configuration (data settings decide the input layout).
+    n_volumes : int
+        Number of diffusion volumes the model was trained for.
+    """
+
+    def __init__(self, model: torch.nn.Module, config: Config, n_volumes: int,
+                 device: str | torch.device = "auto", amp: Optional[bool] = None,
+                 tile: int = 64, overlap: int = 16):
+        self.device = resolve_device(device)
+        self.model = model.to(self.device).eval()
+        self.config = config
+        self.n_volumes = n_volumes
+        train_cfg = config.train if amp is None else config.train.model_copy(update={"amp": amp})
+        self.amp, self.amp_dtype, _ = amp_settings(train_cfg, self.device)
+        self.tile, self.overlap = tile, overlap
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str = "auto", amp: Optional[bool] = None) -> "Denoiser":
+        """Load a ``best.pt``/``last.pt`` written by the trainer (``weights_only=True``)."""
+        from workbench.models import build_model
+        from workbench.training.checkpoint import load_checkpoint
+
+        ckpt = load_checkpoint(path)
+        config = Config.model_validate(ckpt["config"])
+        meta = ckpt.get("model_meta") or {}
+        task = ckpt.get("task_meta") or {}
+        if task.get("task", "dwi_denoise") != "dwi_denoise":
+            raise InputError(f"checkpoint {path} is for task '{task.get('task')}', not DWI denoising")
+        model = build_model(config.model, in_channels=meta["in_channels"], out_channels=meta["out_channels"],
+                            num_conditions=meta["num_conditions"], residual_channel=meta.get("residual_channel"))
+        try:
+            model.load_state_dict(ckpt["model_state"])
+        except RuntimeError as exc:
+            raise InputError(f"checkpoint {path} does not match model '{config.model.name}': {exc}") from exc
+        return cls(model, config, int(task.get("n_volumes", meta["num_conditions"])), device, amp)
+
+    def check_series(self, n_volumes: int) -> None:
+        if n_volumes != self.n_volumes:
+            raise InputError(
+                f"checkpoint was trained for model '{self.config.model.name}' with {self.n_volumes} volumes; "
+                f"this data has {n_volumes} volumes: train a new model or pick the matching checkpoint"
+            )
+
+    def prepare(self, data: np.ndarray, bvals, bvecs, mask: Optional[np.ndarray] = None) -> DWISubject:
+        self.check_series(data.shape[-1])
+        return prepare_subject(data, bvals, bvecs, self.config.data, mask=mask)
+
+    def predict_volume(self, subject: DWISubject, j: int) -> torch.Tensor:
+        """Held-out prediction of volume ``j`` (normalised units), (X, Y, Z)."""
+        image = subject.network_input(j)
+        return predict_tiled(self.model, image, j, tile=self.tile, overlap=self.overlap, device=self.device,
+                             amp=self.amp, amp_dtype=self.amp_dtype)[0]
+
+    def denoise(self, data: np.ndarray, bvals=None, bvecs=None, mask: Optional[np.ndarray] = None,
+                progress: Optional[ProgressFn] = None) -> DenoiseOutput:
+        """Denoise every volume of a (X, Y, Z, N) series."""
+        subject = self.prepare(data, bvals, bvecs, mask)
+        n = subject.n_volumes
+        out = np.empty(data.shape, dtype=np.float32)
+        sq_err, count = 0.0, 0
+        brain = subject.mask
+        for j in range(n):
+            pred = self.predict_volume(subject, j)
+            resid = (pred - subject.volumes[j])[brain]
+            sq_err += float((resid.double() ** 2).sum())
+            count += int(resid.numel())
+            out[..., j] = np.clip(pred.numpy(), 0.0, None) * subject.scale
+            if progress is not None:
+                progress(j + 1, n)
+        heldout = sq_err / max(count, 1) * subject.scale**2
+        return DenoiseOutput(out, heldout, float(np.sqrt(heldout)), subject.mask.numpy())
+
+    def attention_maps(self, subject: DWISubject, j: int) -> dict[str, np.ndarray]:
+        """CBAM spatial attention of every block for volume ``j`` over the whole volume, (X, Y, Z) each."""
+        from workbench.models import collect_attention_maps
+
+        image = subject.network_input(j).unsqueeze(0).to(self.device)
+        cond = torch.tensor([j], device=self.device)
+        maps = collect_attention_maps(self.model, image, cond)
+        return {name: m.float()[0, 0].cpu().numpy() for name, m in maps.items()}
+
+
+def edge_map(volume: np.ndarray) -> np.ndarray:
+    """3D Sobel gradient magnitude of a (X, Y, Z) volume: the same operator the edge loss uses."""
+    from workbench.losses import sobel_magnitude_3d
+
+    x = torch.as_tensor(np.asarray(volume, dtype=np.float32))[None, None]
+    return sobel_magnitude_3d(x)[0, 0].numpy()

@@ -1,0 +1,82 @@
+"""Low-level helpers of the model package: normalisation, padding, initialisation."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+Tensor = torch.Tensor
+
+__all__ = ["group_count", "GroupNorm32", "norm3d", "pad_to_multiple", "crop_to", "small_init_", "autocast_on"]
+
+
+def group_count(channels: int, max_groups: int = 8) -> int:
+    """Largest number of GroupNorm groups <= ``max_groups`` that divides ``channels``."""
+    for g in range(min(max_groups, channels), 0, -1):
+        if channels % g == 0:
+            return g
+    return 1
+
+
+def autocast_on(x: Tensor) -> bool:
+    """Whether autocast is active for the device of ``x``."""
+    return torch.is_autocast_enabled(x.device.type)
+
+
+class GroupNorm32(nn.GroupNorm):
+    """GroupNorm (Wu & He 2018) computed in float32 under autocast.
+
+    CUDA autocast already runs ``group_norm`` in float32; CPU autocast does not, and
+    bfloat16 GroupNorm is both less accurate and (without AVX512-BF16/AMX) ~5x slower
+    backwards. Outside autocast the input dtype is kept.
+
+    Parameters
+    ----------
+    num_groups, num_channels, eps, affine
+        As for :class:`torch.nn.GroupNorm`.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        if autocast_on(x) and x.dtype != torch.float32:
+            w = None if self.weight is None else self.weight.float()
+            b = None if self.bias is None else self.bias.float()
+            return F.group_norm(x.float(), self.num_groups, w, b, self.eps)
+        return super().forward(x)
+
+
+def norm3d(channels: int) -> GroupNorm32:
+    """GroupNorm with :func:`group_count` groups, float32 under autocast."""
+    return GroupNorm32(group_count(channels), channels)
+
+
+def pad_to_multiple(x: Tensor, multiple: int) -> tuple[Tensor, tuple[int, int, int]]:
+    """Pad the three spatial dims of ``x`` at their far end up to a multiple of ``multiple``.
+
+    Replicate padding (edge values) is used so no artificial zero border enters the
+    network. Returns the padded tensor and the original spatial size for :func:`crop_to`.
+    ``multiple`` is normally ``2 ** levels`` for a network with ``levels`` stride-2 stages.
+    """
+    if multiple < 1:
+        raise ValueError(f"multiple must be >= 1, got {multiple}")
+    size = (int(x.shape[-3]), int(x.shape[-2]), int(x.shape[-1]))
+    pads = [(-s) % multiple for s in size]
+    if not any(pads):
+        return x, size
+    # F.pad lists the last dimension first.
+    return F.pad(x, (0, pads[2], 0, pads[1], 0, pads[0]), mode="replicate"), size
+
+
+def crop_to(x: Tensor, size: Sequence[int]) -> Tensor:
+    """Undo :func:`pad_to_multiple`: keep the first ``size`` voxels of each spatial dim."""
+    return x[..., : size[0], : size[1], : size[2]]
+
+
+def small_init_(conv: nn.Conv3d, std: float = 1e-3) -> nn.Conv3d:
+    """Initialise an output layer near zero so a residual network starts near the identity."""
+    nn.init.normal_(conv.weight, std=std)
+    if conv.bias is not None:
+        nn.init.zeros_(conv.bias)
+    return conv

@@ -1,0 +1,402 @@
+"""The task-agnostic training loop: one plain loop in the style of nanoGPT.
+
+A task hands over a model ``model(x, cond)``, a :class:`~workbench.training.sampling.PatchSampler`
+and a :class:`~workbench.config.Config`; the trainer owns the optimizer, schedule,
+mixed precision, gradient accumulation, validation, checkpoints, metric files and
+events. ``resume=True`` continues from ``out_dir/last.pt`` so that the final weights
+equal those of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+import traceback
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Optional
+
+import numpy as np
+import torch
+
+from workbench.config import Config, save_config
+from workbench.io_utils import InputError
+from workbench.losses import CompositeLoss, LossWeights, mse
+from workbench.training import distributed as wdist
+from workbench.training.checkpoint import (
+    capture_rng_state, check_compatible, config_differences, load_checkpoint, restore_rng_state, save_checkpoint)
+from workbench.training.events import Callback, Failed, Finished, StepEnd, Validation, WeightsChanged
+from workbench.training.run_log import RunLog
+from workbench.training.sampling import Batch, PatchSampler
+from workbench.training.schedules import (
+    amp_settings, build_optimizer, build_scheduler, load_scheduler_state, steps_per_iteration)
+
+SLICE_AXIS = -1
+"""Volumes keep the NIfTI (x, y, z) order, so preview slices cut the last axis (middle z)."""
+
+RESUME_KEYS = ("optimizer_state", "scheduler_state", "scaler_state", "rng", "sampler_generator_state",
+               "best_loss", "bad_validations", "loss_weights", "loss_weights_history", "val_history")
+
+
+RUNTIME_ONLY_KEYS = ("train.steps", "train.device", "train.threads", "train.compile", "train.checkpoint_every")
+"""Config keys a resumed run may change: they do not alter what the next step computes on one device."""
+
+
+class NonFiniteLossError(InputError):
+    """The training loss became NaN or infinite (the fix is a smaller lr or clipping)."""
+
+
+@dataclass
+class TrainResult:
+    """What :meth:`Trainer.fit` did. ``history`` lists the validations: ``{step, loss, terms}``."""
+
+    steps_done: int
+    best_loss: float
+    reason: str
+    last_checkpoint: Optional[str]
+    best_checkpoint: Optional[str]
+    history: list[dict] = field(default_factory=list)
+
+
+class Trainer:
+    """Train ``model`` on batches from ``sampler`` as ``config.train`` and ``config.loss`` say.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        ``model(x, cond) -> prediction``; seed torch before building it.
+    sampler : PatchSampler
+        Training batches (drawn with the trainer's generator) and validation batches.
+    config : workbench.config.Config
+        The whole run configuration (stored in every checkpoint).
+    out_dir : path, optional
+        Run folder for ``last.pt``, ``best.pt``, ``config.yaml``, ``metrics.csv`` and
+        ``tb/``; None writes no files at all.
+    callbacks : iterable of callables
+        Receive the :mod:`~workbench.training.events` (on rank 0 only).
+    loss_weights : LossWeights, optional
+        Shared with a GUI that may change them while training runs; built from
+        ``config.loss.weights`` when None.
+    model_meta : dict, optional
+        ``name, in_channels, out_channels, num_conditions, residual_channel``; checked on resume.
+    task_meta : dict, optional
+        Task-defined data stored in checkpoints (e.g. normalisation scale).
+    """
+
+    def __init__(self, model: torch.nn.Module, sampler: PatchSampler, config: Config, *,
+                 out_dir=None, callbacks: Iterable[Callback] = (), loss_weights: Optional[LossWeights] = None,
+                 model_meta: Optional[dict] = None, task_meta: Optional[dict] = None):
+        tc = config.train
+        self.config = config
+        if tc.threads:
+            torch.set_num_threads(tc.threads)
+        self.dist = wdist.init_distributed(tc.device)
+        self.device = self.dist.device
+        self.raw_model = model.to(self.device)
+        self.model = self._eval_model = torch.compile(self.raw_model) if tc.compile else self.raw_model
+        if self.dist.distributed:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            self.model = DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.sampler = sampler
+        self.run_dir = None if out_dir is None else Path(out_dir)
+        self.writes = self.run_dir is not None and self.dist.is_main
+        self.callbacks = list(callbacks)
+        self.loss_weights = loss_weights if loss_weights is not None else LossWeights(config.loss.weights)
+        # the loss reads a private copy, refreshed at step boundaries: a change takes effect at an exact step
+        self._active_weights = LossWeights(self.loss_weights.get())
+        self.criterion = CompositeLoss(self._active_weights, charbonnier_eps=config.loss.charbonnier_eps)
+        self.model_meta = dict(model_meta) if model_meta is not None else {
+            "name": config.model.name, **{k: getattr(model, k) for k in
+                                          ("in_channels", "out_channels", "num_conditions", "residual_channel")
+                                          if hasattr(model, k)}}
+        self.task_meta = dict(task_meta or {})
+        self.optimizer = build_optimizer(self.raw_model.parameters(), tc)
+        self.scheduler = build_scheduler(self.optimizer, tc)
+        self.amp, self.amp_dtype, use_scaler = amp_settings(tc, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
+        self.generator = torch.Generator().manual_seed(tc.seed + self.dist.rank)
+        self.step = 0
+        self.best_loss = math.inf
+        self.bad_validations = 0
+        self.val_history: list[dict] = []
+        self.weights_history: list[dict] = []
+        self._weights_version = self.loss_weights.version
+        self._stop = threading.Event()
+        self._log: Optional[RunLog] = None
+        self._saved_step = -1
+
+    # ------------------------------------------------------------------ public
+    def request_stop(self) -> None:
+        """Ask the loop to stop (thread-safe); honoured within one step, then ``last.pt`` is written."""
+        self._stop.set()
+
+    def fit(self, resume: bool = False) -> TrainResult:
+        """Run the loop until ``train.steps``, early stopping or a stop request.
+
+        Parameters
+        ----------
+        resume : bool
+            Continue from ``out_dir/last.pt`` (same config except ``train.steps``).
+
+        Returns
+        -------
+        TrainResult
+
+        Raises
+        ------
+        workbench.io_utils.InputError
+            Nothing to resume, a config mismatch, or a NaN loss (:class:`NonFiniteLossError`).
+            Any exception is first sent to the callbacks as a :class:`Failed` event.
+        """
+        try:
+            return self._fit(resume)
+        except Exception as e:
+            self._emit(Failed(self.step, str(e), traceback.format_exc()), swallow=True)
+            raise
+        finally:
+            if self._log is not None:
+                self._log.close()
+                self._log = None
+
+    # ------------------------------------------------------------------ loop
+    def _fit(self, resume: bool) -> TrainResult:
+        tc = self.config.train
+        if resume:
+            self._resume()
+        if self.writes:
+            save_config(self.config, self.run_dir / "config.yaml")
+            self._log = RunLog(self.run_dir, sorted(self.loss_weights.get()), self.step if resume else None)
+        val_batches = list(self.sampler.validation_batches())[: tc.val_batches]
+        self.model.train()
+        reason, t0, start = "completed", time.perf_counter(), self.step
+        while self.step < tc.steps:
+            if self._sync_stop():
+                reason = "stopped"
+                break
+            self._check_weights()
+            snapshot = (self.generator.get_state(), capture_rng_state())
+            out = self._train_step()
+            if out is None:  # stop requested between micro-batches: drop the partial step
+                self.generator.set_state(snapshot[0])
+                restore_rng_state(snapshot[1])
+                reason = "stopped"
+                break
+            loss, terms, lr, grad_norm = out
+            self.step += 1
+            elapsed = time.perf_counter() - t0
+            eta = elapsed / (self.step - start) * (tc.steps - self.step)
+            self._emit(StepEnd(self.step, tc.steps, loss, terms, lr, grad_norm, self._active_weights.get(),
+                               elapsed, eta))
+            val = None
+            if val_batches and (self.step % tc.val_every == 0 or self.step == tc.steps):
+                val = self._validate(val_batches)
+            if self._log is not None:
+                self._log.step(self.step, loss, terms, lr, grad_norm, *(val or (None, None)))
+            if val is not None and tc.early_stopping_patience and self.bad_validations >= tc.early_stopping_patience:
+                reason = "early_stopping"
+                break
+            if self.step % tc.checkpoint_every == 0:
+                self._save("last.pt")
+        last = self._save("last.pt") if self._saved_step != self.step else self._path("last.pt")
+        best = self._path("best.pt") if math.isfinite(self.best_loss) else None  # never a stale file
+        wdist.barrier()  # files are complete before any rank returns (e.g. to resume from them)
+        self._stop.clear()  # honoured: a later fit() call runs again
+        self._emit(Finished(self.step, self.best_loss, reason, last, best))
+        return TrainResult(self.step, self.best_loss, reason, last, best, list(self.val_history))
+
+    def _train_step(self):
+        """One optimizer step over ``accumulation_steps`` micro-batches; None when a stop cut it short."""
+        tc = self.config.train
+        accum = tc.accumulation_steps
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_sum, term_sums = 0.0, {}
+        for micro in range(accum):
+            last = micro == accum - 1
+            batch = self.sampler.sample(self.config.data.batch_size, self.generator).to(self.device)
+            sync = self.model.no_sync() if self.dist.distributed and not last else nullcontext()
+            with sync:
+                with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
+                    pred = self.model(batch.input, batch.cond)
+                loss, terms = self.criterion(pred.float(), batch.target, batch.mask)
+                self.scaler.scale(loss / accum).backward()
+            value, stop = self._reduce_loss(loss.detach())
+            if not math.isfinite(value):
+                raise NonFiniteLossError(f"loss became {'NaN' if math.isnan(value) else 'inf'} at step "
+                                         f"{self.step + 1}: lower train.lr or enable grad_clip")
+            loss_sum += value
+            for k, v in terms.items():
+                term_sums[k] = term_sums.get(k, 0.0) + v
+            if stop:
+                if not last:
+                    return None
+                self._stop.set()  # every rank saw it: stop after this step
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), tc.grad_clip or math.inf)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        lr = float(self.optimizer.param_groups[0]["lr"])
+        if steps_per_iteration(self.scheduler):
+            self.scheduler.step()
+        return loss_sum / accum, {k: v / accum for k, v in term_sums.items()}, lr, float(grad_norm)
+
+    @torch.no_grad()
+    def _validate(self, batches: list[Batch]) -> tuple[float, dict]:
+        """Loss on this rank's share of the validation batches, averaged over all ranks."""
+        tc = self.config.train
+        self._eval_model.eval()
+        sums: dict[str, float] = {}
+        count, images = 0, {}
+        for i in range(self.dist.rank, len(batches), self.dist.world_size):
+            b = batches[i].to(self.device)
+            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
+                pred = self._eval_model(b.input, b.cond)
+            pred = pred.float()
+            loss, terms = self.criterion(pred, b.target, b.mask)
+            for k, v in {"loss": float(loss), **terms, "heldout_mse": float(mse(pred, b.target, b.mask))}.items():
+                sums[k] = sums.get(k, 0.0) + v
+            count += 1
+            if i == 0:
+                images = {name: _middle_slice(t[0, 0]) for name, t in
+                          (("input", b.input), ("prediction", pred), ("target", b.target))}
+        self.model.train()
+        total: dict[str, float] = {}
+        n = 0
+        for part_sums, part_count in wdist.all_gather_objects((sums, count)):
+            n += part_count
+            for k, v in part_sums.items():
+                total[k] = total.get(k, 0.0) + v
+        terms = {k: v / n for k, v in total.items()}
+        loss = terms.pop("loss")
+        is_best = loss < self.best_loss
+        if is_best:
+            self.best_loss, self.bad_validations = loss, 0
+        else:
+            self.bad_validations += 1
+        if self.scheduler is not None and not steps_per_iteration(self.scheduler):
+            self.scheduler.step(loss)
+        self.val_history.append({"step": self.step, "loss": loss, "terms": dict(terms)})
+        if is_best:
+            self._save("best.pt")
+        self._emit(Validation(self.step, loss, terms, self.best_loss, is_best, images))
+        return loss, terms
+
+    # ------------------------------------------------------------------ helpers
+    def _emit(self, event, swallow: bool = False) -> None:
+        if not self.dist.is_main:
+            return
+        for cb in self.callbacks:
+            try:
+                cb(event)
+            except Exception:
+                if not swallow:
+                    raise
+
+    def _sync_stop(self) -> bool:
+        if not self.dist.distributed:
+            return self._stop.is_set()
+        return bool(wdist.all_reduce_sum(torch.tensor([float(self._stop.is_set())]))[0] > 0)
+
+    def _reduce_loss(self, loss: torch.Tensor) -> tuple[float, bool]:
+        """Mean loss over ranks and whether any rank was asked to stop (one collective per micro-batch)."""
+        if not self.dist.distributed:
+            return float(loss), self._stop.is_set()
+        t = wdist.all_reduce_sum(torch.stack([loss.float().cpu(), torch.tensor(float(self._stop.is_set()))]))
+        return float(t[0]) / self.dist.world_size, bool(t[1] > 0)
+
+    def _check_weights(self) -> None:
+        """Apply changes of the shared weights from the coming step on; emit WeightsChanged for each.
+
+        Under DDP rank 0's weights (the GUI's) are broadcast, so every rank uses the same loss.
+        """
+        if self.dist.distributed:
+            new = wdist.broadcast_object(self.loss_weights.get() if self.dist.is_main else None)
+        else:
+            version = self.loss_weights.version
+            if version == self._weights_version:
+                return
+            new, self._weights_version = self.loss_weights.get(), version
+        old = self._active_weights.get()
+        for name in sorted(set(new) | set(old)):
+            o, n = float(old.get(name, 0.0)), float(new.get(name, 0.0))
+            if o != n:
+                self._active_weights.set(name, n, step=self.step + 1)
+                self.weights_history.append({"step": self.step + 1, "name": name, "old": o, "new": n})
+                self._emit(WeightsChanged(self.step + 1, name, o, n))
+
+    def _path(self, name: str) -> Optional[str]:
+        return str(self.run_dir / name) if self.writes else None
+
+    def _save(self, name: str) -> Optional[str]:
+        """Write a full checkpoint (collective under DDP: every rank's RNG states go into it)."""
+        if self.run_dir is None:
+            return None
+        per_rank = wdist.all_gather_objects({"generator": self.generator.get_state(), "torch": torch.get_rng_state()})
+        if name == "last.pt":
+            self._saved_step = self.step
+        if not self.writes:
+            return None
+        state = {
+            "step": self.step, "config": self.config.model_dump(mode="json"),
+            "model_state": self.raw_model.state_dict(), "optimizer_state": self.optimizer.state_dict(),
+            "scheduler_state": self.scheduler.state_dict() if self.scheduler is not None else {},
+            "scaler_state": self.scaler.state_dict(), "rng": capture_rng_state(),
+            "sampler_generator_state": self.generator.get_state(), "rank_rng": per_rank,
+            "best_loss": float(self.best_loss), "bad_validations": self.bad_validations,
+            "loss_weights": self._active_weights.get(), "loss_weights_history": [dict(h) for h in self.weights_history],
+            "val_history": [dict(h) for h in self.val_history],
+            "model_meta": dict(self.model_meta), "task_meta": dict(self.task_meta),
+        }
+        path = save_checkpoint(self.run_dir / name, state)
+        if self._log is not None:
+            self._log.flush()
+        return str(path)
+
+    def _resume(self) -> None:
+        """Restore everything from ``out_dir/last.pt``."""
+        if self.run_dir is None:
+            raise InputError("resume needs a run folder: pass out_dir (the folder holding last.pt)")
+        path = self.run_dir / "last.pt"
+        if not path.is_file():
+            raise InputError(f"no last.pt in {self.run_dir}: start without --resume")
+        ckpt = load_checkpoint(path)
+        missing = [k for k in RESUME_KEYS if k not in ckpt]
+        if missing:
+            raise InputError(f"{path} cannot be resumed (missing {', '.join(missing)}): start a new run")
+        diffs = config_differences(ckpt["config"], self.config.model_dump(mode="json"), ignore=RUNTIME_ONLY_KEYS)
+        if diffs:
+            raise InputError(f"{path} was trained with a different config ({', '.join(diffs)} differ): "
+                             "resume with the run's config.yaml (only steps, device, threads, compile and checkpoint_every may change) or start a new run")
+        check_compatible(ckpt, self.model_meta)
+        self.raw_model.load_state_dict(ckpt["model_state"])
+        self.optimizer.load_state_dict(ckpt["optimizer_state"])
+        load_scheduler_state(self.scheduler, ckpt["scheduler_state"])
+        if ckpt["scaler_state"] and self.scaler.is_enabled():
+            self.scaler.load_state_dict(ckpt["scaler_state"])
+        self.step, self.best_loss = int(ckpt["step"]), float(ckpt["best_loss"])
+        self.bad_validations = int(ckpt["bad_validations"])
+        self.val_history = [dict(h) for h in ckpt["val_history"]]
+        self.weights_history = [dict(h) for h in ckpt["loss_weights_history"]]
+        for weights in (self.loss_weights, self._active_weights):
+            current = weights.get()
+            for name, value in ckpt["loss_weights"].items():
+                if current.get(name) != value:
+                    weights.set(name, value, step=self.step)
+        self._weights_version = self.loss_weights.version
+        restore_rng_state(ckpt["rng"])
+        self.generator.set_state(ckpt["sampler_generator_state"])
+        per_rank = ckpt.get("rank_rng") or []
+        if self.dist.rank < len(per_rank) and self.dist.rank > 0:
+            self.generator.set_state(per_rank[self.dist.rank]["generator"])
+            torch.set_rng_state(per_rank[self.dist.rank]["torch"])
+        elif self.dist.rank > 0:  # world grew: fresh, distinct streams for the new ranks
+            self.generator.manual_seed(self.config.train.seed + self.dist.rank + 7919 * self.step)
+        self._saved_step = self.step
+
+
+def _middle_slice(volume: torch.Tensor) -> np.ndarray:
+    """Middle slice along :data:`SLICE_AXIS` of a (D, H, W) tensor, as float32 numpy."""
+    v = volume.detach().float().cpu()
+    return v.select(SLICE_AXIS, v.shape[SLICE_AXIS] // 2).numpy().astype(np.float32, copy=True)
