@@ -174,3 +174,14 @@ def test_default_config_prints_and_parses(capsys):
 
     assert main(["config"]) == 0
     assert Config.from_yaml(capsys.readouterr().out) == Config()
+
+
+def test_train_under_torchrun_two_gloo_processes(sim, tmp_path):
+    run = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "workbench.cli", "--quiet", "train", str(sim / "dwi.nii.gz"), "--out", str(run),
+                           "--config", str(sim / "tiny.yaml")], capture_output=True, text=True, env=env, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("completed after 6 steps") == 1  # rank 0 alone reports
+    assert (run / "last.pt").is_file() and (run / "best.pt").is_file()

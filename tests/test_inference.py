@@ -83,6 +83,13 @@ def test_denoiser_on_phantom_and_attention(small_phantom):
     # an untrained net with residual on the regression prior already beats the noisy input
     err = lambda a: np.sqrt(np.mean((a[p.mask] - p.clean[p.mask]) ** 2))
     assert err(out.denoised) < err(p.noisy)
+    # shrinkage toward the noisy volume with the true sigma: Wiener weights in [0, 1] that lower the error
+    post = den.denoise(p.noisy, p.bvals, p.bvecs, p.mask, sigma=p.sigma)
+    assert post.shrinkage.shape == (p.noisy.shape[-1],) and np.all((post.shrinkage >= 0) & (post.shrinkage <= 1))
+    assert post.shrinkage.max() > 0
+    dw = p.bvals > 50
+    err_dw = lambda a: np.sqrt(np.mean((a[..., dw][p.mask] - p.clean[..., dw][p.mask]) ** 2))
+    assert err_dw(post.denoised) < err_dw(out.denoised)
     maps = den.attention_maps(subject, 3)
     assert maps and all(m.shape == p.noisy.shape[:3] for m in maps.values())
     assert all(0 <= m.min() and m.max() <= 1 for m in maps.values())

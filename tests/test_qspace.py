@@ -76,3 +76,15 @@ def test_priors_reduce_error_on_phantom(small_phantom):
     dw = p.bvals > 50
     err = lambda a: np.sqrt(np.mean((a[..., dw][p.mask] - p.clean[..., dw][p.mask]) ** 2))
     assert err(priors[0]) < 0.8 * err(p.noisy)
+
+
+def test_rician_mean_inverse_round_trip_and_monte_carlo():
+    from workbench.rician import invert_rician_mean, rician_mean
+
+    a = np.array([0.0, 0.5, 1.0, 2.0, 5.0, 30.0, 100.0])
+    m = rician_mean(a, 2.0)
+    assert np.allclose(invert_rician_mean(m, 2.0), a, atol=2e-3)
+    rng = np.random.default_rng(0)
+    samples = np.abs(3.0 + rng.normal(0, 2, 200_000) + 1j * rng.normal(0, 2, 200_000))
+    assert abs(samples.mean() - rician_mean(3.0, 2.0)) < 0.02
+    assert invert_rician_mean(np.array([1.0]), 2.0)[0] == 0.0  # below the Rayleigh mean

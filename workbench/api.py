@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from workbench.config import Config, load_config
-from workbench.data.dwi import DWIPatchSampler, DWISubject, prepare_subject
+from workbench.data.dwi import DWIPatchSampler, DWISubject, compute_mask, prepare_subject
 from workbench.data.nifti import (
     DWISeries,
     ensure_distinct_output,
@@ -188,20 +188,22 @@ def denoise_series(
             best = Path(result.best_checkpoint or result.last_checkpoint)
             denoiser = Denoiser.from_checkpoint(best, device=cfg.train.device, amp=cfg.train.amp)
     t_train = time.perf_counter() - t0
+    sigma = denoiser.config.inference.sigma
+    if sigma is None:  # Rayleigh statistics of the air around the head
+        sigma_mask = mask if mask is not None else compute_mask(series.data, series.bvals)
+        sigma = estimate_background_sigma(series.data, sigma_mask)
     t1 = time.perf_counter()
-    out = denoiser.denoise(series.data, series.bvals, series.bvecs, mask, progress=progress)
+    out = denoiser.denoise(series.data, series.bvals, series.bvecs, mask, progress=progress, sigma=sigma)
     t_inf = time.perf_counter() - t1
-    sigma_bg = None
-    try:
-        sigma_bg = estimate_background_sigma(series.data, out.mask)
-    except (InputError, ValueError):
-        pass
+    sigma_bg = sigma
     est = None if sigma_bg is None else float(np.sqrt(max(out.heldout_mse - sigma_bg**2, 0.0)))
     report = DenoiseReport(
         output="", n_volumes=series.n_volumes, trained_steps=steps, train_seconds=t_train,
         inference_seconds=t_inf, heldout_mse=out.heldout_mse, sigma_upper=out.sigma_upper,
         sigma_background=sigma_bg, est_rmse_vs_clean=est, device=str(denoiser.device), amp=denoiser.amp,
         checkpoint=None if checkpoint is None else str(checkpoint),
+        extra={"shrinkage_mean": float(out.shrinkage.mean()) if out.shrinkage.size else None,
+               "rician_correction": bool(sigma is not None and denoiser.config.inference.rician_correction)},
     )
     return out.denoised, report
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -144,8 +145,9 @@ def _run(args: argparse.Namespace) -> int:
             raise InputError(f"{len(args.dwi)} DWI files but {len(args.mask)} masks: give one mask per file")
         result = api.train(args.dwi, args.out, args.config, resume=args.resume, callbacks=[bar.on_event],
                            mask_paths=args.mask, nan_to_zero=args.nan_to_zero)
-        print(f"{result.reason} after {result.steps_done} steps; best held-out loss {result.best_loss:.5g}; "
-              f"checkpoints in {args.out}")
+        if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
+            print(f"{result.reason} after {result.steps_done} steps; best held-out loss {result.best_loss:.5g}; "
+                  f"checkpoints in {args.out}")
     elif args.command == "denoise":
         report = api.denoise(
             args.dwi, args.output, checkpoint=args.checkpoint, config=args.config, mask=args.mask,

@@ -116,6 +116,22 @@ class TrainConfig(_Strict):
     threads: Optional[int] = Field(None, ge=1, description="torch CPU threads; null keeps torch's default")
 
 
+class InferenceConfig(_Strict):
+    """Whole-volume prediction and the optional post-processing that uses the noisy target itself."""
+
+    tile: int = Field(64, ge=8, le=512, description="tile edge (voxels) for tiled whole-volume prediction")
+    overlap: int = Field(16, ge=0, le=256, description="overlap between tiles, blended linearly")
+    shrinkage: bool = Field(
+        True,
+        description="per volume, move the J-invariant prediction toward the noisy volume by "
+        "k = 1 - sigma^2 / held-out MSE (the Wiener weight); needs a noise sigma",
+    )
+    rician_correction: bool = Field(True, description="invert the Rician mean with the noise sigma")
+    sigma: Optional[float] = Field(
+        None, gt=0, description="noise sigma in input units; null estimates it from air voxels"
+    )
+
+
 class Config(_Strict):
     """Everything a run needs, stored verbatim in its checkpoints."""
 
@@ -124,6 +140,7 @@ class Config(_Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    inference: InferenceConfig = Field(default_factory=InferenceConfig)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

@@ -85,12 +85,21 @@ def predict_tiled(
 
 @dataclass
 class DenoiseOutput:
-    """Denoised (X, Y, Z, N) series in input units and the held-out quality estimate."""
+    """Denoised (X, Y, Z, N) series in input units and the held-out quality estimate.
+
+    ``heldout_mse`` is the mean squared difference, inside the mask, between each
+    volume's J-invariant prediction and the noisy volume it never saw: it
+    estimates (error to the clean signal)^2 + sigma^2. ``shrinkage`` holds the
+    per-volume weight given to the noisy volume (empty when not applied).
+    """
 
     denoised: np.ndarray
     heldout_mse: float
     sigma_upper: float
     mask: np.ndarray
+    heldout_per_volume: np.ndarray = None  # type: ignore[assignment]
+    shrinkage: np.ndarray = None  # type: ignore[assignment]
+    sigma: Optional[float] = None
 
 
 class Denoiser:
@@ -107,15 +116,14 @@ class Denoiser:
     """
 
     def __init__(self, model: torch.nn.Module, config: Config, n_volumes: int,
-                 device: str | torch.device = "auto", amp: Optional[bool] = None,
-                 tile: int = 64, overlap: int = 16):
+                 device: str | torch.device = "auto", amp: Optional[bool] = None):
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.config = config
         self.n_volumes = n_volumes
         train_cfg = config.train if amp is None else config.train.model_copy(update={"amp": amp})
         self.amp, self.amp_dtype, _ = amp_settings(train_cfg, self.device)
-        self.tile, self.overlap = tile, overlap
+        self.tile, self.overlap = config.inference.tile, config.inference.overlap
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "auto", amp: Optional[bool] = None) -> "Denoiser":
@@ -155,23 +163,40 @@ class Denoiser:
                              amp=self.amp, amp_dtype=self.amp_dtype)[0]
 
     def denoise(self, data: np.ndarray, bvals=None, bvecs=None, mask: Optional[np.ndarray] = None,
-                progress: Optional[ProgressFn] = None) -> DenoiseOutput:
-        """Denoise every volume of a (X, Y, Z, N) series."""
+                progress: Optional[ProgressFn] = None, sigma: Optional[float] = None) -> DenoiseOutput:
+        """Denoise every volume of a (X, Y, Z, N) series.
+
+        With a noise ``sigma`` (input units) and ``config.inference`` asking for
+        it, each J-invariant prediction ``f`` is combined with its noisy volume
+        ``y`` as ``f + k (y - f)``, ``k = 1 - sigma^2 / heldout_mse_j`` (the
+        Wiener weight between two estimates with errors ``heldout - sigma^2`` and
+        ``sigma^2``), and the Rician mean is inverted to remove the magnitude bias.
+        """
+        icfg = self.config.inference
         subject = self.prepare(data, bvals, bvecs, mask)
         n = subject.n_volumes
-        out = np.empty(data.shape, dtype=np.float32)
-        sq_err, count = 0.0, 0
         brain = subject.mask
+        preds = np.empty((n,) + data.shape[:3], dtype=np.float32)
+        heldout = np.empty(n)
         for j in range(n):
             pred = self.predict_volume(subject, j)
-            resid = (pred - subject.volumes[j])[brain]
-            sq_err += float((resid.double() ** 2).sum())
-            count += int(resid.numel())
-            out[..., j] = np.clip(pred.numpy(), 0.0, None) * subject.scale
+            heldout[j] = float(((pred - subject.volumes[j])[brain].double() ** 2).mean())
+            preds[j] = pred.numpy()
             if progress is not None:
                 progress(j + 1, n)
-        heldout = sq_err / max(count, 1) * subject.scale**2
-        return DenoiseOutput(out, heldout, float(np.sqrt(heldout)), subject.mask.numpy())
+        sig = None if sigma is None else sigma / subject.scale
+        k = np.zeros(0)
+        if sig is not None and icfg.shrinkage:
+            k = np.clip(1.0 - sig**2 / np.maximum(heldout, 1e-12), 0.0, 1.0)
+            preds += k[:, None, None, None] * (subject.volumes.numpy() - preds)
+        if sig is not None and icfg.rician_correction:
+            from workbench.rician import invert_rician_mean
+
+            preds = invert_rician_mean(preds, sig)
+        out = np.moveaxis(np.clip(preds, 0.0, None), 0, -1) * np.float32(subject.scale)
+        mse = float(heldout.mean()) * subject.scale**2
+        return DenoiseOutput(out.astype(np.float32), mse, float(np.sqrt(mse)), subject.mask.numpy(),
+                             heldout * subject.scale**2, k, sigma)
 
     def attention_maps(self, subject: DWISubject, j: int) -> dict[str, np.ndarray]:
         """CBAM spatial attention of every block for volume ``j`` over the whole volume, (X, Y, Z) each."""

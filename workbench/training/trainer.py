@@ -40,7 +40,8 @@ RESUME_KEYS = ("optimizer_state", "scheduler_state", "scaler_state", "rng", "sam
                "best_loss", "bad_validations", "loss_weights", "loss_weights_history", "val_history")
 
 
-RUNTIME_ONLY_KEYS = ("train.steps", "train.device", "train.threads", "train.compile", "train.checkpoint_every")
+RUNTIME_ONLY_KEYS = ("train.steps", "train.device", "train.threads", "train.compile", "train.checkpoint_every",
+                     "inference")
 """Config keys a resumed run may change: they do not alter what the next step computes on one device."""
 
 

@@ -1,0 +1,498 @@
+"""ipywidgets + matplotlib helpers for the Jupyter tutorials in ``notebooks/``.
+
+Only notebooks import this module (nothing else in :mod:`workbench` does, so
+``import workbench`` stays free of ipywidgets). Every helper draws with
+matplotlib's object-oriented API onto an Agg canvas and shows the figure as a
+PNG in an ``ipywidgets.Image``: that is thread-safe (training callbacks run on
+the training thread), needs no display and no interactive backend, and works
+the same in JupyterLab, VS Code and a headless CI kernel. Widget callbacks are
+plain methods, so code (and CI) can drive them: ``button.click()``,
+``slider.value = 0.3``.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+import time
+from typing import Optional, Sequence
+
+import ipywidgets as W
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from workbench.config import Config
+from workbench.training.events import Failed, Finished, StepEnd, Validation, WeightsChanged
+
+AXES = {"axial (z)": 2, "coronal (y)": 1, "sagittal (x)": 0}
+
+
+# --------------------------------------------------------------------------- settings
+def small_mode(environ=None) -> bool:
+    """True when the environment variable ``CI`` is set (and not 0/false/no): the tutorials then run tiny."""
+    value = (os.environ if environ is None else environ).get("CI", "")
+    return value.strip().lower() not in ("", "0", "false", "no")
+
+
+def tutorial_setup(small: bool) -> tuple[dict, Config]:
+    """Phantom arguments for ``simulate_dwi`` and a training config, tiny in CI, full size otherwise.
+
+    Full size is the 64x64x32 multishell phantom and the default config; small is a
+    (24, 24, 12) DTI phantom, base_filters 8, 16^3 patches, 20 steps. AMP is on in both.
+    """
+    cfg = Config().model_copy(deep=True)
+    cfg.train.amp = True
+    if not small:
+        return {"shape": (64, 64, 32), "scheme": "multishell", "snr": 10.0, "seed": 0}, cfg
+    cfg.model.base_filters = 8
+    cfg.data.patch_size = 16
+    cfg.data.batch_size = 2
+    cfg.train.steps = 20
+    cfg.train.val_every = 10
+    cfg.train.checkpoint_every = 20
+    return {"shape": (24, 24, 12), "scheme": "dti", "snr": 10.0, "seed": 0}, cfg
+
+
+# --------------------------------------------------------------------------- figures
+class FigurePanel:
+    """A matplotlib figure shown as a PNG in ``self.image``; ``render()`` redraws it (any thread)."""
+
+    def __init__(self, nrows: int = 1, ncols: int = 1, figsize=(8, 3), min_interval: float = 0.0):
+        self.figure = Figure(figsize=figsize, dpi=80)
+        FigureCanvasAgg(self.figure)
+        self.axes = self.figure.subplots(nrows, ncols, squeeze=False)
+        self.image = W.Image(format="png")
+        self.min_interval = min_interval
+        self.renders = 0
+        self._last = 0.0
+        self._lock = threading.Lock()
+
+    def render(self, force: bool = True) -> bool:
+        """Draw the figure into the image widget; with ``force=False`` at most once per ``min_interval``."""
+        with self._lock:
+            now = time.monotonic()
+            if not force and now - self._last < self.min_interval:
+                return False
+            buf = io.BytesIO()
+            self.figure.savefig(buf, format="png")
+            self.image.value = buf.getvalue()
+            self._last, self.renders = now, self.renders + 1
+            return True
+
+
+class _Displayable:
+    widget: W.Widget
+
+    def _repr_mimebundle_(self, **kwargs):  # lets a cell end with the helper object itself
+        return self.widget._repr_mimebundle_(**kwargs)
+
+
+def _slice(vol: np.ndarray, axis: int, index: int) -> np.ndarray:
+    return np.rot90(np.take(vol, index, axis=axis))  # rows = the other two axes, "up" at the top
+
+
+class SliceViewer(_Displayable):
+    """Side-by-side panels of same-shaped (X, Y, Z) or (X, Y, Z, N) arrays, one slice at a time.
+
+    Parameters
+    ----------
+    volumes : dict name -> array
+    reference : str, optional
+        Name of the ground truth; the other panels' titles then show this slice's PSNR/RMSE against it.
+    mask : (X, Y, Z) bool, optional
+        Where the slice metrics and the colour range are computed.
+    symmetric : bool
+        Colour range +-v around 0 with a diverging map (for residuals); else [0, v] in grey.
+    """
+
+    def __init__(self, volumes: dict, *, reference: Optional[str] = None, mask=None, symmetric: bool = False,
+                 cmap: Optional[str] = None, title: str = "", panel_size: float = 2.6):
+        self.volumes = {k: np.asarray(v) for k, v in volumes.items()}
+        shapes = {v.shape for v in self.volumes.values()}
+        if len(shapes) != 1:
+            raise ValueError(f"all volumes must have the same shape, got {sorted(shapes)}")
+        self.shape = shapes.pop()
+        if len(self.shape) not in (3, 4):
+            raise ValueError(f"volumes must be 3D or 4D, got shape {self.shape}")
+        if reference is not None and reference not in self.volumes:
+            raise ValueError(f"reference {reference!r} is not one of {list(self.volumes)}")
+        self.reference, self.symmetric, self.title = reference, symmetric, title
+        self.mask = None if mask is None else np.asarray(mask, bool)
+        self.cmap = cmap or ("RdBu_r" if symmetric else "gray")
+        n_vol = self.shape[3] if len(self.shape) == 4 else 1
+        self.axis = W.Dropdown(options=list(AXES.items()), value=2, description="view")
+        self.index = W.IntSlider(value=self.shape[2] // 2, min=0, max=self.shape[2] - 1, description="slice")
+        self.volume = W.IntSlider(value=0, min=0, max=n_vol - 1, description="volume",
+                                  layout=W.Layout(display=None if n_vol > 1 else "none"))
+        self.panel = FigurePanel(1, len(self.volumes), figsize=(panel_size * len(self.volumes), panel_size + 0.4))
+        self.artists = {}
+        for ax, name in zip(self.panel.axes[0], self.volumes):
+            self.artists[name] = ax.imshow(np.zeros((2, 2)), cmap=self.cmap)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        self.info = W.HTML()
+        self._hold = False
+        self.axis.observe(self._on_axis, names="value")
+        for w in (self.index, self.volume):
+            w.observe(lambda change: None if self._hold else self.update(), names="value")
+        self.widget = W.VBox([W.HBox([self.axis, self.index, self.volume]), self.panel.image, self.info])
+        self.update()
+
+    def _on_axis(self, change) -> None:
+        size = self.shape[change["new"]]
+        self._hold = True
+        try:
+            self.index.max = max(self.index.max, size - 1)
+            self.index.value = size // 2
+            self.index.max = size - 1
+        finally:
+            self._hold = False
+        self.update()
+
+    def _vol(self, name: str) -> np.ndarray:
+        v = self.volumes[name]
+        return v[..., self.volume.value] if v.ndim == 4 else v
+
+    def slice_of(self, name: str) -> np.ndarray:
+        """The slice shown for ``name`` (as drawn: rotated so that rows run top to bottom)."""
+        return _slice(self._vol(name), self.axis.value, self.index.value)
+
+    def _range(self) -> tuple[float, float]:
+        inside = self.mask if self.mask is not None and self.mask.any() else slice(None)
+        if self.symmetric:
+            v = max(float(np.percentile(np.abs(self._vol(n)[inside]), 99.5)) for n in self.volumes)
+            return -(v or 1.0), v or 1.0
+        name = self.reference or next(iter(self.volumes))
+        return 0.0, float(np.percentile(self._vol(name)[inside], 99.5)) or 1.0
+
+    def slice_metrics(self, name: str) -> Optional[dict]:
+        """PSNR (dB, range = max of the reference volume in the mask) and RMSE of this slice vs the reference."""
+        from workbench.metrics import psnr, rmse
+
+        if self.reference is None or name == self.reference:
+            return None
+        ref3 = self._vol(self.reference)
+        m3 = self.mask if self.mask is not None else np.ones(ref3.shape, bool)
+        sl = [slice(None)] * 3
+        sl[self.axis.value] = slice(self.index.value, self.index.value + 1)
+        m = m3[tuple(sl)]
+        if not m.any():
+            return None
+        dr = float(ref3[m3].max()) or 1.0
+        p, r = self._vol(name)[tuple(sl)], ref3[tuple(sl)]
+        return {"psnr": psnr(p, r, m, data_range=dr), "rmse": rmse(p, r, m)}
+
+    def update(self) -> None:
+        vmin, vmax = self._range()
+        for ax, (name, artist) in zip(self.panel.axes[0], self.artists.items()):
+            img = self.slice_of(name)
+            artist.set_data(img)
+            artist.set_extent((-0.5, img.shape[1] - 0.5, img.shape[0] - 0.5, -0.5))
+            artist.set_clim(vmin, vmax)
+            m = self.slice_metrics(name)
+            ax.set_title(name if m is None else f"{name}\nPSNR {m['psnr']:.1f} dB, RMSE {m['rmse']:.1f}", fontsize=9)
+        self.panel.figure.suptitle(self.title, fontsize=10)
+        self.info.value = (f"slice {self.index.value} of {self.shape[self.axis.value]}, volume {self.volume.value}, "
+                           f"colour range [{vmin:.3g}, {vmax:.3g}]")
+        self.panel.render()
+
+
+# --------------------------------------------------------------------------- training
+class LossPlot(_Displayable):
+    """Training callback: live plot of the total loss, validation loss and every loss term.
+
+    Pass it in ``make_trainer(..., callbacks=[plot])``. Left panel: weighted total and
+    validation loss; right panel: each term (unweighted), with dotted lines where a
+    weight was changed. ``history`` holds the numbers.
+    """
+
+    def __init__(self, min_interval: float = 1.0):
+        self.panel = FigurePanel(1, 2, figsize=(10, 3.2), min_interval=min_interval)
+        self.status = W.HTML("waiting for the first step")
+        self.history = {"step": [], "loss": [], "val_step": [], "val_loss": [], "terms": {}, "weight_changes": []}
+        self._lock = threading.Lock()
+        self.finished: Optional[Finished] = None
+        self.widget = W.VBox([self.status, self.panel.image])
+
+    def __call__(self, event) -> None:
+        h = self.history
+        with self._lock:
+            if isinstance(event, StepEnd):
+                h["step"].append(event.step)
+                h["loss"].append(event.loss)
+                for name, value in event.terms.items():
+                    steps, values = h["terms"].setdefault(name, ([], []))
+                    steps.append(event.step)
+                    values.append(value)
+                w = ", ".join(f"{k} {v:g}" for k, v in event.weights.items() if v)
+                self.status.value = (f"step {event.step}/{event.total_steps} &nbsp; loss {event.loss:.4g} &nbsp; "
+                                     f"weights: {w} &nbsp; ETA {event.eta_s:.0f} s")
+            elif isinstance(event, Validation):
+                h["val_step"].append(event.step)
+                h["val_loss"].append(event.loss)
+            elif isinstance(event, WeightsChanged):
+                h["weight_changes"].append((event.step, event.name, event.old, event.new))
+            elif isinstance(event, Finished):
+                self.finished = event
+                self.status.value = f"finished at step {event.step} ({event.reason}), best validation loss {event.best_loss:.4g}"
+            elif isinstance(event, Failed):
+                self.status.value = f"<b>training failed</b> at step {event.step}: {event.error}"
+        if isinstance(event, (StepEnd, Validation)):
+            self.redraw(force=False)
+        elif isinstance(event, (Finished, Failed)):
+            self.redraw()
+
+    def redraw(self, force: bool = True) -> None:
+        if not force and time.monotonic() - self.panel._last < self.panel.min_interval:
+            return
+        with self._lock:
+            h = {k: list(v) for k, v in self.history.items() if k != "terms"}
+            h["terms"] = {k: (list(s), list(v)) for k, (s, v) in self.history["terms"].items()}
+        left, right = self.panel.axes[0]
+        for ax in (left, right):
+            ax.clear()
+            ax.set_xlabel("step")
+        left.plot(h["step"], h["loss"], label="train loss (weighted sum)", lw=1)
+        if h["val_step"]:
+            left.plot(h["val_step"], h["val_loss"], "o-", label="validation loss")
+        for name, (steps, values) in sorted(h["terms"].items()):
+            right.plot(steps, values, label=name, lw=1)
+        for step, name, old, new in h["weight_changes"]:
+            right.axvline(step, ls=":", color="k", lw=0.8)
+            right.annotate(f"{name} {old:g}->{new:g}", (step, 1.0), xycoords=("data", "axes fraction"),
+                           fontsize=7, rotation=90, va="top", ha="right")
+        for ax, title in ((left, "loss"), (right, "loss terms (unweighted)")):
+            ax.set_title(title, fontsize=9)
+            if ax.lines:
+                ax.set_yscale("log")
+                ax.legend(fontsize=7)
+        self.panel.figure.tight_layout()
+        self.panel.render()
+
+
+class BackgroundTraining(_Displayable):
+    """Start/Stop buttons that run ``trainer.fit()`` in a worker thread.
+
+    ``start()`` / the Start button launch it; ``stop()`` / the Stop button ask the trainer
+    to stop (honoured within a step); ``wait_for_step(n)`` blocks until step ``n`` is
+    done; ``wait()`` joins the thread and returns the ``TrainResult`` (re-raising a failure).
+    """
+
+    def __init__(self, trainer, resume: bool = False):
+        self.trainer, self.resume = trainer, resume
+        self.result = None
+        self.error: Optional[BaseException] = None
+        self.thread: Optional[threading.Thread] = None
+        self.step = 0
+        self._cond = threading.Condition()
+        trainer.callbacks.append(self._on_event)  # the trainer keeps its callbacks in a plain list
+        self.start_button = W.Button(description="Start training", icon="play", button_style="success")
+        self.stop_button = W.Button(description="Stop", icon="stop", disabled=True)
+        self.start_button.on_click(lambda _b: self.start())
+        self.stop_button.on_click(lambda _b: self.stop())
+        self.status = W.HTML("not started")
+        self.widget = W.HBox([self.start_button, self.stop_button, self.status])
+
+    @property
+    def running(self) -> bool:
+        return self.thread is not None and self.thread.is_alive()
+
+    def start(self) -> bool:
+        if self.running:
+            return False
+        self.result, self.error = None, None
+        self.start_button.disabled, self.stop_button.disabled = True, False
+        self.status.value = "running"
+        self.thread = threading.Thread(target=self._run, name="workbench-training", daemon=True)
+        self.thread.start()
+        return True
+
+    def _run(self) -> None:
+        try:
+            self.result = self.trainer.fit(resume=self.resume)
+            self.status.value = f"done: {self.result.steps_done} steps ({self.result.reason})"
+        except BaseException as e:  # reported by wait(); the trainer also sent a Failed event
+            self.error = e
+            self.status.value = f"<b>failed</b>: {e}"
+        finally:
+            self.start_button.disabled, self.stop_button.disabled = False, True
+            with self._cond:
+                self._cond.notify_all()
+
+    def _on_event(self, event) -> None:
+        if isinstance(event, StepEnd):
+            with self._cond:
+                self.step = event.step
+                self._cond.notify_all()
+
+    def stop(self) -> None:
+        self.trainer.request_stop()
+
+    def wait_for_step(self, step: int, timeout: Optional[float] = None) -> bool:
+        """Block until ``step`` steps are done (True) or training ended / timed out before (False)."""
+        with self._cond:
+            self._cond.wait_for(lambda: self.step >= step or not self.running, timeout)
+            return self.step >= step
+
+    def wait(self, timeout: Optional[float] = None):
+        if self.thread is None:
+            raise RuntimeError("training was not started: call start() or click the Start button")
+        self.thread.join(timeout)
+        if self.thread.is_alive():
+            raise TimeoutError(f"training still running after {timeout} s")
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+class LossWeightSliders(_Displayable):
+    """One slider per loss term; moving one calls ``weights.set(name, value)`` (the trainer's live weights)."""
+
+    def __init__(self, weights, terms: Optional[Sequence[str]] = None, max_value: float = 1.0, step: float = 0.01):
+        from workbench.losses import LOSSES
+
+        self.weights = weights
+        current = weights.get()
+        self.sliders = {}
+        for name in terms or list(LOSSES):
+            value = float(current.get(name, 0.0))
+            s = W.FloatSlider(value=value, min=0.0, max=max(max_value, value), step=step, description=name,
+                              continuous_update=False, readout_format=".2f")
+            s.observe(lambda change, name=name: self.weights.set(name, change["new"]), names="value")
+            self.sliders[name] = s
+        self.widget = W.VBox(list(self.sliders.values()))
+
+
+class SnapshotMonitor(_Displayable):
+    """Training callback: at each validation, score a copy of the model against the clean reference.
+
+    The copy is made with ``api.snapshot_denoiser`` on the training thread (training waits
+    meanwhile); ``volumes`` of the series are predicted and compared with ``clean``:
+    PSNR (dB) and edge sharpness ratio (mean 3D Sobel magnitude of prediction / of
+    clean; < 1 blurrier, > 1 noisier than the truth). Dashed lines: the noisy input.
+    """
+
+    def __init__(self, noisy, clean, bvals, bvecs, mask, volumes: Sequence[int], trainer=None):
+        from workbench.metrics import edge_sharpness, psnr
+
+        self.noisy, self.bvals, self.bvecs, self.mask = noisy, bvals, bvecs, np.asarray(mask, bool)
+        self.volumes = [int(j) for j in volumes]
+        self.clean = np.asarray(clean)[..., self.volumes]
+        self.data_range = float(self.clean[self.mask].max())
+        self.ref_sharpness = edge_sharpness(self.clean, self.mask)
+        sel = np.asarray(noisy)[..., self.volumes]
+        self.noisy_scores = {"psnr": psnr(sel, self.clean, self.mask, self.data_range),
+                             "edge_ratio": edge_sharpness(sel, self.mask) / self.ref_sharpness}
+        self.trainer, self.subject = trainer, None
+        self.records: list[dict] = []
+        self.panel = FigurePanel(1, 2, figsize=(10, 3))
+        self.widget = W.VBox([self.panel.image])
+        self.redraw()
+
+    def bind(self, trainer) -> "SnapshotMonitor":
+        self.trainer = trainer
+        return self
+
+    def __call__(self, event) -> None:
+        if isinstance(event, Validation):
+            self.evaluate(event.step)
+
+    def evaluate(self, step: int) -> dict:
+        from workbench import api
+        from workbench.metrics import edge_sharpness, psnr
+
+        den = api.snapshot_denoiser(self.trainer)
+        if self.subject is None:
+            self.subject = den.prepare(self.noisy, self.bvals, self.bvecs, self.mask)
+        pred = np.stack([np.clip(den.predict_volume(self.subject, j).numpy(), 0, None) * self.subject.scale
+                         for j in self.volumes], axis=-1)
+        rec = {"step": int(step), "psnr": psnr(pred, self.clean, self.mask, self.data_range),
+               "edge_ratio": edge_sharpness(pred, self.mask) / self.ref_sharpness}
+        self.records.append(rec)
+        self.redraw()
+        return rec
+
+    def redraw(self) -> None:
+        steps = [r["step"] for r in self.records]
+        for ax, key, title in zip(self.panel.axes[0], ("psnr", "edge_ratio"),
+                                  ("PSNR vs clean (dB, higher is better)", "edge sharpness / clean's (1 = same)")):
+            ax.clear()
+            ax.plot(steps, [r[key] for r in self.records], "o-", label="model snapshot")
+            ax.axhline(self.noisy_scores[key], ls="--", color="gray", label="noisy input")
+            if key == "edge_ratio":
+                ax.axhline(1.0, ls=":", color="k", lw=0.8)
+            ax.set_title(title, fontsize=9)
+            ax.set_xlabel("step")
+            ax.legend(fontsize=7)
+        self.panel.figure.tight_layout()
+        self.panel.render()
+
+
+# --------------------------------------------------------------------------- maps
+def edge_maps(volumes: np.ndarray) -> np.ndarray:
+    """``workbench.inference.edge_map`` of every volume of a (X, Y, Z, N) array, stacked back to 4D."""
+    from workbench.inference import edge_map
+
+    volumes = np.asarray(volumes, dtype=np.float32)
+    return np.stack([edge_map(volumes[..., j]) for j in range(volumes.shape[-1])], axis=-1)
+
+
+class AttentionViewer(_Displayable):
+    """CBAM spatial attention of a :class:`~workbench.inference.Denoiser`, overlaid on an image.
+
+    Pickers: CBAM block, volume index, slice and overlay opacity. Maps are computed per
+    volume on first use (``denoiser.attention_maps(subject, j)``) and cached.
+    """
+
+    def __init__(self, denoiser, subject, background: np.ndarray, *, volume: int = 0, cmap: str = "inferno"):
+        self.denoiser, self.subject = denoiser, subject
+        self.background = np.asarray(background)
+        self._cache: dict[int, dict] = {}
+        blocks = list(self.maps(volume))
+        if not blocks:
+            raise ValueError("this model has no CBAM blocks (model.use_cbam is False): nothing to show")
+        z = self.background.shape[2]
+        self.block = W.Dropdown(options=blocks, value=blocks[0], description="block")
+        self.volume = W.IntSlider(value=volume, min=0, max=self.background.shape[3] - 1, description="volume")
+        self.index = W.IntSlider(value=z // 2, min=0, max=z - 1, description="slice (z)")
+        self.alpha = W.FloatSlider(value=0.5, min=0.0, max=1.0, step=0.05, description="opacity")
+        self.panel = FigurePanel(1, 2, figsize=(7, 3.6))
+        a0, a1 = self.panel.axes[0]
+        self.base_artist = a0.imshow(np.zeros((2, 2)), cmap="gray")
+        self.overlay_artist = a0.imshow(np.zeros((2, 2)), cmap=cmap, vmin=0, vmax=1, alpha=0.5)
+        self.map_artist = a1.imshow(np.zeros((2, 2)), cmap=cmap, vmin=0, vmax=1)
+        self.panel.figure.colorbar(self.map_artist, ax=a1, fraction=0.046)
+        for ax in (a0, a1):
+            ax.set_xticks([])
+            ax.set_yticks([])
+        for w in (self.block, self.volume, self.index, self.alpha):
+            w.observe(lambda change: self.update(), names="value")
+        self.widget = W.VBox([W.HBox([self.block, self.volume]), W.HBox([self.index, self.alpha]), self.panel.image])
+        self.update()
+
+    def maps(self, j: int) -> dict:
+        if j not in self._cache:
+            self._cache[j] = self.denoiser.attention_maps(self.subject, j)
+        return self._cache[j]
+
+    def current_map(self) -> np.ndarray:
+        """The 2D attention slice shown (block, volume and slice as picked)."""
+        return _slice(self.maps(self.volume.value)[self.block.value], 2, self.index.value)
+
+    def update(self) -> None:
+        bg = _slice(self.background[..., self.volume.value], 2, self.index.value)
+        att = self.current_map()
+        ext = (-0.5, bg.shape[1] - 0.5, bg.shape[0] - 0.5, -0.5)
+        self.base_artist.set_data(bg)
+        self.base_artist.set_clim(0, float(np.percentile(bg, 99.5)) or 1.0)
+        for artist in (self.base_artist, self.overlay_artist, self.map_artist):
+            artist.set_extent(ext)
+        self.overlay_artist.set_data(att)
+        self.overlay_artist.set_alpha(self.alpha.value)
+        self.map_artist.set_data(att)
+        a0, a1 = self.panel.axes[0]
+        a0.set_title(f"volume {self.volume.value}, slice {self.index.value}", fontsize=9)
+        a1.set_title(f"{self.block.value}: mean {att.mean():.2f}", fontsize=9)
+        self.panel.render()
