@@ -21,10 +21,11 @@ import numpy as np
 import torch
 
 from workbench.api import denoise_series
-from workbench.baselines import run_baseline
+from workbench.baselines import BASELINES, estimate_background_sigma, rician_bias_correct, run_baseline
 from workbench.config import Config
 from workbench.data.nifti import DWISeries
 from workbench.data.phantoms import simulate_dwi
+from workbench.data.qspace import qspace_priors
 from workbench.metrics import evaluate_dwi
 
 SETTINGS = {
@@ -38,14 +39,27 @@ KEYS = [("psnr_dwi", "PSNR", 2), ("ssim_dwi", "SSIM", 3), ("rmse_dwi", "RMSE", 1
 
 
 def run_method(name: str, phantom, config: Config) -> tuple[np.ndarray, float]:
+    """``noisy``; a DIPY baseline, ``+rc`` adds Rician bias correction with the background sigma;
+    ``prior-regression``/``prior-sh``: the closed-form leave-one-out predictions alone (no network);
+    a model name, ``:nopost`` switching off shrinkage and Rician correction."""
     t0 = time.perf_counter()
+    base, _, variant = name.partition(":")
     if name == "noisy":
         return phantom.noisy, 0.0
-    if name in ("mppca", "patch2self", "nlmeans"):
-        out = run_baseline(name, phantom.noisy, phantom.bvals, mask=phantom.mask)
+    if base.startswith("prior-"):
+        priors = qspace_priors(phantom.noisy, phantom.bvals, phantom.bvecs, phantom.mask, base[len("prior-"):])
+        return priors[0], time.perf_counter() - t0
+    if base.removesuffix("+rc") in BASELINES:
+        out = run_baseline(base.removesuffix("+rc"), phantom.noisy, phantom.bvals, mask=phantom.mask)
+        if base.endswith("+rc"):
+            out = rician_bias_correct(out, estimate_background_sigma(phantom.noisy, phantom.mask))
     else:
         cfg = config.model_copy(deep=True)
-        cfg.model.name = name
+        cfg.model.name = base
+        if variant == "nopost":
+            cfg.inference.shrinkage = cfg.inference.rician_correction = False
+        elif variant:
+            raise SystemExit(f"unknown variant '{variant}' (known: nopost)")
         series = DWISeries(phantom.noisy, phantom.affine, None, phantom.bvals, phantom.bvecs)
         out, _ = denoise_series(series, config=cfg, mask=phantom.mask)
     return out, time.perf_counter() - t0

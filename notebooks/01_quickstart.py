@@ -31,6 +31,7 @@ import numpy as np
 from IPython.display import display
 
 from workbench import api
+from workbench.baselines import estimate_background_sigma
 from workbench.data.nifti import DWISeries
 from workbench.data.phantoms import simulate_dwi
 from workbench.metrics import evaluate_dwi, rmse
@@ -53,11 +54,13 @@ print(f"model {cfg.model.name} (base_filters {cfg.model.base_filters}), {cfg.tra
 # %%
 ph = simulate_dwi(**phantom_args)
 print(ph)
+print("noisy", ph.noisy.shape, ph.noisy.dtype, "| clean", ph.clean.shape, "| mask", ph.mask.shape)
+print("b-values:", sorted({int(b) for b in ph.bvals}))
 
 # %%
 # NBVAL_CHECK_OUTPUT
-print("noisy", ph.noisy.shape, ph.noisy.dtype, "| clean", ph.clean.shape, "| mask", ph.mask.shape)
-print("b-values:", sorted({int(b) for b in ph.bvals}))
+print("(X, Y, Z, N) series:", ph.noisy.shape == (*phantom_args["shape"], len(ph.bvals)))
+print("clean has the same shape:", ph.clean.shape == ph.noisy.shape, "| mask is (X, Y, Z):", ph.mask.shape == ph.noisy.shape[:3])
 
 # %% [markdown]
 # Browse the data. `view` switches the slicing axis, `slice` moves through the volume and `volume`
@@ -95,22 +98,26 @@ result = trainer.fit()  # blocks until done; 02_live_loss_weights runs it in the
 
 # %%
 # NBVAL_CHECK_OUTPUT
-print("steps done:", result.steps_done, "| reason:", result.reason)
+print("reason:", result.reason, "| all steps done:", result.steps_done == cfg.train.steps)
 print("loss terms logged:", sorted(plot.history["terms"]))
-print("validations:", [h["step"] for h in result.history])
+print("validated every val_every steps:",
+      [h["step"] for h in result.history] == list(range(cfg.train.val_every, cfg.train.steps + 1, cfg.train.val_every)))
 
 # %% [markdown]
 # ## 3. Denoise and compare
 #
 # `api.snapshot_denoiser` wraps the trained model for inference (`Denoiser.from_checkpoint(result.best_checkpoint)`
 # would load it from disk instead). `denoise` predicts every volume from the others, tile by tile.
-# It also returns `heldout_mse`: the error of those predictions against the *noisy* data, a quality
-# estimate that needs no reference (see notebook 04).
+# Given the noise level `sigma` (measured in the air around the head), it then does what
+# `workbench denoise` does: it blends each prediction with its noisy volume as far as the noise allows
+# and removes the Rician bias of magnitude data. It also returns `heldout_mse`, a quality estimate
+# that needs no reference (see notebook 04).
 
 # %%
+sigma = estimate_background_sigma(ph.noisy, ph.mask)  # None when there is too little air in the image
 den = api.snapshot_denoiser(trainer)
-out = den.denoise(ph.noisy, ph.bvals, ph.bvecs, mask=ph.mask)
-print("denoised", out.denoised.shape, f"held-out MSE {out.heldout_mse:.1f}")
+out = den.denoise(ph.noisy, ph.bvals, ph.bvecs, mask=ph.mask, sigma=sigma)
+print("denoised", out.denoised.shape, f"| noise sigma {sigma:.1f} (true {ph.sigma:.1f}) | held-out MSE {out.heldout_mse:.1f}")
 
 # %%
 metrics = {"noisy": evaluate_dwi(ph.noisy, ph.clean, ph.bvals, ph.bvecs, ph.mask),

@@ -185,3 +185,17 @@ def test_train_under_torchrun_two_gloo_processes(sim, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.count("completed after 6 steps") == 1  # rank 0 alone reports
     assert (run / "last.pt").is_file() and (run / "best.pt").is_file()
+
+
+def test_demo_writes_figure_and_table(sim, tmp_path, capsys):
+    from workbench.demo import run_demo
+
+    out = tmp_path / "demo"
+    text = run_demo(out, snr=10, seed=2, config=str(sim / "tiny.yaml"), shape=(16, 18, 10), scheme="dti")
+    assert (out / "comparison.png").stat().st_size > 10_000
+    table = (out / "results.md").read_text()
+    assert table == text
+    for row in ["| noisy |", "| ours |", "| mppca |"]:
+        assert row in table
+    with pytest.raises(Exception, match="not empty"):
+        run_demo(out, config=str(sim / "tiny.yaml"), shape=(16, 18, 10), scheme="dti")

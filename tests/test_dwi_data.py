@@ -101,3 +101,17 @@ def test_augment_is_seeded_and_consistent():
     xi, yi, _ = apply_augment(p1, x, y)
     assert torch.allclose(xi[:1], yi)  # same transform on image and target
     assert torch.equal(flip_spatial(flip_spatial(x, (0, 2)), (0, 2)), x)
+
+
+def test_rot90_is_applied_to_all_and_inverts():
+    from workbench.data.transforms import AugmentParams, rot90_spatial
+
+    x = torch.rand(2, 4, 4, 3)
+    assert torch.equal(rot90_spatial(rot90_spatial(x, 1), 3), x)
+    params = AugmentParams((), 1.0, 1)
+    xi, yi, mi = apply_augment(params, x, x[:1].clone(), x[:1] > 0.5)
+    assert torch.equal(xi[:1], yi) and torch.equal(mi, yi > 0.5)
+    assert not torch.equal(xi, x)
+    # non-square in-plane patches fall back to half turns (shape kept)
+    z = torch.rand(1, 4, 5, 3)
+    assert apply_augment(AugmentParams((), 1.0, 1), z, z)[0].shape == z.shape

@@ -178,8 +178,12 @@ class Denoiser:
         brain = subject.mask
         preds = np.empty((n,) + data.shape[:3], dtype=np.float32)
         heldout = np.empty(n)
+        # the network was trained inside the (dilated) mask; outside it the closed-form prediction is used
+        outside = subject.loss_mask <= 0 if subject.n_priors else None
         for j in range(n):
             pred = self.predict_volume(subject, j)
+            if outside is not None:
+                pred = torch.where(outside, subject.priors[0, j], pred)
             heldout[j] = float(((pred - subject.volumes[j])[brain].double() ** 2).mean())
             preds[j] = pred.numpy()
             if progress is not None:

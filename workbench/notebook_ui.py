@@ -1,12 +1,11 @@
 """ipywidgets + matplotlib helpers for the Jupyter tutorials in ``notebooks/``.
 
-Only notebooks import this module (nothing else in :mod:`workbench` does, so
-``import workbench`` stays free of ipywidgets). Every helper draws with
-matplotlib's object-oriented API onto an Agg canvas and shows the figure as a
-PNG in an ``ipywidgets.Image``: that is thread-safe (training callbacks run on
-the training thread), needs no display and no interactive backend, and works
-the same in JupyterLab, VS Code and a headless CI kernel. Widget callbacks are
-plain methods, so code (and CI) can drive them: ``button.click()``,
+Only notebooks import this module; nothing else in :mod:`workbench` does, so
+``import workbench`` stays free of ipywidgets. Figures are drawn with
+matplotlib's object-oriented API on an Agg canvas and shown as PNGs in an
+``ipywidgets.Image``: safe from the training thread, no display or interactive
+backend needed, the same in JupyterLab, VS Code and a headless CI kernel.
+Code (and CI) drives the widgets as a user would: ``button.click()``,
 ``slider.value = 0.3``.
 """
 
@@ -46,12 +45,8 @@ def tutorial_setup(small: bool) -> tuple[dict, Config]:
     cfg.train.amp = True
     if not small:
         return {"shape": (64, 64, 32), "scheme": "multishell", "snr": 10.0, "seed": 0}, cfg
-    cfg.model.base_filters = 8
-    cfg.data.patch_size = 16
-    cfg.data.batch_size = 2
-    cfg.train.steps = 20
-    cfg.train.val_every = 10
-    cfg.train.checkpoint_every = 20
+    cfg.model.base_filters, cfg.data.patch_size, cfg.data.batch_size = 8, 16, 2
+    cfg.train.steps, cfg.train.val_every, cfg.train.checkpoint_every = 20, 10, 20
     return {"shape": (24, 24, 12), "scheme": "dti", "snr": 10.0, "seed": 0}, cfg
 
 
@@ -93,18 +88,18 @@ def _slice(vol: np.ndarray, axis: int, index: int) -> np.ndarray:
     return np.rot90(np.take(vol, index, axis=axis))  # rows = the other two axes, "up" at the top
 
 
+def _image_axes(ax, cmap: str, **kw):
+    ax.set_xticks([])
+    ax.set_yticks([])
+    return ax.imshow(np.zeros((2, 2)), cmap=cmap, **kw)
+
+
 class SliceViewer(_Displayable):
     """Side-by-side panels of same-shaped (X, Y, Z) or (X, Y, Z, N) arrays, one slice at a time.
 
-    Parameters
-    ----------
-    volumes : dict name -> array
-    reference : str, optional
-        Name of the ground truth; the other panels' titles then show this slice's PSNR/RMSE against it.
-    mask : (X, Y, Z) bool, optional
-        Where the slice metrics and the colour range are computed.
-    symmetric : bool
-        Colour range +-v around 0 with a diverging map (for residuals); else [0, v] in grey.
+    ``reference`` names the ground truth: the other panels' titles then show the slice's
+    PSNR/RMSE against it, inside ``mask`` (which also sets the colour range). ``symmetric``:
+    range +-v around 0 in a diverging map (residuals); else [0, v] in grey.
     """
 
     def __init__(self, volumes: dict, *, reference: Optional[str] = None, mask=None, symmetric: bool = False,
@@ -127,17 +122,12 @@ class SliceViewer(_Displayable):
         self.volume = W.IntSlider(value=0, min=0, max=n_vol - 1, description="volume",
                                   layout=W.Layout(display=None if n_vol > 1 else "none"))
         self.panel = FigurePanel(1, len(self.volumes), figsize=(panel_size * len(self.volumes), panel_size + 0.4))
-        self.artists = {}
-        for ax, name in zip(self.panel.axes[0], self.volumes):
-            self.artists[name] = ax.imshow(np.zeros((2, 2)), cmap=self.cmap)
-            ax.set_xticks([])
-            ax.set_yticks([])
-        self.info = W.HTML()
+        self.artists = {name: _image_axes(ax, self.cmap) for ax, name in zip(self.panel.axes[0], self.volumes)}
         self._hold = False
         self.axis.observe(self._on_axis, names="value")
         for w in (self.index, self.volume):
             w.observe(lambda change: None if self._hold else self.update(), names="value")
-        self.widget = W.VBox([W.HBox([self.axis, self.index, self.volume]), self.panel.image, self.info])
+        self.widget = W.VBox([W.HBox([self.axis, self.index, self.volume]), self.panel.image])
         self.update()
 
     def _on_axis(self, change) -> None:
@@ -193,9 +183,7 @@ class SliceViewer(_Displayable):
             artist.set_clim(vmin, vmax)
             m = self.slice_metrics(name)
             ax.set_title(name if m is None else f"{name}\nPSNR {m['psnr']:.1f} dB, RMSE {m['rmse']:.1f}", fontsize=9)
-        self.panel.figure.suptitle(self.title, fontsize=10)
-        self.info.value = (f"slice {self.index.value} of {self.shape[self.axis.value]}, volume {self.volume.value}, "
-                           f"colour range [{vmin:.3g}, {vmax:.3g}]")
+        self.panel.figure.suptitle(f"{self.title}  (volume {self.volume.value}, slice {self.index.value})", fontsize=10)
         self.panel.render()
 
 
@@ -217,32 +205,28 @@ class LossPlot(_Displayable):
         self.widget = W.VBox([self.status, self.panel.image])
 
     def __call__(self, event) -> None:
-        h = self.history
+        h, e = self.history, event
         with self._lock:
-            if isinstance(event, StepEnd):
-                h["step"].append(event.step)
-                h["loss"].append(event.loss)
-                for name, value in event.terms.items():
-                    steps, values = h["terms"].setdefault(name, ([], []))
-                    steps.append(event.step)
-                    values.append(value)
-                w = ", ".join(f"{k} {v:g}" for k, v in event.weights.items() if v)
-                self.status.value = (f"step {event.step}/{event.total_steps} &nbsp; loss {event.loss:.4g} &nbsp; "
-                                     f"weights: {w} &nbsp; ETA {event.eta_s:.0f} s")
-            elif isinstance(event, Validation):
-                h["val_step"].append(event.step)
-                h["val_loss"].append(event.loss)
-            elif isinstance(event, WeightsChanged):
-                h["weight_changes"].append((event.step, event.name, event.old, event.new))
-            elif isinstance(event, Finished):
-                self.finished = event
-                self.status.value = f"finished at step {event.step} ({event.reason}), best validation loss {event.best_loss:.4g}"
-            elif isinstance(event, Failed):
-                self.status.value = f"<b>training failed</b> at step {event.step}: {event.error}"
-        if isinstance(event, (StepEnd, Validation)):
-            self.redraw(force=False)
-        elif isinstance(event, (Finished, Failed)):
-            self.redraw()
+            if isinstance(e, StepEnd):
+                h["step"].append(e.step)
+                h["loss"].append(e.loss)
+                for name, value in e.terms.items():
+                    for lst, x in zip(h["terms"].setdefault(name, ([], [])), (e.step, value)):
+                        lst.append(x)
+                w = ", ".join(f"{k} {v:g}" for k, v in e.weights.items() if v)
+                self.status.value = f"step {e.step}/{e.total_steps} | loss {e.loss:.4g} | weights: {w} | ETA {e.eta_s:.0f} s"
+            elif isinstance(e, Validation):
+                h["val_step"].append(e.step)
+                h["val_loss"].append(e.loss)
+            elif isinstance(e, WeightsChanged):
+                h["weight_changes"].append((e.step, e.name, e.old, e.new))
+            elif isinstance(e, Finished):
+                self.finished = e
+                self.status.value = f"finished at step {e.step} ({e.reason}), best validation loss {e.best_loss:.4g}"
+            elif isinstance(e, Failed):
+                self.status.value = f"<b>training failed</b> at step {e.step}: {e.error}"
+        if isinstance(e, (StepEnd, Validation, Finished, Failed)):
+            self.redraw(force=isinstance(e, (Finished, Failed)))
 
     def redraw(self, force: bool = True) -> None:
         if not force and time.monotonic() - self.panel._last < self.panel.min_interval:
@@ -281,11 +265,9 @@ class BackgroundTraining(_Displayable):
     """
 
     def __init__(self, trainer, resume: bool = False):
-        self.trainer, self.resume = trainer, resume
-        self.result = None
+        self.trainer, self.resume, self.result, self.step = trainer, resume, None, 0
         self.error: Optional[BaseException] = None
         self.thread: Optional[threading.Thread] = None
-        self.step = 0
         self._cond = threading.Condition()
         trainer.callbacks.append(self._on_event)  # the trainer keeps its callbacks in a plain list
         self.start_button = W.Button(description="Start training", icon="play", button_style="success")
@@ -385,10 +367,9 @@ class SnapshotMonitor(_Displayable):
         sel = np.asarray(noisy)[..., self.volumes]
         self.noisy_scores = {"psnr": psnr(sel, self.clean, self.mask, self.data_range),
                              "edge_ratio": edge_sharpness(sel, self.mask) / self.ref_sharpness}
-        self.trainer, self.subject = trainer, None
-        self.records: list[dict] = []
+        self.trainer, self.subject, self.records = trainer, None, []
         self.panel = FigurePanel(1, 2, figsize=(10, 3))
-        self.widget = W.VBox([self.panel.image])
+        self.widget = self.panel.image
         self.redraw()
 
     def bind(self, trainer) -> "SnapshotMonitor":
@@ -460,13 +441,10 @@ class AttentionViewer(_Displayable):
         self.alpha = W.FloatSlider(value=0.5, min=0.0, max=1.0, step=0.05, description="opacity")
         self.panel = FigurePanel(1, 2, figsize=(7, 3.6))
         a0, a1 = self.panel.axes[0]
-        self.base_artist = a0.imshow(np.zeros((2, 2)), cmap="gray")
+        self.base_artist = _image_axes(a0, "gray")
         self.overlay_artist = a0.imshow(np.zeros((2, 2)), cmap=cmap, vmin=0, vmax=1, alpha=0.5)
-        self.map_artist = a1.imshow(np.zeros((2, 2)), cmap=cmap, vmin=0, vmax=1)
+        self.map_artist = _image_axes(a1, cmap, vmin=0, vmax=1)
         self.panel.figure.colorbar(self.map_artist, ax=a1, fraction=0.046)
-        for ax in (a0, a1):
-            ax.set_xticks([])
-            ax.set_yticks([])
         for w in (self.block, self.volume, self.index, self.alpha):
             w.observe(lambda change: self.update(), names="value")
         self.widget = W.VBox([W.HBox([self.block, self.volume]), W.HBox([self.index, self.alpha]), self.panel.image])

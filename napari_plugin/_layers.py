@@ -1,0 +1,193 @@
+"""Conversions between napari layers and the core's arrays (no Qt here).
+
+Layout convention of the plugin: a 4D DWI layer holds ``(N, X, Y, Z)`` (the
+diffusion-volume axis first, so napari's first slider picks the volume) while
+the core works on ``(X, Y, Z, N)``. Layer metadata keeps what the core and the
+writer need: ``affine``, ``header``, ``bvals``, ``bvecs``, ``source_path``.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Optional
+
+import numpy as np
+
+#: metadata keys copied from an input layer to every layer derived from it
+KEPT_KEYS = ("affine", "header", "bvals", "bvecs", "source_path", "volume_axis")
+VOLUME_AXIS = 0
+
+
+def unwrap(obj: Any) -> Any:
+    """The object behind napari's ``PublicOnlyProxy`` (identity comparisons, registries)."""
+    return getattr(obj, "__wrapped__", obj)
+
+
+def voxel_sizes(affine: np.ndarray) -> np.ndarray:
+    """Column norms of the affine's 3x3 part: voxel size in mm along x, y, z."""
+    return np.sqrt((np.asarray(affine, float)[:3, :3] ** 2).sum(axis=0))
+
+
+def spatial_kwargs(affine: np.ndarray, ndim: int) -> dict:
+    """napari ``scale``/``translate`` for a 3D (X, Y, Z) or 4D (N, X, Y, Z) array from a NIfTI affine.
+
+    Oblique (rotated) affines are reduced to voxel size and origin; the full
+    affine stays in the layer metadata and is what the writer uses.
+    """
+    affine = np.asarray(affine, float)
+    scale = [float(v) for v in voxel_sizes(affine)]
+    translate = [float(v) for v in affine[:3, 3]]
+    if ndim == 4:
+        return {"scale": [1.0, *scale], "translate": [0.0, *translate]}
+    return {"scale": scale, "translate": translate}
+
+
+def dwi_metadata(affine, header=None, bvals=None, bvecs=None, source_path=None, is_4d=True) -> dict:
+    meta: dict = {"affine": np.asarray(affine, float).copy(), "header": header,
+                  "bvals": None if bvals is None else np.asarray(bvals, float),
+                  "bvecs": None if bvecs is None else np.asarray(bvecs, float),
+                  "source_path": None if source_path is None else str(source_path)}
+    if is_4d:
+        meta["volume_axis"] = VOLUME_AXIS
+    return meta
+
+
+def to_layer_order(data4d_xyzn: np.ndarray) -> np.ndarray:
+    """(X, Y, Z, N) -> (N, X, Y, Z): the volume axis first, for napari's slider."""
+    return np.ascontiguousarray(np.moveaxis(np.asarray(data4d_xyzn), -1, 0))
+
+
+def to_core_order(layer_data: np.ndarray) -> np.ndarray:
+    """(N, X, Y, Z) -> (X, Y, Z, N) float32, as the core expects."""
+    return np.ascontiguousarray(np.moveaxis(np.asarray(layer_data), 0, -1), dtype=np.float32)
+
+
+def is_dwi_layer(layer) -> bool:
+    return getattr(layer, "data", None) is not None and np.ndim(layer.data) == 4 and \
+        type(unwrap(layer)).__name__ == "Image"
+
+
+def is_volume_layer(layer) -> bool:
+    """A 3D layer (a mask, an edge map)."""
+    return getattr(layer, "data", None) is not None and np.ndim(layer.data) == 3 and \
+        type(unwrap(layer)).__name__ in ("Image", "Labels")
+
+
+def layer_affine(layer) -> np.ndarray:
+    """The layer's NIfTI affine: from metadata, else built from scale/translate."""
+    aff = layer.metadata.get("affine")
+    if aff is not None:
+        return np.asarray(aff, float)
+    scale = list(layer.scale)[-3:]
+    translate = list(layer.translate)[-3:]
+    out = np.eye(4)
+    out[:3, :3] = np.diag(scale)
+    out[:3, 3] = translate
+    return out
+
+
+def layer_series(layer):
+    """A :class:`workbench.data.nifti.DWISeries` from a 4D layer (gradients from metadata)."""
+    from workbench.data.nifti import DWISeries
+
+    if not is_dwi_layer(layer):
+        raise ValueError(f"layer '{layer.name}' is not a 4D diffusion series (volumes, x, y, z)")
+    meta = layer.metadata
+    return DWISeries(data=to_core_order(layer.data), affine=layer_affine(layer), header=meta.get("header"),
+                     bvals=meta.get("bvals"), bvecs=meta.get("bvecs"))
+
+
+def require_gradients(layer) -> tuple[np.ndarray, np.ndarray]:
+    bvals, bvecs = layer.metadata.get("bvals"), layer.metadata.get("bvecs")
+    if bvals is None or bvecs is None:
+        raise ValueError(f"layer '{layer.name}' has no b-values/b-vectors: open it from a .nii.gz with "
+                         "NAME.bval and NAME.bvec beside it")
+    return np.asarray(bvals, float), np.asarray(bvecs, float)
+
+
+def mask_array(layer, spatial_shape: tuple[int, ...]) -> Optional[np.ndarray]:
+    """A boolean (X, Y, Z) mask from a 3D layer (or None), checked against the series' shape."""
+    if layer is None:
+        return None
+    arr = np.asarray(layer.data)
+    if arr.ndim == 4 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.shape != tuple(spatial_shape):
+        raise ValueError(f"mask '{layer.name}' has shape {arr.shape}, the series has {tuple(spatial_shape)}")
+    return arr > 0
+
+
+def derived_kwargs(source, name: str, extra_meta: Optional[dict] = None, ndim: Optional[int] = None) -> dict:
+    """Layer kwargs for a result of ``source``: same scale/translate (last ``ndim`` axes) and metadata."""
+    ndim = ndim or source.ndim
+    meta = {k: copy.deepcopy(source.metadata[k]) for k in KEPT_KEYS if k in source.metadata}
+    if ndim == 3:
+        meta.pop("volume_axis", None)
+    meta.update(extra_meta or {})
+    return {"name": name, "scale": list(source.scale)[-ndim:], "translate": list(source.translate)[-ndim:],
+            "metadata": meta}
+
+
+def add_or_update_image(viewer, data: np.ndarray, kwargs: dict, **display):
+    """Replace the data of the layer called ``kwargs['name']`` or add a new image layer."""
+    name = kwargs["name"]
+    if name in viewer.layers:
+        layer = viewer.layers[name]
+        if np.ndim(layer.data) == np.ndim(data):
+            layer.data = data
+            layer.metadata.update(kwargs.get("metadata", {}))
+            for key, value in display.items():
+                setattr(layer, key, value)
+            return layer
+        viewer.layers.remove(name)
+    return viewer.add_image(data, **kwargs, **display)
+
+
+def set_volume(viewer, j: int) -> None:
+    """Show diffusion volume ``j`` on every layer (the first axis is the volume axis)."""
+    if viewer.dims.ndim >= 4:
+        viewer.dims.set_point(0, float(j))
+
+
+def current_volume(viewer, layer=None) -> int:
+    """The diffusion-volume index the first slider shows (0 for a 3D-only viewer)."""
+    if viewer.dims.ndim < 4:
+        return 0
+    j = int(round(float(viewer.dims.point[0])))
+    if layer is not None and is_dwi_layer(layer):
+        j = min(max(j, 0), layer.data.shape[0] - 1)
+    return j
+
+
+def inputs_fn(layer, mask_layer=None, need_gradients: bool = True):
+    """A function giving ``(DWISeries, mask or None)`` for a worker, capturing arrays (not layers).
+
+    The (N, X, Y, Z) -> (X, Y, Z, N) copy happens when the worker calls it, off the GUI thread.
+    """
+    from workbench.data.nifti import DWISeries
+
+    if not is_dwi_layer(layer):
+        raise ValueError(f"layer '{layer.name}' is not a 4D diffusion series (volumes, x, y, z)")
+    if need_gradients:
+        bvals, bvecs = require_gradients(layer)
+    else:
+        bvals, bvecs = layer.metadata.get("bvals"), layer.metadata.get("bvecs")
+    data, affine, header = layer.data, layer_affine(layer), layer.metadata.get("header")
+    spatial = tuple(np.shape(data)[1:])
+    mask = mask_array(mask_layer, spatial)  # checked now: a wrong mask is reported at once
+
+    def make():
+        return DWISeries(data=to_core_order(data), affine=affine, header=header, bvals=bvals, bvecs=bvecs), mask
+
+    return make
+
+
+def axial_view(viewer) -> None:
+    """Slice along z with x to the right and y (anterior) up: the usual axial view of a NIfTI in RAS."""
+    if viewer.dims.ndim >= 3:
+        n = viewer.dims.ndim
+        viewer.dims.order = tuple(range(n - 3)) + (n - 1, n - 2, n - 3)
+    try:
+        viewer.camera.orientation2d = ("up", "right")
+    except (AttributeError, ValueError, TypeError):  # napari without camera orientation
+        pass

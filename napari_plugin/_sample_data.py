@@ -1,0 +1,48 @@
+"""Sample data: a small simulated DWI phantom with its clean reference and brain mask (no download)."""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from napari_plugin._layers import dwi_metadata, spatial_kwargs, to_layer_order
+
+SHAPE = (32, 32, 16)
+SCHEME = "dti"
+SNR = 15.0
+SEED = 0
+
+NOISY_NAME = "DWI phantom (noisy)"
+CLEAN_NAME = "DWI phantom (clean reference)"
+MASK_NAME = "brain mask"
+
+
+@functools.lru_cache(maxsize=2)
+def _phantom(shape=SHAPE, scheme=SCHEME, snr=SNR, seed=SEED):
+    from workbench.data.phantoms import simulate_dwi
+
+    return simulate_dwi(shape=shape, scheme=scheme, snr=snr, seed=seed)
+
+
+def phantom_layers(shape=SHAPE, scheme=SCHEME, snr=SNR, seed=SEED) -> list[tuple]:
+    """Noisy DWI (volumes first), clean reference and mask as napari layer data tuples."""
+    p = _phantom(tuple(shape), scheme, float(snr), int(seed))
+    where = f"simulated phantom {tuple(shape)}, {scheme} scheme, SNR {snr:g}, seed {seed}"
+    common4 = {"axis_labels": ("volume", "x", "y", "z"), **spatial_kwargs(p.affine, 4)}
+    noisy = (to_layer_order(p.noisy), {
+        "name": NOISY_NAME, **common4,
+        "metadata": {**dwi_metadata(p.affine, None, p.bvals, p.bvecs), "origin": where,
+                     "sigma": float(p.sigma)}}, "image")
+    clean = (to_layer_order(p.clean), {
+        "name": CLEAN_NAME, **common4, "visible": False,
+        "metadata": {**dwi_metadata(p.affine, None, p.bvals, p.bvecs), "origin": where}}, "image")
+    mask = (np.asarray(p.mask, dtype=np.int32), {
+        "name": MASK_NAME, "axis_labels": ("x", "y", "z"), **spatial_kwargs(p.affine, 3), "opacity": 0.3,
+        "visible": False, "metadata": {**dwi_metadata(p.affine, is_4d=False), "origin": where}}, "labels")
+    return [noisy, clean, mask]
+
+
+def make_phantom_sample() -> list[tuple]:
+    """npe2 sample-data hook."""
+    return phantom_layers()

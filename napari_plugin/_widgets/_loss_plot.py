@@ -1,0 +1,123 @@
+"""Live loss plot (matplotlib's Qt canvas): one line per loss term, the total, the held-out estimate,
+and a vertical marker wherever a loss weight was changed during training.
+
+Events only append numbers; the figure is redrawn at most every ``REDRAW_MS`` so a
+fast training loop cannot flood the GUI thread.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import QSizePolicy, QVBoxLayout, QWidget
+
+REDRAW_MS = 300
+BG, FG, GRID = "#262930", "#f0f1f2", "#414851"
+TERM_LABELS = {
+    "l1": "L1", "mse": "MSE", "rmse": "RMSE", "charbonnier": "Charbonnier", "edge": "edge (3D Sobel)",
+    "gradient": "gradient", "ssim": "SSIM loss", "multiscale": "multi-scale", "fft": "frequency (FFT)",
+}
+
+
+class LossPlot(QWidget):
+    def __init__(self, parent: Optional[QWidget] = None):
+        super().__init__(parent)
+        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+        from matplotlib.figure import Figure
+
+        self.figure = Figure(figsize=(4.0, 2.8), dpi=90, facecolor=BG, layout="constrained")
+        self.canvas = FigureCanvasQTAgg(self.figure)
+        self.canvas.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
+        self.canvas.setMinimumHeight(230)
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(self.canvas)
+        self.ax = self.figure.add_subplot(111)
+        self._timer = QTimer(self)
+        self._timer.setInterval(REDRAW_MS)
+        self._timer.timeout.connect(self._redraw_if_dirty)
+        self.reset()
+
+    # ------------------------------------------------------------------ data
+    def reset(self) -> None:
+        self.steps: list[int] = []
+        self.total: list[float] = []
+        self.terms: dict[str, list[tuple[int, float]]] = {}
+        self.heldout: list[tuple[int, float]] = []
+        self.markers: list[tuple[int, str]] = []
+        self._dirty = True
+        self._redraw()
+
+    def start(self) -> None:
+        self._timer.start()
+
+    def stop(self) -> None:
+        self._timer.stop()
+        self._redraw_if_dirty()
+
+    def add_step(self, ev) -> None:
+        """A ``StepEnd``: the total loss and each (unweighted) term."""
+        if self.steps and ev.step <= self.steps[-1]:  # a resumed run replays no steps, but be safe
+            keep = [i for i, s in enumerate(self.steps) if s < ev.step]
+            self.steps, self.total = [self.steps[i] for i in keep], [self.total[i] for i in keep]
+        self.steps.append(int(ev.step))
+        self.total.append(float(ev.loss))
+        for name, value in ev.terms.items():
+            self.terms.setdefault(name, []).append((int(ev.step), float(value)))
+        self._dirty = True
+
+    def add_validation(self, ev) -> None:
+        value = ev.terms.get("heldout_mse", ev.loss)
+        self.heldout.append((int(ev.step), float(value)))
+        self._dirty = True
+
+    def mark_weight_change(self, ev) -> None:
+        """A ``WeightsChanged``: a vertical line at the step from which the new weight applies."""
+        label = TERM_LABELS.get(ev.name, ev.name)
+        self.markers.append((int(ev.step), f"{label} {ev.old:g}→{ev.new:g}"))
+        self._dirty = True
+
+    # ------------------------------------------------------------------ drawing
+    def _redraw_if_dirty(self) -> None:
+        if self._dirty:
+            self._redraw()
+
+    def _redraw(self) -> None:
+        self._dirty = False
+        ax = self.ax
+        ax.clear()
+        ax.set_facecolor(BG)
+        for spine in ax.spines.values():
+            spine.set_color(GRID)
+        ax.tick_params(colors=FG, labelsize=8)
+        ax.grid(True, color=GRID, linewidth=0.5)
+        ax.set_xlabel("training step", color=FG, fontsize=9)
+        ax.set_ylabel("loss (log scale)", color=FG, fontsize=9)
+        if not self.steps:
+            ax.text(0.5, 0.5, "The loss curves appear here\nonce training starts", ha="center", va="center",
+                    color=FG, fontsize=9, transform=ax.transAxes)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            self.canvas.draw_idle()
+            return
+        positive = lambda vs: all(v > 0 and math.isfinite(v) for v in vs)  # noqa: E731
+        values = list(self.total) + [v for pts in self.terms.values() for _, v in pts] + [v for _, v in self.heldout]
+        ax.set_yscale("log" if positive(values) else "linear")
+        if not positive(values):
+            ax.set_ylabel("loss", color=FG, fontsize=9)
+        ax.plot(self.steps, self.total, color="white", linewidth=1.6, label="total (weighted)")
+        for name, pts in sorted(self.terms.items()):
+            ax.plot([s for s, _ in pts], [v for _, v in pts], linewidth=1.0, label=TERM_LABELS.get(name, name))
+        if self.heldout:
+            ax.plot([s for s, _ in self.heldout], [v for _, v in self.heldout], "o--", color="#ffd166",
+                    markersize=4, linewidth=1.0, label="held-out estimate (MSE + σ²)")
+        for step, text in self.markers:
+            ax.axvline(step, color="#ff6b6b", linestyle=":", linewidth=1.2)
+            ax.annotate(text, xy=(step, 1.0), xycoords=("data", "axes fraction"), xytext=(2, -2),
+                        textcoords="offset points", rotation=90, va="top", ha="left", fontsize=7, color="#ff9b9b")
+        ax.set_xlim(left=0, right=max(self.steps[-1], 1) * 1.02 + 0.5)
+        leg = ax.legend(loc="upper right", fontsize=7, facecolor=BG, edgecolor=GRID, labelcolor=FG, framealpha=0.8)
+        leg.set_draggable(True)
+        self.canvas.draw_idle()

@@ -1,0 +1,151 @@
+"""Attention panel: the spatial attention of a chosen CBAM block for the volume on screen.
+
+Maps come from ``Denoiser.attention_maps`` (values in [0, 1], on the image grid)
+and are shown as an overlay with a chosen colour map and opacity.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import QCheckBox, QComboBox, QFormLayout, QGroupBox, QPushButton, QVBoxLayout, QWidget
+from superqt import QLabeledDoubleSlider
+
+from napari_plugin._layers import add_or_update_image, current_volume, derived_kwargs, inputs_fn, is_dwi_layer, \
+    is_volume_layer, unwrap
+from napari_plugin._widgets._common import LayerCombo, ModelSource, StatusLine, outer_layout, \
+    show_error_notification
+
+COLORMAPS = ["inferno", "magma", "viridis", "turbo", "red"]
+PREFIX = "attention"
+
+
+class AttentionWidget(QWidget):
+    def __init__(self, napari_viewer, parent: Optional[QWidget] = None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.worker = None
+        self.maps: dict = {}
+        self.maps_volume: Optional[int] = None
+        self.overlay = None
+        self._cache: dict = {}
+        self._pending = False
+
+        content = QWidget()
+        root = QVBoxLayout(content)
+        form = QFormLayout()
+        self.layer_combo = LayerCombo(self.viewer, is_dwi_layer)
+        self.mask_combo = LayerCombo(self.viewer, is_volume_layer, allow_none=True,
+                                     none_text="(automatic brain mask)")
+        form.addRow("Image layer", self.layer_combo)
+        form.addRow("Brain mask", self.mask_combo)
+        root.addLayout(form)
+        box = QGroupBox("Model")
+        QVBoxLayout(box).addWidget(source := ModelSource(self.viewer))
+        self.source = source
+        root.addWidget(box)
+        self.compute_btn = QPushButton("Compute attention for the volume on screen")
+        self.compute_btn.clicked.connect(self.compute)
+        self.follow = QCheckBox("Update when the volume slider moves")
+        root.addWidget(self.compute_btn)
+        root.addWidget(self.follow)
+
+        form = QFormLayout()
+        self.block = QComboBox()
+        self.block.setToolTip("CBAM attention block of the network (computed maps are listed here)")
+        self.block.currentTextChanged.connect(lambda _t: self._show())
+        self.colormap = QComboBox()
+        self.colormap.addItems(COLORMAPS)
+        self.colormap.currentTextChanged.connect(self._restyle)
+        self.opacity = QLabeledDoubleSlider(Qt.Orientation.Horizontal)
+        self.opacity.setRange(0.0, 1.0)
+        self.opacity.setValue(0.5)
+        self.opacity.valueChanged.connect(self._restyle)
+        form.addRow("Attention block", self.block)
+        form.addRow("Colour map", self.colormap)
+        form.addRow("Opacity", self.opacity)
+        root.addLayout(form)
+        self.status = StatusLine("Attention shows where the network looks (1 = full attention).")
+        root.addWidget(self.status)
+        root.addStretch(1)
+        outer_layout(self, content)
+        self.viewer.dims.events.current_step.connect(self._volume_changed)
+
+    def compute(self) -> None:
+        from napari_plugin._workers import attention_worker
+
+        if self.worker is not None:
+            self._pending = True
+            return
+        layer = self.layer_combo.layer()
+        try:
+            if layer is None:
+                raise ValueError("Open a 4D DWI image first")
+            make_denoiser = self.source.factory()
+            mask_layer = self.mask_combo.layer()
+            make_inputs = inputs_fn(layer, mask_layer)
+        except Exception as exc:
+            self.status.error(str(exc))
+            show_error_notification(str(exc))
+            return
+        j = current_volume(self.viewer, layer)
+        key = (id(unwrap(layer)), id(layer.data), None if mask_layer is None else id(mask_layer.data),
+               self.source.key())
+        self._layer = layer
+        self.worker = w = attention_worker(make_denoiser, make_inputs, j, cache=self._cache, key=key)
+        w.yielded.connect(lambda item: self.status.info(getattr(item, "text", str(item))))
+        w.returned.connect(lambda maps, jj=j: self._got_maps(maps, jj))
+        w.errored.connect(self._on_error)
+        w.finished.connect(self._finished)
+        w.start()
+
+    def _on_error(self, exc) -> None:
+        self.status.error(f"Attention maps failed: {exc}", repr(exc))
+
+    def _got_maps(self, maps: dict, j: int) -> None:
+        self.maps, self.maps_volume = maps, j
+        if not maps:
+            self.status.error("This model has no attention (CBAM) blocks: train with attention switched on")
+            return
+        current = self.block.currentText()
+        self.block.blockSignals(True)
+        self.block.clear()
+        self.block.addItems(list(maps))
+        self.block.setCurrentText(current if current in maps else next(iter(maps)))
+        self.block.blockSignals(False)
+        self._show()
+
+    def _show(self) -> None:
+        name = self.block.currentText()
+        if name not in self.maps:
+            return
+        layer = self._layer
+        kwargs = derived_kwargs(layer, f"{PREFIX}: {layer.name}",
+                                {"attention_block": name, "volume": self.maps_volume}, ndim=3)
+        self.overlay = add_or_update_image(self.viewer, self.maps[name], kwargs, colormap=self.colormap.currentText(),
+                                           opacity=float(self.opacity.value()), blending="additive",
+                                           contrast_limits=(0.0, 1.0))
+        self.status.info(f"Block '{name}', volume {self.maps_volume}: overlay '{self.overlay.name}'.")
+
+    def _restyle(self, *_):
+        if self.overlay is not None and self.overlay.name in self.viewer.layers:
+            self.overlay.colormap = self.colormap.currentText()
+            self.overlay.opacity = float(self.opacity.value())
+
+    def _finished(self) -> None:
+        self.worker = None
+        if self._pending:
+            self._pending = False
+            self.compute()
+
+    def _volume_changed(self, *_):
+        if self.follow.isChecked() and self.maps:
+            self.compute()
+
+    def closeEvent(self, event) -> None:
+        try:
+            self.viewer.dims.events.current_step.disconnect(self._volume_changed)
+        except (TypeError, ValueError, RuntimeError):
+            pass
+        super().closeEvent(event)

@@ -1,0 +1,102 @@
+"""Edge-map panel: 3D Sobel magnitude of input, prediction and reference for the volume on screen.
+
+Computed by ``workbench.inference.edge_map``, the operator the edge loss uses, so
+what is shown is what the loss compares.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+from qtpy.QtWidgets import QCheckBox, QFormLayout, QPushButton, QVBoxLayout, QWidget
+
+from napari_plugin._layers import add_or_update_image, current_volume, derived_kwargs, is_dwi_layer, unwrap
+from napari_plugin._widgets._common import LayerCombo, StatusLine, outer_layout, show_error_notification
+
+PREFIX = "edges"
+
+
+class EdgeWidget(QWidget):
+    def __init__(self, napari_viewer, parent: Optional[QWidget] = None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.worker = None
+        self._pending = False
+        self.edge_layers: dict[str, object] = {}
+
+        content = QWidget()
+        root = QVBoxLayout(content)
+        form = QFormLayout()
+        self.input = LayerCombo(self.viewer, is_dwi_layer, allow_none=True)
+        self.prediction = LayerCombo(self.viewer, is_dwi_layer, allow_none=True)
+        self.reference = LayerCombo(self.viewer, is_dwi_layer, allow_none=True)
+        form.addRow("Noisy input", self.input)
+        form.addRow("Prediction", self.prediction)
+        form.addRow("Reference", self.reference)
+        root.addLayout(form)
+        self.compute_btn = QPushButton("Compute edge maps for the volume on screen")
+        self.compute_btn.clicked.connect(self.compute)
+        self.follow = QCheckBox("Update when the volume slider moves")
+        self.status = StatusLine("3D Sobel gradient magnitude (the edge loss's operator), one layer per image.")
+        for w in (self.compute_btn, self.follow, self.status):
+            root.addWidget(w)
+        root.addStretch(1)
+        outer_layout(self, content)
+        self.viewer.dims.events.current_step.connect(self._volume_changed)
+
+    def _sources(self) -> list:
+        out = []
+        for combo in (self.input, self.prediction, self.reference):
+            layer = combo.layer()
+            if layer is not None and all(unwrap(layer) is not unwrap(o) for o in out):
+                out.append(layer)
+        return out
+
+    def compute(self) -> None:
+        from napari_plugin._workers import edge_worker
+
+        if self.worker is not None:
+            self._pending = True
+            return
+        sources = self._sources()
+        if not sources:
+            message = "Choose at least one layer (input, prediction or reference)"
+            self.status.error(message)
+            show_error_notification(message)
+            return
+        j = current_volume(self.viewer, sources[0])
+        j = min(j, *(s.data.shape[0] - 1 for s in sources))
+        volumes = {layer.name: np.asarray(layer.data[j]) for layer in sources}
+        by_name = {layer.name: layer for layer in sources}
+        self.worker = w = edge_worker(volumes)
+        w.returned.connect(lambda maps, jj=j, src=by_name: self._show(maps, jj, src))
+        w.errored.connect(lambda exc: self.status.error(f"Edge maps failed: {exc}", repr(exc)))
+        w.finished.connect(self._finished)
+        self.status.info(f"Computing edge maps for volume {j}…")
+        w.start()
+
+    def _show(self, maps: dict, j: int, sources: dict) -> None:
+        top = max((float(np.percentile(m, 99.5)) for m in maps.values()), default=1.0) or 1.0
+        for name, edge in maps.items():
+            kwargs = derived_kwargs(sources[name], f"{PREFIX}: {name}", {"edge_map_of": name, "volume": j}, ndim=3)
+            self.edge_layers[name] = add_or_update_image(self.viewer, edge, kwargs, colormap="magma",
+                                                         contrast_limits=(0.0, top))
+        self.status.info(f"Edge maps of volume {j}: {', '.join(maps)} (same colour scale on every map).")
+
+    def _finished(self) -> None:
+        self.worker = None
+        if self._pending:
+            self._pending = False
+            self.compute()
+
+    def _volume_changed(self, *_):
+        if self.follow.isChecked():
+            self.compute()
+
+    def closeEvent(self, event) -> None:
+        try:
+            self.viewer.dims.events.current_step.disconnect(self._volume_changed)
+        except (TypeError, ValueError, RuntimeError):
+            pass
+        super().closeEvent(event)

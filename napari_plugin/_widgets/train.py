@@ -1,0 +1,425 @@
+"""Train panel: pick the open DWI layer, set the run up, Start / Stop / Resume, watch the losses live.
+
+The widget only marshals values into :class:`workbench.config.Config` and hands
+the work to :func:`napari_plugin._workers.train_worker`. Loss-weight sliders act
+on the trainer's shared ``LossWeights`` while it runs (from the next step on;
+the core records the change and emits ``WeightsChanged``, marked on the plot).
+Stopping, closing the panel or closing napari asks the trainer to stop, which
+writes ``last.pt`` in the run folder.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+from qtpy.QtCore import QEvent, QTimer
+from qtpy.QtWidgets import (
+    QApplication, QComboBox, QDoubleSpinBox, QFormLayout, QGridLayout, QGroupBox, QHBoxLayout, QLabel,
+    QProgressBar, QPushButton, QSpinBox, QVBoxLayout, QWidget,
+)
+from superqt import QCollapsible, QLabeledDoubleSlider
+
+from napari_plugin import _session
+from napari_plugin._layers import inputs_fn, is_dwi_layer, is_volume_layer
+from napari_plugin._widgets._common import (
+    LayerCombo, PathPicker, StatusLine, format_duration, outer_layout, show_error_notification,
+)
+from napari_plugin._widgets._loss_plot import TERM_LABELS, LossPlot
+
+MODEL_LABELS = {"multiscale": "Multi-scale detail network", "denoiser": "Single-level U-Net (lightest)",
+                "progressive": "Coarse-to-fine network", "frequency": "Frequency band network"}
+SCHEDULES = [("One-cycle (warm up, then decay)", "onecycle"), ("Cosine decay", "cosine"),
+             ("Lower when the loss stalls", "plateau"), ("Constant", "none")]
+AMP_CHOICES = [("Automatic", "auto"), ("On", True), ("Off", False)]
+DEVICES = [("Automatic (GPU if available)", "auto"), ("CPU", "cpu"), ("CUDA GPU", "cuda")]
+WEIGHT_APPLY_MS = 250
+
+
+def cuda_description() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return f"CUDA GPU found: {torch.cuda.get_device_name(0)}"
+    return "No CUDA GPU found: training runs on the CPU"
+
+
+class TrainWidget(QWidget):
+    def __init__(self, napari_viewer, parent: Optional[QWidget] = None):
+        super().__init__(parent)
+        from workbench.config import Config
+        from workbench.losses import LOSSES
+        from workbench.models import MODELS
+
+        self.viewer = napari_viewer
+        self.worker = None
+        self.control = None
+        self.trainer = None
+        self.loss_weights = None
+        self.result = None
+        self.last_error: Optional[BaseException] = None
+        self._resync_weights = False
+        self._pending: dict[str, float] = {}
+        self._watched_window = None
+        self._auto_folder = True
+        defaults = Config()
+
+        content = QWidget()
+        root = QVBoxLayout(content)
+        form = QFormLayout()
+        self.layer_combo = LayerCombo(self.viewer, is_dwi_layer)
+        self.layer_combo.setToolTip("The open 4D diffusion series to train on (volumes, x, y, z)")
+        self.mask_combo = LayerCombo(self.viewer, is_volume_layer, allow_none=True,
+                                     none_text="(automatic brain mask)")
+        self.model_combo = QComboBox()
+        for name in MODELS:
+            self.model_combo.addItem(MODEL_LABELS.get(name, name), name)
+        self.model_combo.setCurrentIndex(self.model_combo.findData(defaults.model.name))
+        form.addRow("Image layer", self.layer_combo)
+        form.addRow("Brain mask", self.mask_combo)
+        form.addRow("Model", self.model_combo)
+        root.addLayout(form)
+
+        box = QGroupBox("Loss weights")
+        grid = QGridLayout(box)
+        hint = QLabel("0 = term not used. Moving a slider while training changes the loss from the next step.")
+        hint.setWordWrap(True)
+        grid.addWidget(hint, len(LOSSES), 0, 1, 2)
+        self.sliders: dict[str, QLabeledDoubleSlider] = {}
+        for row, name in enumerate(LOSSES):
+            s = QLabeledDoubleSlider()
+            s.setRange(0.0, 1.0)
+            s.setSingleStep(0.01)
+            s.setDecimals(2)
+            s.setValue(float(defaults.loss.weights.get(name, 0.0)))
+            s.valueChanged.connect(lambda v, n=name: self._weight_moved(n, v))
+            grid.addWidget(QLabel(TERM_LABELS.get(name, name)), row, 0)
+            grid.addWidget(s, row, 1)
+            self.sliders[name] = s
+        root.addWidget(box)
+        self._weight_timer = QTimer(self)
+        self._weight_timer.setSingleShot(True)
+        self._weight_timer.setInterval(WEIGHT_APPLY_MS)
+        self._weight_timer.timeout.connect(self._apply_pending_weights)
+
+        form = QFormLayout()
+        self.steps = QSpinBox()
+        self.steps.setRange(1, 1_000_000)
+        self.steps.setValue(defaults.train.steps)
+        self.lr = QDoubleSpinBox()
+        self.lr.setDecimals(5)
+        self.lr.setRange(1e-5, 1.0)
+        self.lr.setSingleStep(1e-4)
+        self.lr.setValue(defaults.train.lr)
+        self.schedule = QComboBox()
+        for label, value in SCHEDULES:
+            self.schedule.addItem(label, value)
+        self.amp = QComboBox()
+        for label, value in AMP_CHOICES:
+            self.amp.addItem(label, value)
+        self.device = QComboBox()
+        for label, value in DEVICES:
+            self.device.addItem(label, value)
+        self.device_info = QLabel(cuda_description())
+        self.device_info.setWordWrap(True)
+        self.patch = QSpinBox()
+        self.patch.setRange(8, 256)
+        self.patch.setSingleStep(8)
+        self.patch.setValue(defaults.data.patch_size)
+        self.batch = QSpinBox()
+        self.batch.setRange(1, 256)
+        self.batch.setValue(defaults.data.batch_size)
+        self.filters = QSpinBox()
+        self.filters.setRange(4, 256)
+        self.filters.setValue(defaults.model.base_filters)
+        form.addRow("Training steps", self.steps)
+        form.addRow("Device", self.device)
+        form.addRow(self.device_info)
+        root.addLayout(form)
+        self.advanced = QCollapsible("More settings (learning rate, precision, patch size)")
+        inner = QWidget()
+        form = QFormLayout(inner)
+        form.setContentsMargins(0, 0, 0, 0)
+        form.addRow("Learning rate", self.lr)
+        form.addRow("Rate schedule", self.schedule)
+        form.addRow("Mixed precision", self.amp)
+        form.addRow("Patch size (voxels)", self.patch)
+        form.addRow("Batch size", self.batch)
+        form.addRow("Network width", self.filters)
+        self.advanced.addWidget(inner)
+        root.addWidget(self.advanced)
+
+        self.run_dir = PathPicker(tempfile.mkdtemp(prefix="dwi-workbench-run-"), folder=True)
+        self.run_dir.changed.connect(self._folder_edited)
+        form = QFormLayout()
+        form.addRow("Run folder", self.run_dir)
+        root.addLayout(form)
+
+        buttons = QHBoxLayout()
+        self.start_btn, self.stop_btn, self.resume_btn = QPushButton("Start"), QPushButton("Stop"), QPushButton("Resume")
+        self.start_btn.setToolTip("Train a new model in the run folder")
+        self.stop_btn.setToolTip("Stop after the current step and save last.pt")
+        self.resume_btn.setToolTip("Continue the run in the run folder from last.pt (steps may be raised)")
+        self.start_btn.clicked.connect(lambda: self.start(resume=False))
+        self.resume_btn.clicked.connect(lambda: self.start(resume=True))
+        self.stop_btn.clicked.connect(self.stop)
+        for b in (self.start_btn, self.stop_btn, self.resume_btn):
+            buttons.addWidget(b)
+        root.addLayout(buttons)
+        self.progress = QProgressBar()
+        self.progress.setFormat("step %v of %m")
+        self.progress.setValue(0)
+        self.time_left = QLabel("")
+        self.status = StatusLine("Choose a DWI layer and press Start.")
+        self.plot = LossPlot()
+        for w in (self.progress, self.time_left, self.status, self.plot):
+            root.addWidget(w)
+        outer_layout(self, content)
+        self.setMinimumWidth(360)
+        self._update_buttons()
+        app = QApplication.instance()
+        if app is not None:
+            app.aboutToQuit.connect(self._about_to_quit)
+
+    # ------------------------------------------------------------------ config
+    def weights(self) -> dict[str, float]:
+        return {name: round(float(s.value()), 4) for name, s in self.sliders.items()}
+
+    def make_config(self):
+        """The run's :class:`workbench.config.Config` from the widget's values."""
+        from workbench.config import Config
+
+        cfg = Config().model_copy(deep=True)
+        cfg.model.name = self.model_combo.currentData()
+        cfg.model.base_filters = self.filters.value()
+        cfg.data.patch_size = self.patch.value()
+        cfg.data.batch_size = self.batch.value()
+        weights = self.weights()
+        if not any(weights.values()):
+            raise ValueError("Give at least one loss term a weight above 0")
+        cfg.loss.weights = weights  # every term, zeros included: the run log gets a column for each
+        steps = self.steps.value()
+        cfg.train.steps = steps
+        cfg.train.lr = float(self.lr.value())
+        cfg.train.schedule = self.schedule.currentData()
+        cfg.train.amp = self.amp.currentData()
+        cfg.train.device = self.device.currentData()
+        cfg.train.val_every = min(100, max(5, steps // 10))
+        cfg.train.checkpoint_every = min(200, max(10, steps // 5))
+        return cfg
+
+    def _resume_config(self, folder: Path):
+        from workbench.config import load_config
+
+        cfg = load_config(folder / "config.yaml")  # the run's own config: only steps/device may change
+        cfg.train.steps = max(self.steps.value(), 1)
+        cfg.train.device = self.device.currentData()
+        self.model_combo.setCurrentIndex(max(self.model_combo.findData(cfg.model.name), 0))
+        for spin, value in ((self.filters, cfg.model.base_filters), (self.patch, cfg.data.patch_size),
+                            (self.batch, cfg.data.batch_size)):
+            spin.setValue(value)
+        return cfg
+
+    # ------------------------------------------------------------------ actions
+    def is_running(self) -> bool:
+        return self.worker is not None
+
+    def start(self, resume: bool = False) -> None:
+        """Start a new run (or resume the one in the run folder) in a worker thread."""
+        from workbench.losses import LossWeights
+        from napari_plugin._workers import Control, train_worker
+
+        if self.is_running():
+            return
+        try:
+            layer = self.layer_combo.layer()
+            if layer is None:
+                raise ValueError("Open a 4D DWI image first (File > Open, or File > Open Sample)")
+            folder = Path(self.run_dir.text()).expanduser()
+            has_run = (folder / "last.pt").is_file()
+            if resume:
+                if not has_run or not (folder / "config.yaml").is_file():
+                    raise ValueError(f"Nothing to resume in {folder}: press Start for a new run")
+                cfg = self._resume_config(folder)
+            else:
+                if has_run and self._auto_folder:
+                    self.run_dir.setText(tempfile.mkdtemp(prefix="dwi-workbench-run-"))
+                    self._auto_folder = True
+                    folder = Path(self.run_dir.text())
+                elif has_run:
+                    raise ValueError(f"{folder} already holds a run: press Resume, or choose another folder")
+                cfg = self.make_config()
+                self.plot.reset()
+            make_inputs = inputs_fn(layer, self.mask_combo.layer())
+        except Exception as exc:  # pydantic errors, bad layers, bad folders: all in plain words
+            self._fail(str(exc), exc)
+            return
+        self.loss_weights = None if resume else LossWeights(cfg.loss.weights)
+        self._resync_weights = resume
+        self.result, self.last_error = None, None
+        self.progress.setMaximum(cfg.train.steps)
+        self.control = Control()
+        self.worker = train_worker(make_inputs, cfg, str(folder), resume=resume, loss_weights=self.loss_weights,
+                                   control=self.control)
+        self.control.worker = self.worker
+        self.worker.yielded.connect(self._on_event)
+        self.worker.returned.connect(self._on_returned)
+        self.worker.errored.connect(self._on_error)
+        self.worker.finished.connect(self._on_finished)
+        self.status.info("Starting…")
+        self.plot.start()
+        self.worker.start()
+        self._update_buttons()
+
+    def stop(self) -> None:
+        """Ask training to stop after the current step; the core writes last.pt."""
+        if self.control is not None:
+            self.control.stop()
+            self.status.info("Stopping after the current step…")
+
+    def shutdown(self, wait: bool = False, timeout: float = 120.0) -> None:
+        """Stop training (closing the panel or napari); with ``wait``, block until last.pt is written."""
+        control = self.control
+        if control is None:
+            return
+        control.stop()
+        if wait and control.fitting:
+            control.done.wait(timeout)
+
+    # ------------------------------------------------------------------ live weights
+    def _weight_moved(self, name: str, value: float) -> None:
+        if self.loss_weights is None or not self.is_running():
+            return
+        self._pending[name] = round(float(value), 4)
+        self._weight_timer.start()
+
+    def _apply_pending_weights(self) -> None:
+        pending, self._pending = self._pending, {}
+        lw = self.loss_weights
+        if lw is None:
+            return
+        current = lw.get()
+        for name, value in pending.items():
+            if current.get(name, 0.0) != value:
+                lw.set(name, value)  # thread-safe; the trainer applies it from the next step on
+
+    # ------------------------------------------------------------------ worker events
+    def _on_event(self, ev) -> None:
+        from workbench.training.events import Failed, Finished, StepEnd, Validation, WeightsChanged
+        from napari_plugin._workers import Status, TrainerReady
+
+        if isinstance(ev, StepEnd):
+            self.progress.setMaximum(ev.total_steps)
+            self.progress.setValue(ev.step)
+            self.time_left.setText(f"About {format_duration(ev.eta_s)} left "
+                                   f"(running for {format_duration(ev.elapsed_s)})")
+            self.plot.add_step(ev)
+            if self._resync_weights:
+                self._resync_after_resume(ev.weights)
+        elif isinstance(ev, Validation):
+            self.plot.add_validation(ev)
+            self.status.info(f"Step {ev.step}: held-out estimate {ev.terms.get('heldout_mse', ev.loss):.4g}"
+                             + (" (best so far)" if ev.is_best else ""))
+        elif isinstance(ev, WeightsChanged):
+            self.plot.mark_weight_change(ev)
+            self.status.info(f"{TERM_LABELS.get(ev.name, ev.name)} weight {ev.old:g} → {ev.new:g} "
+                             f"from step {ev.step}")
+        elif isinstance(ev, Finished):
+            words = {"completed": "Finished", "stopped": "Stopped", "early_stopping": "Stopped early (no gain)"}
+            self.status.info(f"{words.get(ev.reason, ev.reason)} at step {ev.step}. "
+                             f"Last checkpoint: {ev.last_checkpoint}")
+            info = _session.run_for(self.viewer)
+            if info is not None:
+                info.last_checkpoint, info.best_checkpoint = ev.last_checkpoint, ev.best_checkpoint
+        elif isinstance(ev, Failed):
+            self.status.error(f"Training failed at step {ev.step}: {ev.error}", ev.traceback)
+        elif isinstance(ev, TrainerReady):
+            self.trainer = ev.trainer
+            self.loss_weights = ev.trainer.loss_weights
+            amp = "on" if ev.amp else "off"
+            self.device_info.setText(f"Running on {ev.device.upper()} (mixed precision {amp}). {cuda_description()}")
+            _session.set_run(self.viewer, _session.RunInfo(trainer=ev.trainer, run_dir=ev.run_dir,
+                                                           layer_name=self.layer_combo.currentText(), running=True))
+            self.status.info("Resuming from last.pt…" if ev.resume else "Training…")
+        elif isinstance(ev, Status):
+            self.status.info(ev.text)
+
+    def _resync_after_resume(self, active: dict) -> None:
+        """After a resume the core restores the checkpoint's weights; re-apply sliders moved meanwhile."""
+        self._resync_weights = False
+        for name, slider in self.sliders.items():
+            want = round(float(slider.value()), 4)
+            if abs(float(active.get(name, 0.0)) - want) > 1e-9:
+                self.loss_weights.set(name, want)
+
+    def _on_returned(self, result) -> None:
+        self.result = result
+
+    def _on_error(self, exc: BaseException) -> None:
+        self.last_error = exc
+        if not self.status.is_error:  # the Failed event may already have said it
+            self.status.error(f"Training failed: {exc}", repr(exc))
+        # napari's worker also relays the exception to its notifications
+
+    def _on_finished(self) -> None:
+        self.worker = None
+        self.plot.stop()
+        info = _session.run_for(self.viewer)
+        if info is not None:
+            info.running = False
+        self._update_buttons()
+
+    def _fail(self, message: str, exc: Optional[BaseException] = None) -> None:
+        self.last_error = exc
+        self.status.error(message)
+        show_error_notification(message)
+
+    def _folder_edited(self, _text: str) -> None:
+        self._auto_folder = False
+        self._update_buttons()
+
+    def _update_buttons(self) -> None:
+        running = self.is_running()
+        self.start_btn.setEnabled(not running)
+        self.stop_btn.setEnabled(running)
+        folder = Path(self.run_dir.text() or ".")
+        self.resume_btn.setEnabled(not running and (folder / "last.pt").is_file())
+        for w in (self.layer_combo, self.mask_combo, self.model_combo, self.patch, self.batch, self.filters,
+                  self.run_dir, self.lr, self.schedule, self.amp, self.device, self.steps):
+            w.setEnabled(not running)
+
+    # ------------------------------------------------------------------ closing
+    def showEvent(self, event) -> None:
+        super().showEvent(event)
+        window = self.window()
+        if window is not self and window is not self._watched_window:
+            window.installEventFilter(self)
+            self._watched_window = window
+
+    def eventFilter(self, obj, event) -> bool:
+        if obj is self._watched_window and event.type() == QEvent.Type.Close:
+            QTimer.singleShot(0, self._after_window_close)
+        return False
+
+    def _after_window_close(self) -> None:
+        window = self._watched_window
+        try:
+            closed = window is None or not window.isVisible()
+        except RuntimeError:
+            closed = True
+        if closed:
+            self.shutdown(wait=False)
+            _session.set_run(self.viewer, None)
+
+    def event(self, event) -> bool:
+        if event.type() == QEvent.Type.ParentChange and self.parent() is None and self._watched_window is not None:
+            self.shutdown(wait=False)  # the panel was removed: its run stays usable by the other panels
+        return super().event(event)
+
+    def closeEvent(self, event) -> None:
+        self.shutdown(wait=False)
+        super().closeEvent(event)
+
+    def _about_to_quit(self) -> None:
+        self.shutdown(wait=True)
