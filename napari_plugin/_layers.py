@@ -187,7 +187,81 @@ def axial_view(viewer) -> None:
     if viewer.dims.ndim >= 3:
         n = viewer.dims.ndim
         viewer.dims.order = tuple(range(n - 3)) + (n - 1, n - 2, n - 3)
+    scene = getattr(viewer, "scene", None)
+    camera = scene.camera if scene is not None and hasattr(scene, "camera") else viewer.camera
     try:
-        viewer.camera.orientation2d = ("up", "right")
+        camera.orientation2d = ("up", "right")
     except (AttributeError, ValueError, TypeError):  # napari without camera orientation
         pass
+
+
+def grid(viewer):
+    """The viewer's grid settings (``viewer.canvas.grid`` from napari 0.9, ``viewer.grid`` before)."""
+    canvas = getattr(viewer, "canvas", None)
+    return canvas.grid if canvas is not None and hasattr(canvas, "grid") else viewer.grid
+
+
+#: metadata keys of layers the plugin derives for display (maps), never offered as inputs or results
+MAP_KEYS = ("edge_map_of", "attention_block", "difference_of", "review_label")
+#: metadata keys of computed results (a denoised series, a baseline)
+RESULT_KEYS = ("denoise", "baseline")
+
+
+def is_map_layer(layer) -> bool:
+    return any(k in layer.metadata for k in MAP_KEYS)
+
+
+def is_original_layer(layer) -> bool:
+    """Data the user opened (not a result or a map the plugin computed)."""
+    return not is_map_layer(layer) and not any(k in layer.metadata for k in RESULT_KEYS)
+
+
+def show_name(layer, on: bool = True) -> None:
+    """The layer's name in its grid cell (napari >= 0.6 name overlay; silently absent before)."""
+    overlay = getattr(layer, "name_overlay", None)
+    if overlay is not None:
+        overlay.visible = on
+        if on:
+            overlay.font_size = 8
+
+
+def difference_colormap():
+    """Blue (negative) - black (0) - red (positive): zero stays dark on napari's dark canvas."""
+    from napari.utils.colormaps import Colormap
+
+    return Colormap(colors=[[0.25, 0.55, 1.0, 1.0], [0.0, 0.0, 0.0, 1.0], [1.0, 0.35, 0.25, 1.0]],
+                    controls=[0.0, 0.5, 1.0], name="difference (blue below, red above)")
+
+
+def is_series_layer(layer) -> bool:
+    """A 4D series the widgets can train on, denoise or compare (not a difference map)."""
+    return is_dwi_layer(layer) and not is_map_layer(layer)
+
+
+def is_mask_layer(layer) -> bool:
+    """A 3D layer usable as a mask (not an edge or attention map)."""
+    return is_volume_layer(layer) and not is_map_layer(layer)
+
+
+def is_result_layer(layer) -> bool:
+    return any(k in layer.metadata for k in RESULT_KEYS)
+
+
+def fit_view_soon(viewer) -> None:
+    """Reset the view now and again once Qt has laid out the docks (the canvas size may change)."""
+    import weakref
+
+    from qtpy.QtCore import QTimer
+
+    viewer.reset_view()
+    ref = weakref.ref(unwrap(viewer))  # a pending timer must not keep a closed viewer alive
+
+    def again():
+        v = ref()
+        try:
+            if v is not None:
+                v.reset_view()
+        except Exception:  # the viewer closed meanwhile
+            pass
+
+    QTimer.singleShot(50, again)

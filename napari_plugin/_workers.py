@@ -15,6 +15,7 @@ in :class:`WorkerError`: superqt treats a ``RuntimeError`` from a generator as
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 from dataclasses import dataclass
@@ -94,6 +95,22 @@ def _as_worker_error(exc: BaseException) -> BaseException:
     return exc
 
 
+NICE_INCREMENT = 5
+
+
+def _yield_cpu_to_gui() -> None:
+    """Lower this thread's scheduling priority (Linux: threads have their own nice value).
+
+    When cores are scarce the GUI thread then wins the CPU over the computation, so
+    napari stays responsive; with idle cores nothing changes. No-op elsewhere.
+    """
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + NICE_INCREMENT))
+    except (AttributeError, OSError):
+        pass
+
+
 def _pump(fn: Callable[[Callable[[Any], None]], Any], control: Optional[Control] = None,
           on_cancel: Optional[Callable[[], None]] = None) -> Iterator[Any]:
     """Run ``fn(emit)`` on an inner thread; yield what it emits; return its result or raise its error.
@@ -105,6 +122,7 @@ def _pump(fn: Callable[[Callable[[Any], None]], Any], control: Optional[Control]
     box: dict = {}
 
     def run() -> None:
+        _yield_cpu_to_gui()
         try:
             box["result"] = fn(items.put)
         except BaseException as exc:  # noqa: BLE001 - handed to the worker below
@@ -140,7 +158,7 @@ def _pump(fn: Callable[[Callable[[Any], None]], Any], control: Optional[Control]
     return box.get("result")
 
 
-@thread_worker
+@thread_worker(ignore_errors=True)
 def train_worker(inputs: Callable[[], tuple], config, run_dir: str, *, resume: bool = False,
                  loss_weights=None, control: Optional[Control] = None):
     """Prepare the data, build the trainer, run ``fit`` and yield its events; returns a ``TrainResult``.
@@ -176,7 +194,7 @@ def train_worker(inputs: Callable[[], tuple], config, run_dir: str, *, resume: b
         control.done.set()
 
 
-@thread_worker
+@thread_worker(ignore_errors=True)
 def denoise_worker(make_denoiser: Callable[[], Any], inputs: Callable[[], tuple],
                    control: Optional[Control] = None):
     """Denoise a series; yields :class:`Progress`; returns ``DenoiseOutput`` ((X, Y, Z, N) result).
@@ -206,7 +224,7 @@ def denoise_worker(make_denoiser: Callable[[], Any], inputs: Callable[[], tuple]
         return None
 
 
-@thread_worker
+@thread_worker(ignore_errors=True)
 def baseline_worker(name: str, inputs: Callable[[], tuple]):
     """Run a DIPY baseline (``workbench.baselines.run_baseline``); returns the (X, Y, Z, N) result.
 
@@ -222,7 +240,7 @@ def baseline_worker(name: str, inputs: Callable[[], tuple]):
         raise _as_worker_error(exc) from exc
 
 
-@thread_worker
+@thread_worker(ignore_errors=True)
 def edge_worker(volumes: dict):
     """3D Sobel magnitude (``workbench.inference.edge_map``) of each named (X, Y, Z) volume."""
     from workbench.inference import edge_map
@@ -235,7 +253,7 @@ def edge_worker(volumes: dict):
     return out
 
 
-@thread_worker
+@thread_worker(ignore_errors=True)
 def attention_worker(make_denoiser: Callable[[], Any], inputs: Callable[[], tuple], volume: int,
                      cache: Optional[dict] = None, key: Any = None):
     """CBAM spatial attention maps ``{block: (X, Y, Z)}`` of volume ``volume`` (``Denoiser.attention_maps``).
@@ -260,7 +278,7 @@ def attention_worker(make_denoiser: Callable[[], Any], inputs: Callable[[], tupl
     return maps
 
 
-@thread_worker
+@thread_worker(ignore_errors=True)
 def metrics_worker(rows: dict, reference: np.ndarray, mask: Optional[np.ndarray], data_range: float,
                    volume: int):
     """PSNR and SSIM (``workbench.metrics``) of each named (X, Y, Z) volume against ``reference``."""

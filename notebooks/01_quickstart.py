@@ -21,10 +21,11 @@
 # 3. train the self-supervised denoiser on the noisy data alone (no clean data needed) and watch the loss,
 # 4. denoise the series and compare noisy / denoised / clean with metrics.
 #
-# Everything runs on a CPU. With the environment variable `CI` set, the notebook runs a tiny version
-# (24×24×12 phantom, 20 training steps) in about a minute; without it, it runs the full-size phantom
-# (64×64×32, two shells) with the default configuration, which takes longer (minutes on a laptop CPU,
-# much less on a GPU).
+# **How long?** By default the notebook uses the full-size phantom (64×64×32, two b-value shells) and
+# the default configuration: 800 training steps, about an hour on a 2-core CPU (~4 s per step), much
+# faster on a GPU. With the environment variable `CI` set (e.g. `CI=1 jupyter lab`) it runs a tiny
+# version (24×24×12 phantom, 20 steps, small model) in under a minute: good for a first look, not for
+# judging quality. For something in between, add `cfg.train.steps = 200` after `tutorial_setup` below.
 
 # %%
 import numpy as np
@@ -60,7 +61,8 @@ print("b-values:", sorted({int(b) for b in ph.bvals}))
 # %%
 # NBVAL_CHECK_OUTPUT
 print("(X, Y, Z, N) series:", ph.noisy.shape == (*phantom_args["shape"], len(ph.bvals)))
-print("clean has the same shape:", ph.clean.shape == ph.noisy.shape, "| mask is (X, Y, Z):", ph.mask.shape == ph.noisy.shape[:3])
+print("clean has the same shape:", ph.clean.shape == ph.noisy.shape)
+print("mask is (X, Y, Z):", ph.mask.shape == ph.noisy.shape[:3])
 
 # %% [markdown]
 # Browse the data. `view` switches the slicing axis, `slice` moves through the volume and `volume`
@@ -84,10 +86,11 @@ viewer.index.value = ph.shape[2] // 2
 # (plus closed-form q-space predictions), so the noise in *j* cannot be copied and the loss against the
 # noisy *j* trains a denoiser (Noise2Self). `make_trainer` prepares the data and the model; `fit()`
 # runs the loop and calls `LossPlot` after every step, so the plot below updates while it trains.
-# AMP (mixed precision) is on: bfloat16 on CPU, float16/bfloat16 on a GPU.
+# AMP (mixed precision) is on: bfloat16 on CPU, float16/bfloat16 on a GPU (`cfg.train.amp = "auto"`
+# would switch it off on CPUs that only emulate bfloat16).
 #
-# `out_dir` is where `best.pt` / `last.pt` checkpoints, `metrics.csv` and TensorBoard logs go; the
-# napari notebook (05) shows how to open this checkpoint there.
+# `out_dir` (here `tutorial_output/quickstart`) receives the `best.pt` / `last.pt` checkpoints,
+# `metrics.csv` and TensorBoard logs. Notebooks 03 and 04 reuse this model instead of training again.
 
 # %%
 series = DWISeries(ph.noisy, ph.affine, bvals=ph.bvals, bvecs=ph.bvecs)
@@ -117,7 +120,8 @@ print("validated every val_every steps:",
 sigma = estimate_background_sigma(ph.noisy, ph.mask)  # None when there is too little air in the image
 den = api.snapshot_denoiser(trainer)
 out = den.denoise(ph.noisy, ph.bvals, ph.bvecs, mask=ph.mask, sigma=sigma)
-print("denoised", out.denoised.shape, f"| noise sigma {sigma:.1f} (true {ph.sigma:.1f}) | held-out MSE {out.heldout_mse:.1f}")
+print("denoised", out.denoised.shape)
+print(f"noise sigma {sigma:.1f} (true {ph.sigma:.1f}), held-out MSE {out.heldout_mse:.1f}")
 
 # %%
 metrics = {"noisy": evaluate_dwi(ph.noisy, ph.clean, ph.bvals, ph.bvecs, ph.mask),
@@ -132,9 +136,9 @@ print("metric keys:", sorted(metrics["denoised"]))
 print("denoised RMSE < noisy RMSE:", rmse(out.denoised, ph.clean, ph.mask) < rmse(ph.noisy, ph.clean, ph.mask))
 
 # %% [markdown]
-# Slice by slice: each panel title shows that slice's PSNR and RMSE against the clean signal.
-# Move through the volumes: the b=0 volumes gain little (their SNR is already high), the
-# diffusion-weighted ones gain most.
+# Slice by slice: each panel title shows that slice's PSNR and RMSE against the clean signal (inside
+# the brain). Move through volumes and slices: where does denoising help most, and does any fine
+# anatomy (the thin dark CSF layer at the edge of the brain) look smoothed away?
 
 # %%
 compare = SliceViewer({"noisy": ph.noisy, "denoised": out.denoised, "clean": ph.clean},

@@ -25,7 +25,8 @@
 #   above 1 has noise or artefacts left).
 #
 # Run the cells one by one (not "Run All"): the kernel can only react to the sliders while no cell
-# is running. In CI (`CI` set) everything is tiny and the slider moves are made from code.
+# is running. In CI (`CI` set) everything is tiny and the slider moves are made from code. At full size
+# training takes as long as in notebook 01 (about an hour on a CPU); press Stop whenever you have seen enough.
 
 # %%
 import numpy as np
@@ -45,35 +46,38 @@ print(ph)
 # %% [markdown]
 # ## What each loss term does, and when to raise it
 #
-# The target is the *noisy* volume (self-supervised), so every term pulls towards the signal plus
-# noise; the network can only predict the part of it that other volumes share, the signal.
+# | term | what it compares between prediction and target |
+# |---|---|
+# | `mse` | squared error: the self-supervised (Noise2Self) loss itself, the base term (keep it ~1) |
+# | `l1`, `charbonnier` | absolute error (Charbonnier: a smooth L1); less swayed by a few large errors |
+# | `rmse` | square root of `mse` |
+# | `edge` | strength of 3D Sobel edges: raise it when **edges look blurry** |
+# | `gradient` | neighbour-to-neighbour differences along each axis: like `edge`, finer |
+# | `ssim` | local mean, contrast and structure (1 − SSIM) |
+# | `multiscale` | L1 at full, half and quarter resolution: local averages |
+# | `fft` | magnitude of the 3D Fourier spectrum: how much fine detail there is |
 #
-# | term | what it compares | raise it when | too much of it |
-# |---|---|---|---|
-# | `mse` | squared error, the Noise2Self loss itself | the base term; keep it at ~1 | — |
-# | `l1`, `charbonnier` | absolute error (Charbonnier: smooth L1) | few bright outliers (e.g. CSF) dominate | — |
-# | `rmse` | root of `mse` | you want a term on the scale of the signal | — |
-# | `edge` | 3D Sobel edge strength | **edges look blurry** (sharpness ratio < 1) | noise comes back (ratio > 1) |
-# | `gradient` | neighbour differences | thin structures smeared along one axis | noise left |
-# | `ssim` | local mean, contrast and structure | contrast between tissues washes out | blotchy patches |
-# | `multiscale` | L1 at 1, 1/2 and 1/4 resolution | **checkerboard / grid artefacts**, slow intensity drifts | slightly blurrier detail |
-# | `fft` | magnitude spectrum | fine texture lost | ringing, checkerboard |
+# The target is the *noisy* volume, so `edge`, `gradient` and `fft` also reward the edges and fine
+# detail that noise creates. Rules of thumb:
 #
-# Rules of thumb: **edges blurry** → raise `edge` (0.1–0.3); **noise left** → lower `edge`/`gradient`/`fft`,
-# keep `mse` at 1; **checkerboard** → raise `multiscale`, lower `fft`. Judge by the second panel:
-# PSNR should not drop while the sharpness ratio moves towards 1.
+# - **edges blurry** (sharpness ratio below 1): raise `edge` step by step (0.05 → 0.1 → 0.3);
+# - **noise left** (ratio above 1, grainy images): lower `edge`, `gradient` and `fft`, keep `mse` at 1;
+# - **checkerboard or grid patterns**: lower `fft` and `gradient` and raise `multiscale` or `ssim`,
+#   which compare local averages and so do not reward high-frequency patterns.
+#
+# Judge by the second panel: a good change moves the sharpness ratio towards 1 without lowering PSNR.
 
 # %%
 series = DWISeries(ph.noisy, ph.affine, bvals=ph.bvals, bvecs=ph.bvecs)
 dwi_volumes = np.flatnonzero(ph.bvals > 50)
-watch = dwi_volumes[:: max(1, len(dwi_volumes) // (2 if SMALL else 4))][: 2 if SMALL else 4]
+watch = dwi_volumes[np.linspace(0, len(dwi_volumes) - 1, 2 if SMALL else 4).astype(int)]  # volumes to score
 plot = LossPlot(min_interval=1.0)
 monitor = SnapshotMonitor(ph.noisy, ph.clean, ph.bvals, ph.bvecs, ph.mask, volumes=watch)
 trainer = api.make_trainer([series], None, cfg, masks=[ph.mask], callbacks=[plot, monitor])
 monitor.bind(trainer)  # the monitor copies this trainer's model at each validation
 run = BackgroundTraining(trainer)
 sliders = LossWeightSliders(trainer.loss_weights)
-print("scored volumes:", list(watch), "| starting weights:", trainer.loss_weights.get())
+print("scored volumes:", watch.tolist(), "| starting weights:", trainer.loss_weights.get())
 
 # %% [markdown]
 # Press **Start training**, then move the sliders. **Stop** ends training after the current step
@@ -90,7 +94,7 @@ display(run, sliders, plot, monitor)
 # %%
 if run.thread is None:
     run.start_button.click()
-run.wait_for_step(5 if SMALL else 100)
+run.wait_for_step(5 if SMALL else 20)
 sliders.sliders["edge"].value = 0.3
 sliders.sliders["multiscale"].value = 0.2
 
@@ -115,12 +119,13 @@ print("one snapshot score per validation:", len(monitor.records) == len(result.h
 print("snapshots beat the noisy input (PSNR):", all(r["psnr"] > monitor.noisy_scores["psnr"] for r in monitor.records))
 
 # %% [markdown]
-# Every change is recorded: the trainer's `loss_weights.history` (and the checkpoint, when training
-# writes to a folder) lists when each weight changed, so a run stays reproducible.
+# Every change is recorded: the trainer reports the step from which each new weight counted (a
+# `WeightsChanged` event, kept by the live plot), and checkpoints store the same list, so a run stays
+# reproducible.
 
 # %%
-for change in trainer.loss_weights.history:
-    print(change)
+for step, name, old, new in plot.history["weight_changes"]:
+    print(f"from step {step}: {name} {old:g} -> {new:g}")
 
 # %% [markdown]
 # ## What to try next

@@ -36,7 +36,7 @@ from workbench.data.nifti import DWISeries
 from workbench.data.phantoms import simulate_dwi
 from workbench.demo import markdown_table
 from workbench.metrics import evaluate_dwi, rmse
-from workbench.notebook_ui import SliceViewer, small_mode, tutorial_setup
+from workbench.notebook_ui import SliceViewer, reuse_checkpoint, small_mode, tutorial_setup
 
 SMALL = small_mode()
 phantom_args, cfg = tutorial_setup(SMALL)
@@ -45,6 +45,9 @@ print(ph)
 
 # %% [markdown]
 # ## 1. Run the three methods
+#
+# Our model is the one notebook 01 saved, when it was trained with the same settings; otherwise it is
+# trained here first (its time then includes training).
 
 # %%
 results, seconds = {"noisy": ph.noisy}, {}
@@ -54,10 +57,12 @@ for name in ("mppca", "patch2self"):
     seconds[name] = time.perf_counter() - t0
 
 t0 = time.perf_counter()
-series = DWISeries(ph.noisy, ph.affine, bvals=ph.bvals, bvecs=ph.bvecs)
-trainer = api.make_trainer([series], None, cfg, masks=[ph.mask])
-trainer.fit()
-den = api.snapshot_denoiser(trainer)
+den = reuse_checkpoint("tutorial_output/quickstart/best.pt", cfg, ph.noisy.shape[3])  # notebook 01's model
+if den is None:  # 01 has not run with these settings: train here
+    series = DWISeries(ph.noisy, ph.affine, bvals=ph.bvals, bvecs=ph.bvecs)
+    trainer = api.make_trainer([series], None, cfg, masks=[ph.mask])
+    trainer.fit()
+    den = api.snapshot_denoiser(trainer)
 sigma_bg = estimate_background_sigma(ph.noisy, ph.mask)  # noise sigma from the air around the head
 ours = den.denoise(ph.noisy, ph.bvals, ph.bvecs, mask=ph.mask, sigma=sigma_bg)  # as `workbench denoise` does
 results["ours"] = ours.denoised
@@ -101,28 +106,44 @@ res_viewer
 #
 # On a real scan there is no clean signal. Our model still gives an estimate: while denoising, each
 # volume is predicted *without seeing it*, so its mean squared difference to the noisy data (the
-# **held-out MSE**) is the error to the clean signal **plus** the noise variance sigma². Sigma can be
-# measured in the air around the head (`estimate_background_sigma`: no signal there, only noise). So
+# **held-out MSE**) is, for Gaussian noise, the error to the clean signal **plus** the noise variance
+# sigma². Sigma can be measured in the air around the head (`estimate_background_sigma`: no signal
+# there, only noise). So
 #
 # &nbsp;&nbsp;&nbsp;&nbsp;**estimated RMSE = sqrt(held-out MSE − sigma²)**.
 #
 # The estimate is about the model's own prediction, *before* the final step that blends it with the
-# noisy data (which lowers the error further), so on the phantom we check it against the RMSE of the
-# plain prediction (`denoise` without `sigma`). It is approximate: in dark, low-SNR voxels magnitude
-# noise is not Gaussian (Rician), which makes the held-out MSE, and the estimate, come out low.
+# noisy data, so on the phantom we compare it with the RMSE of the plain prediction (`denoise` without
+# `sigma`), overall and per b-value shell (`heldout_per_volume` holds one held-out MSE per volume).
 
 # %%
 plain = den.denoise(ph.noisy, ph.bvals, ph.bvecs, mask=ph.mask)  # no sigma: the plain prediction
-est_rmse = float(np.sqrt(max(ours.heldout_mse - sigma_bg**2, 0.0)))
-print(f"background sigma {sigma_bg:.1f} (true {ph.sigma:.1f}); held-out MSE {ours.heldout_mse:.0f}")
-print(f"estimated RMSE {est_rmse:.1f}  vs  true RMSE of the prediction {rmse(plain.denoised, ph.clean, ph.mask):.1f}")
-print(f"after blending with the noisy data: {rmse(ours.denoised, ph.clean, ph.mask):.1f}; "
-      f"noisy input: {rmse(ph.noisy, ph.clean, ph.mask):.1f}")
+print(f"background sigma {sigma_bg:.1f} (true {ph.sigma:.1f})")
+print(f"{'volumes':>10s} {'held-out MSE':>13s} {'est. RMSE':>10s} {'true RMSE':>10s}")
+estimate = {}
+for b in ["all", *np.unique(ph.bvals)]:
+    sel = np.ones(len(ph.bvals), bool) if b == "all" else ph.bvals == b
+    heldout = plain.heldout_per_volume[sel].mean()
+    true_rmse = rmse(plain.denoised[..., sel], ph.clean[..., sel], ph.mask)
+    estimate[b] = (np.sqrt(max(heldout - sigma_bg**2, 0.0)), true_rmse)
+    print(f"{b if b == 'all' else f'b={b:.0f}':>10s} {heldout:13.0f} {estimate[b][0]:10.1f} {estimate[b][1]:10.1f}")
+print(f"(noisy input: RMSE {rmse(ph.noisy, ph.clean, ph.mask):.1f}; "
+      f"after blending: {rmse(ours.denoised, ph.clean, ph.mask):.1f})")
+
+# %% [markdown]
+# On the b=0 volumes (bright, high SNR) the estimate is close to the truth. On the darker
+# diffusion-weighted volumes it comes out **too low**, down to 0: at low SNR, magnitude (Rician) noise
+# varies less than sigma² and lifts the signal on average, the prediction learns that lift from the
+# noisy data, and an error that prediction and target share is invisible to the held-out MSE. So on
+# real scans trust it for high-SNR volumes and read it as a lower bound elsewhere.
 
 # %%
 # NBVAL_CHECK_OUTPUT
 print("background sigma within 15% of the truth:", abs(sigma_bg - ph.sigma) < 0.15 * ph.sigma)
-print("held-out MSE above sigma^2 (as it must be):", ours.heldout_mse > sigma_bg**2)
+est0, true0 = estimate[min(b for b in estimate if b != "all")]  # the b=0 volumes
+print("b=0 estimate within 25% of the truth:", abs(est0 - true0) < 0.25 * true0)
+print("estimate below the truth on every diffusion-weighted shell:",
+      all(est < true for b, (est, true) in estimate.items() if b != "all" and b > 50))
 
 # %% [markdown]
 # `workbench denoise` on the command line prints the same estimate for any scan (`est_rmse_vs_clean`
@@ -130,6 +151,6 @@ print("held-out MSE above sigma^2 (as it must be):", ours.heldout_mse > sigma_bg
 #
 # ## What to try next
 #
-# - `run_baseline("nlmeans", ...)`: non-local means, slower and usually behind MP-PCA.
+# - `run_baseline("nlmeans", ...)`: Rician-adapted non-local means, volume by volume.
 # - Lower the SNR (`simulate_dwi(..., snr=5)`): which method degrades most?
 # - Look at the residual of each method on a b=0 volume: which one removes anatomy?

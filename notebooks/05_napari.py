@@ -15,9 +15,9 @@
 # # 05 · Continue in napari
 #
 # napari is a desktop viewer for n-dimensional images. The workbench's napari plugin puts the same
-# core (training with live loss weights, denoising, edge and attention maps, baselines) behind dock
-# widgets under **Plugins > dwi-workbench**. From a notebook you can open napari in the *same* Python
-# session and hand it your arrays directly, no files needed.
+# core (training with live loss weights, denoising, comparison, edge and attention maps) behind dock
+# widgets under **Plugins > DWI Reconstruction Workbench** (plugin name `dwi-workbench`). From a notebook
+# you can open napari in the *same* Python session and hand it your arrays directly, no files needed.
 #
 # This needs a desktop (a display) and `pip install "dwi-workbench[napari]"`. Where either is missing
 # (a server, CI) the cells below only print what they would do.
@@ -39,7 +39,7 @@ ph = simulate_dwi(**phantom_args)
 
 has_napari = importlib.util.find_spec("napari") is not None
 has_plugin = importlib.util.find_spec("napari_plugin") is not None
-has_display = sys.platform in ("darwin", "win32") or bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+has_display = sys.platform in ("darwin", "win32") or any(os.environ.get(v) for v in ("DISPLAY", "WAYLAND_DISPLAY"))
 open_viewer = has_napari and has_display and not SMALL  # CI never opens a window
 print(f"napari installed: {has_napari} | workbench plugin importable: {has_plugin} | display: {has_display}")
 print("will open a napari window:", open_viewer)
@@ -66,8 +66,9 @@ print("metadata keys:", sorted(dwi_layer["metadata"]))
 # ## Open the viewer
 #
 # `%gui qt` lets napari's window run next to the notebook (the kernel stays usable). Then the phantom
-# goes in as layers; open the plugin's widgets from **Plugins > dwi-workbench**, pick the noisy layer
-# and start training: the same trainer as notebooks 01–02, driven from the dock.
+# goes in as layers and the plugin's **Train** widget is docked (the others, Denoise, Compare, Edge
+# maps, Attention maps, are in the Plugins menu): pick the noisy layer and start training, the same
+# trainer as notebooks 01–02, driven from the dock.
 # Without a display this cell prints the code instead.
 
 # %%
@@ -78,17 +79,21 @@ viewer = napari.Viewer()
 viewer.add_image(layer_data, **dwi_layer)
 viewer.add_image(np.moveaxis(ph.clean, -1, 0), name="clean reference", scale=(1.0, *voxel), visible=False)
 viewer.add_labels(ph.mask.astype(np.int32), name="brain mask", scale=tuple(voxel), opacity=0.3)
-# then: Plugins > dwi-workbench (or File > Open Sample > dwi-workbench for the plugin's own phantom)
+viewer.window.add_plugin_dock_widget("dwi-workbench", "Train")
 '''
 if open_viewer:
-    get_ipython().run_line_magic("gui", "qt")  # noqa: F821 (defined inside IPython)
+    from IPython import get_ipython
+
+    get_ipython().run_line_magic("gui", "qt")
     import napari
 
     viewer = napari.Viewer()
     viewer.add_image(layer_data, **dwi_layer)
     viewer.add_image(np.moveaxis(ph.clean, -1, 0), name="clean reference", scale=(1.0, *voxel), visible=False)
     viewer.add_labels(ph.mask.astype(np.int32), name="brain mask", scale=tuple(voxel), opacity=0.3)
-    print("napari is open: look for the window, then Plugins > dwi-workbench")
+    if has_plugin:
+        viewer.window.add_plugin_dock_widget("dwi-workbench", "Train")
+    print("napari is open in its own window; more widgets under Plugins > DWI Reconstruction Workbench")
 else:
     print("No napari window here. On a desktop with napari installed this cell would run:")
     print(plan)
@@ -97,11 +102,11 @@ else:
 # ## Or go through files
 #
 # Anything saved as NIfTI opens in napari with **File > Open** (the plugin reads `dwi.nii.gz` and finds
-# `dwi.bval`/`dwi.bvec` beside it). A checkpoint trained in notebook 01 (`tutorial_output/quickstart/best.pt`)
-# can be loaded by the plugin's denoise widget, or here with `Denoiser.from_checkpoint`.
+# `dwi.bval`/`dwi.bvec` beside it). The checkpoint notebook 01 saved (`tutorial_output/quickstart/best.pt`)
+# can be applied with the plugin's **Denoise** widget (checkpoint file), or here with `Denoiser.from_checkpoint`.
 
 # %%
-folder = Path("tutorial_output") / ("phantom_" + "x".join(map(str, phantom_args["shape"])) + "_" + phantom_args["scheme"])
+folder = Path("tutorial_output") / f"phantom_{'x'.join(map(str, phantom_args['shape']))}_{phantom_args['scheme']}"
 if not (folder / "dwi.nii.gz").exists():  # write_phantom never overwrites; the same arguments give the same data
     write_phantom(ph, folder)
 for path in sorted(folder.iterdir()):

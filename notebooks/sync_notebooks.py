@@ -14,6 +14,7 @@ cells that have a stored execution count).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import sys
 from pathlib import Path
@@ -30,10 +31,16 @@ def sources() -> list[Path]:
 
 
 def strip(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
-    """Drop outputs, execution counts and widget state, except the outputs of checked cells."""
-    nb.metadata.pop("widgets", None)
+    """Drop outputs, execution counts and run metadata, except the outputs of checked cells; stable cell ids."""
+    for key in ("widgets", "language_info"):
+        nb.metadata.pop(key, None)
+    seen: set[str] = set()
     for cell in nb.cells:
         cell.metadata.pop("execution", None)
+        cell.id = hashlib.sha1((cell.cell_type + cell.source).encode()).hexdigest()[:8]
+        while cell.id in seen:  # identical cells
+            cell.id = hashlib.sha1(cell.id.encode()).hexdigest()[:8]
+        seen.add(cell.id)
         if cell.cell_type != "code":
             continue
         if MARK in cell.source and cell.get("outputs"):

@@ -97,3 +97,25 @@ def test_denoiser_on_phantom_and_attention(small_phantom):
 
     with pytest.raises(InputError, match="trained for model 'denoiser' with"):
         den.check_series(p.noisy.shape[-1] + 1)
+
+
+@pytest.mark.parametrize("snr", [10, 20])
+def test_no_reference_rmse_estimate_tracks_the_truth(snr):
+    """The held-out loss, corrected for Rician variance and bias, estimates the RMSE to clean."""
+    from workbench.data.dwi import prepare_subject
+    from workbench.data.phantoms import simulate_dwi
+    from workbench.models import build_model
+
+    p = simulate_dwi(shape=(24, 24, 12), scheme="dti", snr=snr, seed=1)
+    cfg = Config(model=ModelConfig(name="denoiser", base_filters=8, embedding_dim=8))
+    cfg.inference.shrinkage = cfg.inference.rician_correction = False  # score the J-invariant prediction
+    subject = prepare_subject(p.noisy, p.bvals, p.bvecs, cfg.data, mask=p.mask)
+    torch.manual_seed(0)
+    model = build_model(cfg.model, in_channels=subject.in_channels, num_conditions=subject.n_volumes,
+                        residual_channel=0)
+    out = Denoiser(model, cfg, subject.n_volumes, device="cpu", amp=False).denoise(
+        p.noisy, p.bvals, p.bvecs, p.mask, sigma=p.sigma)
+    true = float(np.sqrt(np.mean((out.denoised[p.mask] - p.clean[p.mask]) ** 2)))
+    naive = float(np.sqrt(max(out.heldout_mse - p.sigma**2, 0.0)))
+    assert abs(out.est_rmse - true) < 0.15 * true
+    assert abs(out.est_rmse - true) <= abs(naive - true)

@@ -196,7 +196,7 @@ def denoise_series(
     out = denoiser.denoise(series.data, series.bvals, series.bvecs, mask, progress=progress, sigma=sigma)
     t_inf = time.perf_counter() - t1
     sigma_bg = sigma
-    est = None if sigma_bg is None else float(np.sqrt(max(out.heldout_mse - sigma_bg**2, 0.0)))
+    est = out.est_rmse
     report = DenoiseReport(
         output="", n_volumes=series.n_volumes, trained_steps=steps, train_seconds=t_train,
         inference_seconds=t_inf, heldout_mse=out.heldout_mse, sigma_upper=out.sigma_upper,

@@ -89,8 +89,12 @@ class DenoiseOutput:
 
     ``heldout_mse`` is the mean squared difference, inside the mask, between each
     volume's J-invariant prediction and the noisy volume it never saw: it
-    estimates (error to the clean signal)^2 + sigma^2. ``shrinkage`` holds the
-    per-volume weight given to the noisy volume (empty when not applied).
+    estimates (error to the noise-free magnitude mean)^2 + noise variance. The
+    Rician noise variance is below sigma^2 where the signal is low, so with a
+    sigma it is computed per voxel from the prediction and subtracted, and the
+    squared Rician bias of the prediction is added: ``est_rmse`` estimates the
+    J-invariant prediction's RMSE to the clean signal without a reference. ``shrinkage`` holds the per-volume weight given to the noisy
+    volume (empty when not applied).
     """
 
     denoised: np.ndarray
@@ -100,6 +104,7 @@ class DenoiseOutput:
     heldout_per_volume: np.ndarray = None  # type: ignore[assignment]
     shrinkage: np.ndarray = None  # type: ignore[assignment]
     sigma: Optional[float] = None
+    est_rmse: Optional[float] = None
 
 
 class Denoiser:
@@ -190,8 +195,11 @@ class Denoiser:
                 progress(j + 1, n)
         sig = None if sigma is None else sigma / subject.scale
         k = np.zeros(0)
+        noise_var, bias2 = np.full(n, np.nan), np.full(n, np.nan)
+        if sig is not None:
+            noise_var, bias2 = rician_noise_stats(preds, brain.numpy(), sig)
         if sig is not None and icfg.shrinkage:
-            k = np.clip(1.0 - sig**2 / np.maximum(heldout, 1e-12), 0.0, 1.0)
+            k = np.clip(1.0 - noise_var / np.maximum(heldout, 1e-12), 0.0, 1.0)
             preds += k[:, None, None, None] * (subject.volumes.numpy() - preds)
         if sig is not None and icfg.rician_correction:
             from workbench.rician import invert_rician_mean
@@ -199,8 +207,12 @@ class Denoiser:
             preds = invert_rician_mean(preds, sig)
         out = np.moveaxis(np.clip(preds, 0.0, None), 0, -1) * np.float32(subject.scale)
         mse = float(heldout.mean()) * subject.scale**2
+        est = None
+        if sig is not None:
+            est = float(np.sqrt(max(float(np.mean(heldout - noise_var)), 0.0) + float(np.mean(bias2))))
+            est *= subject.scale
         return DenoiseOutput(out.astype(np.float32), mse, float(np.sqrt(mse)), subject.mask.numpy(),
-                             heldout * subject.scale**2, k, sigma)
+                             heldout * subject.scale**2, k, sigma, est)
 
     def attention_maps(self, subject: DWISubject, j: int) -> dict[str, np.ndarray]:
         """CBAM spatial attention of every block for volume ``j`` over the whole volume, (X, Y, Z) each."""
@@ -210,6 +222,24 @@ class Denoiser:
         cond = torch.tensor([j], device=self.device)
         maps = collect_attention_maps(self.model, image, cond)
         return {name: m.float()[0, 0].cpu().numpy() for name, m in maps.items()}
+
+
+def rician_noise_stats(mean: np.ndarray, mask: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per (N, X, Y, Z) volume of magnitude means: mean Rician variance and mean squared bias in ``mask``.
+
+    The variance ``A^2 + 2 sigma^2 - E[M]^2`` tends to ``sigma^2`` at high SNR and is
+    smaller near the noise floor (Rayleigh: ``(2 - pi/2) sigma^2``); the bias is
+    ``E[M] - A`` with ``A`` from inverting the Rician mean.
+    """
+    from workbench.rician import invert_rician_mean
+
+    var, bias2 = np.empty(mean.shape[0]), np.empty(mean.shape[0])
+    for j in range(mean.shape[0]):
+        m = np.maximum(mean[j][mask].astype(np.float64), 0.0)
+        a = invert_rician_mean(m, sigma).astype(np.float64)
+        var[j] = float(np.mean(np.clip(a**2 + 2 * sigma**2 - m**2, 0.0, sigma**2)))
+        bias2[j] = float(np.mean((m - a) ** 2))
+    return var, bias2
 
 
 def edge_map(volume: np.ndarray) -> np.ndarray:

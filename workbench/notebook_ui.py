@@ -28,7 +28,6 @@ from workbench.training.events import Failed, Finished, StepEnd, Validation, Wei
 AXES = {"axial (z)": 2, "coronal (y)": 1, "sagittal (x)": 0}
 
 
-# --------------------------------------------------------------------------- settings
 def small_mode(environ=None) -> bool:
     """True when the environment variable ``CI`` is set (and not 0/false/no): the tutorials then run tiny."""
     value = (os.environ if environ is None else environ).get("CI", "")
@@ -50,31 +49,36 @@ def tutorial_setup(small: bool) -> tuple[dict, Config]:
     return {"shape": (24, 24, 12), "scheme": "dti", "snr": 10.0, "seed": 0}, cfg
 
 
-# --------------------------------------------------------------------------- figures
-class FigurePanel:
-    """A matplotlib figure shown as a PNG in ``self.image``; ``render()`` redraws it (any thread)."""
+def reuse_checkpoint(path, cfg: Config, n_volumes: int):
+    """A Denoiser from ``path`` (e.g. notebook 01's ``best.pt``) if its model and data settings are
+    ``cfg``'s and it was trained for ``n_volumes`` volumes; None when missing, unreadable or different."""
+    from workbench.inference import Denoiser
 
-    def __init__(self, nrows: int = 1, ncols: int = 1, figsize=(8, 3), min_interval: float = 0.0):
+    try:
+        den = Denoiser.from_checkpoint(path, device=cfg.train.device, amp=cfg.train.amp)
+    except Exception:  # missing, truncated, or written by another version of the model
+        return None
+    same = all(getattr(den.config, k) == getattr(cfg, k) for k in ("model", "data"))
+    return den if same and den.n_volumes == n_volumes else None
+
+
+class FigurePanel:
+    """A matplotlib figure shown as a PNG in ``self.image``; ``render()`` redraws it (from any thread)."""
+
+    def __init__(self, nrows: int = 1, ncols: int = 1, figsize=(8, 3)):
         self.figure = Figure(figsize=figsize, dpi=80)
         FigureCanvasAgg(self.figure)
         self.axes = self.figure.subplots(nrows, ncols, squeeze=False)
         self.image = W.Image(format="png")
-        self.min_interval = min_interval
-        self.renders = 0
-        self._last = 0.0
+        self.renders, self.last_render = 0, 0.0
         self._lock = threading.Lock()
 
-    def render(self, force: bool = True) -> bool:
-        """Draw the figure into the image widget; with ``force=False`` at most once per ``min_interval``."""
+    def render(self) -> None:
         with self._lock:
-            now = time.monotonic()
-            if not force and now - self._last < self.min_interval:
-                return False
             buf = io.BytesIO()
             self.figure.savefig(buf, format="png")
             self.image.value = buf.getvalue()
-            self._last, self.renders = now, self.renders + 1
-            return True
+            self.renders, self.last_render = self.renders + 1, time.monotonic()
 
 
 class _Displayable:
@@ -132,13 +136,10 @@ class SliceViewer(_Displayable):
 
     def _on_axis(self, change) -> None:
         size = self.shape[change["new"]]
-        self._hold = True
-        try:
-            self.index.max = max(self.index.max, size - 1)
-            self.index.value = size // 2
-            self.index.max = size - 1
-        finally:
-            self._hold = False
+        self._hold = True  # one redraw, not one per slider change
+        self.index.max = max(self.index.max, size - 1)  # so that the new middle is never clamped
+        self.index.value, self.index.max = size // 2, size - 1
+        self._hold = False
         self.update()
 
     def _vol(self, name: str) -> np.ndarray:
@@ -187,7 +188,6 @@ class SliceViewer(_Displayable):
         self.panel.render()
 
 
-# --------------------------------------------------------------------------- training
 class LossPlot(_Displayable):
     """Training callback: live plot of the total loss, validation loss and every loss term.
 
@@ -197,7 +197,7 @@ class LossPlot(_Displayable):
     """
 
     def __init__(self, min_interval: float = 1.0):
-        self.panel = FigurePanel(1, 2, figsize=(10, 3.2), min_interval=min_interval)
+        self.panel, self.min_interval = FigurePanel(1, 2, figsize=(10, 3.2)), min_interval
         self.status = W.HTML("waiting for the first step")
         self.history = {"step": [], "loss": [], "val_step": [], "val_loss": [], "terms": {}, "weight_changes": []}
         self._lock = threading.Lock()
@@ -214,7 +214,8 @@ class LossPlot(_Displayable):
                     for lst, x in zip(h["terms"].setdefault(name, ([], [])), (e.step, value)):
                         lst.append(x)
                 w = ", ".join(f"{k} {v:g}" for k, v in e.weights.items() if v)
-                self.status.value = f"step {e.step}/{e.total_steps} | loss {e.loss:.4g} | weights: {w} | ETA {e.eta_s:.0f} s"
+                self.status.value = (f"step {e.step}/{e.total_steps} | loss {e.loss:.4g} | weights: {w} | "
+                                     f"ETA {e.eta_s:.0f} s")
             elif isinstance(e, Validation):
                 h["val_step"].append(e.step)
                 h["val_loss"].append(e.loss)
@@ -229,7 +230,7 @@ class LossPlot(_Displayable):
             self.redraw(force=isinstance(e, (Finished, Failed)))
 
     def redraw(self, force: bool = True) -> None:
-        if not force and time.monotonic() - self.panel._last < self.panel.min_interval:
+        if not force and time.monotonic() - self.panel.last_render < self.min_interval:  # at most 1 per interval
             return
         with self._lock:
             h = {k: list(v) for k, v in self.history.items() if k != "terms"}
@@ -265,7 +266,7 @@ class BackgroundTraining(_Displayable):
     """
 
     def __init__(self, trainer, resume: bool = False):
-        self.trainer, self.resume, self.result, self.step = trainer, resume, None, 0
+        self.trainer, self.resume, self.result, self.step, self.ended = trainer, resume, None, 0, False
         self.error: Optional[BaseException] = None
         self.thread: Optional[threading.Thread] = None
         self._cond = threading.Condition()
@@ -284,7 +285,7 @@ class BackgroundTraining(_Displayable):
     def start(self) -> bool:
         if self.running:
             return False
-        self.result, self.error = None, None
+        self.result, self.error, self.ended = None, None, False
         self.start_button.disabled, self.stop_button.disabled = True, False
         self.status.value = "running"
         self.thread = threading.Thread(target=self._run, name="workbench-training", daemon=True)
@@ -301,6 +302,7 @@ class BackgroundTraining(_Displayable):
         finally:
             self.start_button.disabled, self.stop_button.disabled = False, True
             with self._cond:
+                self.ended = True
                 self._cond.notify_all()
 
     def _on_event(self, event) -> None:
@@ -315,7 +317,7 @@ class BackgroundTraining(_Displayable):
     def wait_for_step(self, step: int, timeout: Optional[float] = None) -> bool:
         """Block until ``step`` steps are done (True) or training ended / timed out before (False)."""
         with self._cond:
-            self._cond.wait_for(lambda: self.step >= step or not self.running, timeout)
+            self._cond.wait_for(lambda: self.step >= step or self.ended or self.thread is None, timeout)
             return self.step >= step
 
     def wait(self, timeout: Optional[float] = None):
@@ -351,7 +353,8 @@ class SnapshotMonitor(_Displayable):
     """Training callback: at each validation, score a copy of the model against the clean reference.
 
     The copy is made with ``api.snapshot_denoiser`` on the training thread (training waits
-    meanwhile); ``volumes`` of the series are predicted and compared with ``clean``:
+    meanwhile); its plain predictions of ``volumes`` (before ``denoise``'s sigma-based
+    blending) are compared with ``clean``:
     PSNR (dB) and edge sharpness ratio (mean 3D Sobel magnitude of prediction / of
     clean; < 1 blurrier, > 1 noisier than the truth). Dashed lines: the noisy input.
     """
@@ -411,7 +414,6 @@ class SnapshotMonitor(_Displayable):
         self.panel.render()
 
 
-# --------------------------------------------------------------------------- maps
 def edge_maps(volumes: np.ndarray) -> np.ndarray:
     """``workbench.inference.edge_map`` of every volume of a (X, Y, Z, N) array, stacked back to 4D."""
     from workbench.inference import edge_map
@@ -439,15 +441,17 @@ class AttentionViewer(_Displayable):
         self.volume = W.IntSlider(value=volume, min=0, max=self.background.shape[3] - 1, description="volume")
         self.index = W.IntSlider(value=z // 2, min=0, max=z - 1, description="slice (z)")
         self.alpha = W.FloatSlider(value=0.5, min=0.0, max=1.0, step=0.05, description="opacity")
+        self.stretch = W.Checkbox(value=True, description="stretch colours to the map's range")
         self.panel = FigurePanel(1, 2, figsize=(7, 3.6))
         a0, a1 = self.panel.axes[0]
         self.base_artist = _image_axes(a0, "gray")
         self.overlay_artist = a0.imshow(np.zeros((2, 2)), cmap=cmap, vmin=0, vmax=1, alpha=0.5)
         self.map_artist = _image_axes(a1, cmap, vmin=0, vmax=1)
         self.panel.figure.colorbar(self.map_artist, ax=a1, fraction=0.046)
-        for w in (self.block, self.volume, self.index, self.alpha):
+        for w in (self.block, self.volume, self.index, self.alpha, self.stretch):
             w.observe(lambda change: self.update(), names="value")
-        self.widget = W.VBox([W.HBox([self.block, self.volume]), W.HBox([self.index, self.alpha]), self.panel.image])
+        self.widget = W.VBox([W.HBox([self.block, self.volume, self.stretch]), W.HBox([self.index, self.alpha]),
+                              self.panel.image])
         self.update()
 
     def maps(self, j: int) -> dict:
@@ -461,16 +465,18 @@ class AttentionViewer(_Displayable):
 
     def update(self) -> None:
         bg = _slice(self.background[..., self.volume.value], 2, self.index.value)
-        att = self.current_map()
+        att, full = self.current_map(), self.maps(self.volume.value)[self.block.value]
+        lo, hi = (float(full.min()), float(full.max())) if self.stretch.value else (0.0, 1.0)
         ext = (-0.5, bg.shape[1] - 0.5, bg.shape[0] - 0.5, -0.5)
         self.base_artist.set_data(bg)
         self.base_artist.set_clim(0, float(np.percentile(bg, 99.5)) or 1.0)
         for artist in (self.base_artist, self.overlay_artist, self.map_artist):
             artist.set_extent(ext)
-        self.overlay_artist.set_data(att)
+        for artist in (self.overlay_artist, self.map_artist):
+            artist.set_data(att)
+            artist.set_clim(lo, max(hi, lo + 1e-6))
         self.overlay_artist.set_alpha(self.alpha.value)
-        self.map_artist.set_data(att)
         a0, a1 = self.panel.axes[0]
         a0.set_title(f"volume {self.volume.value}, slice {self.index.value}", fontsize=9)
-        a1.set_title(f"{self.block.value}: mean {att.mean():.2f}", fontsize=9)
+        a1.set_title(f"{self.block.value}: colours {lo:.2f} to {hi:.2f}", fontsize=9)
         self.panel.render()

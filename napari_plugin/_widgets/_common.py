@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Optional
 
-from qtpy.QtCore import Qt, Signal
+from qtpy.QtCore import QEvent, Qt, Signal
 from qtpy.QtWidgets import (
     QButtonGroup, QComboBox, QFileDialog, QHBoxLayout, QLabel, QLineEdit, QPushButton, QRadioButton,
     QScrollArea, QVBoxLayout, QWidget,
@@ -22,6 +22,24 @@ def show_error_notification(message: str) -> None:
     show_error(message)
 
 
+def notify_exception(exc: BaseException) -> None:
+    """Send a worker's exception to napari's notifications (with its traceback).
+
+    napari's worker classes mean to do this themselves, but their notifying mixin is
+    not initialised under PyQt (``QRunnable.__init__`` does not chain to it), so the
+    widgets do it.
+    """
+    from napari.utils.notifications import notification_manager
+
+    notification_manager.receive_error(type(exc), exc, exc.__traceback__)
+
+
+def report_failure(status: "StatusLine", what: str, exc: BaseException) -> None:
+    """A worker failed: say so in the panel (red) and in napari's notifications."""
+    status.error(f"{what} failed: {exc}", repr(exc))
+    notify_exception(exc)
+
+
 def format_duration(seconds: float) -> str:
     """``75`` -> ``"1 min 15 s"``; plain words for the progress line."""
     if seconds is None or seconds != seconds or seconds < 0:
@@ -36,13 +54,32 @@ def format_duration(seconds: float) -> str:
     return f"{hours} h {m:02d} min"
 
 
+class FitWidthScrollArea(QScrollArea):
+    """Scrolls vertically only, and is always wide enough for its content (nothing is cut off)."""
+
+    def __init__(self, content: QWidget, parent: Optional[QWidget] = None):
+        super().__init__(parent)
+        self.setWidgetResizable(True)
+        self.setFrameShape(QScrollArea.Shape.NoFrame)
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.setWidget(content)
+        content.installEventFilter(self)
+        self._fit()
+
+    def _fit(self) -> None:
+        content = self.widget()
+        if content is not None:
+            self.setMinimumWidth(content.minimumSizeHint().width() + self.verticalScrollBar().sizeHint().width() + 4)
+
+    def eventFilter(self, obj, event) -> bool:
+        if obj is self.widget() and event.type() in (QEvent.Type.LayoutRequest, QEvent.Type.Polish,
+                                                     QEvent.Type.Show):
+            self._fit()
+        return False
+
+
 def scrolling(content: QWidget) -> QScrollArea:
-    area = QScrollArea()
-    area.setWidgetResizable(True)
-    area.setFrameShape(QScrollArea.Shape.NoFrame)
-    area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-    area.setWidget(content)
-    return area
+    return FitWidthScrollArea(content)
 
 
 def outer_layout(widget: QWidget, content: QWidget) -> None:
@@ -56,9 +93,10 @@ class LayerCombo(QComboBox):
     """A combo box of the viewer's layers that pass ``accept``; follows layers being added/removed/renamed."""
 
     def __init__(self, viewer, accept: Callable, *, allow_none: bool = False, none_text: str = NONE_TEXT,
-                 parent: Optional[QWidget] = None):
+                 prefer: Optional[Callable] = None, parent: Optional[QWidget] = None):
         super().__init__(parent)
         self.viewer, self._accept, self._allow_none, self._none_text = viewer, accept, allow_none, none_text
+        self._prefer = prefer
         self.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         self.setMinimumContentsLength(12)
         events = viewer.layers.events
@@ -90,9 +128,24 @@ class LayerCombo(QComboBox):
         self.addItems(items)
         if current in items:
             self.setCurrentText(current)
+        elif not self._allow_none and names:
+            self.setCurrentText(self._initial(names))
         self.blockSignals(False)
         if self.currentText() != current:
             self.currentTextChanged.emit(self.currentText())
+
+    def _initial(self, names: list[str]) -> str:
+        """First choice: the selected layer if it fits, else the first preferred one (inputs, not maps)."""
+        active = self.viewer.layers.selection.active
+        if active is not None and active.name in names and (self._prefer is None or self._prefer(active)):
+            return active.name
+        if self._prefer is not None:
+            for want_visible in (True, False):
+                for name in names:
+                    layer = self.viewer.layers[name]
+                    if self._prefer(layer) and (layer.visible or not want_visible):
+                        return name
+        return names[0]
 
     def showPopup(self):  # names may have changed (renamed layers)
         self.refresh()

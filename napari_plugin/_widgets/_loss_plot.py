@@ -13,7 +13,7 @@ from typing import Optional
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QSizePolicy, QVBoxLayout, QWidget
 
-REDRAW_MS = 300
+REDRAW_MS = 1000
 BG, FG, GRID = "#262930", "#f0f1f2", "#414851"
 TERM_LABELS = {
     "l1": "L1", "mse": "MSE", "rmse": "RMSE", "charbonnier": "Charbonnier", "edge": "edge (3D Sobel)",
@@ -27,10 +27,12 @@ class LossPlot(QWidget):
         from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
         from matplotlib.figure import Figure
 
-        self.figure = Figure(figsize=(4.0, 2.8), dpi=90, facecolor=BG, layout="constrained")
+        # fixed margins: an automatic layout engine re-measures every label on each draw (slow)
+        self.figure = Figure(figsize=(4.0, 2.8), dpi=90, facecolor=BG)
+        self.figure.subplots_adjust(left=0.17, right=0.97, bottom=0.16, top=0.76)
         self.canvas = FigureCanvasQTAgg(self.figure)
         self.canvas.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
-        self.canvas.setMinimumHeight(230)
+        self.canvas.setMinimumHeight(280)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
         lay.addWidget(self.canvas)
@@ -47,8 +49,26 @@ class LossPlot(QWidget):
         self.terms: dict[str, list[tuple[int, float]]] = {}
         self.heldout: list[tuple[int, float]] = []
         self.markers: list[tuple[int, str]] = []
-        self._dirty = True
-        self._redraw()
+        self._lines: dict = {}
+        self._drawn_markers = 0
+        self._legend_dirty = True
+        self._style_axes()
+        self._placeholder = self.ax.text(0.5, 0.5, "The loss curves appear here\nonce training starts",
+                                         ha="center", va="center", color=FG, fontsize=9,
+                                         transform=self.ax.transAxes)
+        self._dirty = False
+        self.canvas.draw_idle()
+
+    def _style_axes(self) -> None:
+        ax = self.ax
+        ax.clear()
+        ax.set_facecolor(BG)
+        for spine in ax.spines.values():
+            spine.set_color(GRID)
+        ax.tick_params(colors=FG, labelsize=8)
+        ax.grid(True, color=GRID, linewidth=0.5)
+        ax.set_xlabel("training step", color=FG, fontsize=9)
+        ax.set_ylabel("loss (log scale)", color=FG, fontsize=9)
 
     def start(self) -> None:
         self._timer.start()
@@ -84,40 +104,49 @@ class LossPlot(QWidget):
         if self._dirty:
             self._redraw()
 
+    def _line(self, key: str, label: str, **style):
+        line = self._lines.get(key)
+        if line is None:
+            (line,) = self.ax.plot([], [], label=label, **style)
+            self._lines[key] = line
+            self._legend_dirty = True
+        return line
+
     def _redraw(self) -> None:
+        """Update the existing artists (cheap), then let Qt repaint when idle."""
         self._dirty = False
-        ax = self.ax
-        ax.clear()
-        ax.set_facecolor(BG)
-        for spine in ax.spines.values():
-            spine.set_color(GRID)
-        ax.tick_params(colors=FG, labelsize=8)
-        ax.grid(True, color=GRID, linewidth=0.5)
-        ax.set_xlabel("training step", color=FG, fontsize=9)
-        ax.set_ylabel("loss (log scale)", color=FG, fontsize=9)
         if not self.steps:
-            ax.text(0.5, 0.5, "The loss curves appear here\nonce training starts", ha="center", va="center",
-                    color=FG, fontsize=9, transform=ax.transAxes)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            self.canvas.draw_idle()
             return
-        positive = lambda vs: all(v > 0 and math.isfinite(v) for v in vs)  # noqa: E731
-        values = list(self.total) + [v for pts in self.terms.values() for _, v in pts] + [v for _, v in self.heldout]
-        ax.set_yscale("log" if positive(values) else "linear")
-        if not positive(values):
-            ax.set_ylabel("loss", color=FG, fontsize=9)
-        ax.plot(self.steps, self.total, color="white", linewidth=1.6, label="total (weighted)")
+        ax = self.ax
+        if self._placeholder is not None:
+            self._placeholder.remove()
+            self._placeholder = None
+        self._line("total", "total (weighted)", color="white", linewidth=1.6).set_data(self.steps, self.total)
         for name, pts in sorted(self.terms.items()):
-            ax.plot([s for s, _ in pts], [v for _, v in pts], linewidth=1.0, label=TERM_LABELS.get(name, name))
+            self._line(name, TERM_LABELS.get(name, name), linewidth=1.0).set_data(
+                [p[0] for p in pts], [p[1] for p in pts])
         if self.heldout:
-            ax.plot([s for s, _ in self.heldout], [v for _, v in self.heldout], "o--", color="#ffd166",
-                    markersize=4, linewidth=1.0, label="held-out estimate (MSE + σ²)")
-        for step, text in self.markers:
+            self._line("heldout", "held-out error (MSE + σ²)", color="#ffd166", marker="o", linestyle="--",
+                       markersize=4, linewidth=1.0).set_data([p[0] for p in self.heldout],
+                                                              [p[1] for p in self.heldout])
+        for step, text in self.markers[self._drawn_markers:]:
             ax.axvline(step, color="#ff6b6b", linestyle=":", linewidth=1.2)
             ax.annotate(text, xy=(step, 1.0), xycoords=("data", "axes fraction"), xytext=(2, -2),
                         textcoords="offset points", rotation=90, va="top", ha="left", fontsize=7, color="#ff9b9b")
-        ax.set_xlim(left=0, right=max(self.steps[-1], 1) * 1.02 + 0.5)
-        leg = ax.legend(loc="upper right", fontsize=7, facecolor=BG, edgecolor=GRID, labelcolor=FG, framealpha=0.8)
-        leg.set_draggable(True)
+        self._drawn_markers = len(self.markers)
+        values = list(self.total) + [v for pts in self.terms.values() for _, v in pts] + [v for _, v in self.heldout]
+        log = all(v > 0 and math.isfinite(v) for v in values)
+        if ax.get_yscale() != ("log" if log else "linear"):
+            from matplotlib.ticker import NullFormatter
+
+            ax.set_yscale("log" if log else "linear")
+            ax.yaxis.set_minor_formatter(NullFormatter())  # minor labels cost more to draw than they tell
+            ax.set_ylabel("loss (log scale)" if log else "loss", color=FG, fontsize=9)
+        ax.relim()
+        ax.autoscale_view(scalex=False)
+        ax.set_xlim(0, max(self.steps[-1], 1) * 1.02 + 0.5)
+        if self._legend_dirty:
+            ax.legend(loc="lower left", bbox_to_anchor=(0.0, 1.01), ncol=2, fontsize=7, frameon=False,
+                      labelcolor=FG, borderaxespad=0.0, handlelength=1.5)
+            self._legend_dirty = False
         self.canvas.draw_idle()

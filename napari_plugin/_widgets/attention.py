@@ -12,10 +12,12 @@ from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QCheckBox, QComboBox, QFormLayout, QGroupBox, QPushButton, QVBoxLayout, QWidget
 from superqt import QLabeledDoubleSlider
 
-from napari_plugin._layers import add_or_update_image, current_volume, derived_kwargs, inputs_fn, is_dwi_layer, \
-    is_volume_layer, unwrap
+from napari_plugin._layers import (
+    add_or_update_image, current_volume, derived_kwargs, inputs_fn, is_mask_layer, is_original_layer, is_series_layer,
+    unwrap,
+)
 from napari_plugin._widgets._common import LayerCombo, ModelSource, StatusLine, outer_layout, \
-    show_error_notification
+    report_failure, show_error_notification
 
 COLORMAPS = ["inferno", "magma", "viridis", "turbo", "red"]
 PREFIX = "attention"
@@ -35,8 +37,8 @@ class AttentionWidget(QWidget):
         content = QWidget()
         root = QVBoxLayout(content)
         form = QFormLayout()
-        self.layer_combo = LayerCombo(self.viewer, is_dwi_layer)
-        self.mask_combo = LayerCombo(self.viewer, is_volume_layer, allow_none=True,
+        self.layer_combo = LayerCombo(self.viewer, is_series_layer, prefer=is_original_layer)
+        self.mask_combo = LayerCombo(self.viewer, is_mask_layer, allow_none=True,
                                      none_text="(automatic brain mask)")
         form.addRow("Image layer", self.layer_combo)
         form.addRow("Brain mask", self.mask_combo)
@@ -101,7 +103,7 @@ class AttentionWidget(QWidget):
         w.start()
 
     def _on_error(self, exc) -> None:
-        self.status.error(f"Attention maps failed: {exc}", repr(exc))
+        report_failure(self.status, "Attention maps", exc)
 
     def _got_maps(self, maps: dict, j: int) -> None:
         self.maps, self.maps_volume = maps, j

@@ -18,10 +18,11 @@ from qtpy.QtWidgets import (
 )
 
 from napari_plugin._layers import (
-    add_or_update_image, current_volume, derived_kwargs, inputs_fn, is_dwi_layer, is_volume_layer, mask_array,
-    to_layer_order, unwrap,
+    add_or_update_image, axial_view, current_volume, derived_kwargs, difference_colormap, fit_view_soon, grid,
+    inputs_fn, is_mask_layer, is_result_layer, is_series_layer, mask_array, show_name, to_layer_order, unwrap,
 )
-from napari_plugin._widgets._common import LayerCombo, StatusLine, outer_layout, show_error_notification
+from napari_plugin._widgets._common import LayerCombo, StatusLine, outer_layout, report_failure, \
+    show_error_notification
 
 BASELINES = [("MP-PCA", "mppca"), ("Patch2Self", "patch2self"), ("Non-local means", "nlmeans")]
 DIFF_PREFIX = "difference"
@@ -43,11 +44,11 @@ class CompareWidget(QWidget):
         content = QWidget()
         root = QVBoxLayout(content)
         form = QFormLayout()
-        self.recon = LayerCombo(self.viewer, is_dwi_layer)
-        self.reference = LayerCombo(self.viewer, is_dwi_layer, allow_none=True)
-        self.noisy = LayerCombo(self.viewer, is_dwi_layer, allow_none=True)
-        self.baseline = LayerCombo(self.viewer, is_dwi_layer, allow_none=True)
-        self.mask = LayerCombo(self.viewer, is_volume_layer, allow_none=True, none_text="(whole image)")
+        self.recon = LayerCombo(self.viewer, is_series_layer, prefer=is_result_layer)
+        self.reference = LayerCombo(self.viewer, is_series_layer, allow_none=True)
+        self.noisy = LayerCombo(self.viewer, is_series_layer, allow_none=True)
+        self.baseline = LayerCombo(self.viewer, is_series_layer, allow_none=True)
+        self.mask = LayerCombo(self.viewer, is_mask_layer, allow_none=True, none_text="(whole image)")
         form.addRow("Reconstruction", self.recon)
         form.addRow("Reference (ground truth)", self.reference)
         form.addRow("Noisy input", self.noisy)
@@ -81,7 +82,8 @@ class CompareWidget(QWidget):
         self.table.setHorizontalHeaderLabels(["PSNR (dB)", "SSIM"])
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        self.table.setMinimumHeight(120)
+        self.table.setMinimumHeight(60)
+        self.table.setMaximumHeight(140)
         self.table.setToolTip("Against the reference, for the diffusion volume on screen; data range = the "
                               "reference's maximum inside the mask over all volumes")
         self.status = StatusLine("Choose the layers, then press Show side by side.")
@@ -119,7 +121,7 @@ class CompareWidget(QWidget):
                 what = "reference" if self.reference.layer() is not None else "noisy input"
                 kwargs = derived_kwargs(recon, f"{DIFF_PREFIX}: {recon.name} − {what}",
                                         {"difference_of": [recon.name, other.name]})
-                self.diff_layer = add_or_update_image(self.viewer, diff, kwargs, colormap="PiYG",
+                self.diff_layer = add_or_update_image(self.viewer, diff, kwargs, colormap=difference_colormap(),
                                                       contrast_limits=(-limit, limit))
                 layers.append(self.diff_layer)
         except Exception as exc:
@@ -128,20 +130,26 @@ class CompareWidget(QWidget):
         keep = {id(unwrap(layer)) for layer in layers}
         for layer in self.viewer.layers:
             layer.visible = id(unwrap(layer)) in keep
+            show_name(layer, id(unwrap(layer)) in keep)
         limits = tuple((self.reference.layer() or self.noisy.layer() or recon).contrast_limits)
         for layer in images:
             layer.contrast_limits = limits  # the same grey scale on every image
-        for layer in reversed(layers):  # the grid fills from the top layer: reconstruction first
+        for layer in layers:  # napari's grid fills from the bottom of the layer list: reconstruction first
             self.viewer.layers.move(self.viewer.layers.index(layer), len(self.viewer.layers))
-        self.viewer.grid.enabled = True
-        self.viewer.grid.stride = 1
-        self.viewer.reset_view()
+        grid(self.viewer).enabled = True
+        grid(self.viewer).stride = 1
+        axial_view(self.viewer)
+        fit_view_soon(self.viewer)
         self.active = True
-        self.status.info("Side by side: slicing and zoom are linked; the volume slider moves every layer.")
+        self.status.info("Side by side (reconstruction first): slicing and zoom are linked; the volume slider "
+                         "moves every image. Difference: blue = below, red = above the "
+                         + ("reference." if self.reference.layer() is not None else "noisy input."))
         self.update_metrics()
 
     def single_view(self) -> None:
-        self.viewer.grid.enabled = False
+        grid(self.viewer).enabled = False
+        for layer in self.viewer.layers:
+            show_name(layer, False)
         self.active = False
 
     # ------------------------------------------------------------------ baseline
@@ -162,7 +170,7 @@ class CompareWidget(QWidget):
         self.baseline_worker = w = baseline_worker(key, make_inputs)
         w.yielded.connect(lambda item: self.status.info(getattr(item, "text", str(item))))
         w.returned.connect(lambda out, n=noisy, lab=label: self._baseline_done(n, lab, out))
-        w.errored.connect(lambda exc: self.status.error(f"Baseline failed: {exc}", repr(exc)))
+        w.errored.connect(lambda exc: report_failure(self.status, "Baseline", exc))
         w.finished.connect(self._baseline_finished)
         self.baseline_btn.setEnabled(False)
         w.start()
@@ -219,7 +227,7 @@ class CompareWidget(QWidget):
             return
         self.metrics_worker = w = metrics_worker(rows, np.asarray(ref.data[j]), mask, data_range, j)
         w.returned.connect(self._show_metrics)
-        w.errored.connect(lambda exc: self.status.error(f"Metrics failed: {exc}", repr(exc)))
+        w.errored.connect(lambda exc: report_failure(self.status, "Metrics", exc))
         w.finished.connect(self._metrics_finished)
         w.start()
 

@@ -12,14 +12,15 @@ from typing import Optional
 from qtpy.QtWidgets import QFormLayout, QGroupBox, QHBoxLayout, QProgressBar, QPushButton, QVBoxLayout, QWidget
 
 from napari_plugin._layers import (
-    add_or_update_image, derived_kwargs, inputs_fn, is_dwi_layer, is_volume_layer, to_layer_order,
+    add_or_update_image, derived_kwargs, inputs_fn, is_mask_layer, is_original_layer, is_series_layer, to_layer_order,
 )
 from napari_plugin._widgets._common import (
-    LayerCombo, ModelSource, StatusLine, outer_layout, show_error_notification,
+    LayerCombo, ModelSource, StatusLine, outer_layout, report_failure, show_error_notification,
 )
+from napari_plugin._widgets._lifecycle import StopsOnClose
 
 
-class DenoiseWidget(QWidget):
+class DenoiseWidget(StopsOnClose, QWidget):
     def __init__(self, napari_viewer, parent: Optional[QWidget] = None):
         super().__init__(parent)
         self.viewer = napari_viewer
@@ -31,8 +32,8 @@ class DenoiseWidget(QWidget):
         content = QWidget()
         root = QVBoxLayout(content)
         form = QFormLayout()
-        self.layer_combo = LayerCombo(self.viewer, is_dwi_layer)
-        self.mask_combo = LayerCombo(self.viewer, is_volume_layer, allow_none=True,
+        self.layer_combo = LayerCombo(self.viewer, is_series_layer, prefer=is_original_layer)
+        self.mask_combo = LayerCombo(self.viewer, is_mask_layer, allow_none=True,
                                      none_text="(automatic brain mask)")
         form.addRow("Image layer", self.layer_combo)
         form.addRow("Brain mask", self.mask_combo)
@@ -113,12 +114,13 @@ class DenoiseWidget(QWidget):
         kwargs["axis_labels"] = tuple(layer.axis_labels)
         self.output_layer = add_or_update_image(self.viewer, to_layer_order(out.denoised), kwargs,
                                                 contrast_limits=tuple(layer.contrast_limits))
-        self.status.info(f"Done: layer '{kwargs['name']}'. Held-out error estimate {out.heldout_mse:.4g} "
-                         f"(noise level at most {out.sigma_upper:.3g}).")
+        self.status.info(f"Done: new layer '{kwargs['name']}'. Held-out error {out.heldout_mse:.4g} (each "
+                         f"volume predicted without seeing it), so the noise level is at most "
+                         f"{out.sigma_upper:.3g} signal units.")
 
     def _on_error(self, exc: BaseException) -> None:
         self.last_error = exc
-        self.status.error(f"Denoising failed: {exc}", repr(exc))
+        report_failure(self.status, "Denoising", exc)
 
     def _on_finished(self) -> None:
         self.worker = None
@@ -128,6 +130,5 @@ class DenoiseWidget(QWidget):
         self.run_btn.setEnabled(self.worker is None)
         self.cancel_btn.setEnabled(self.worker is not None)
 
-    def closeEvent(self, event) -> None:
+    def shutdown(self, wait: bool = False) -> None:
         self.cancel()
-        super().closeEvent(event)

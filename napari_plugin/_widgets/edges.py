@@ -11,8 +11,9 @@ from typing import Optional
 import numpy as np
 from qtpy.QtWidgets import QCheckBox, QFormLayout, QPushButton, QVBoxLayout, QWidget
 
-from napari_plugin._layers import add_or_update_image, current_volume, derived_kwargs, is_dwi_layer, unwrap
-from napari_plugin._widgets._common import LayerCombo, StatusLine, outer_layout, show_error_notification
+from napari_plugin._layers import add_or_update_image, current_volume, derived_kwargs, is_series_layer, unwrap
+from napari_plugin._widgets._common import LayerCombo, StatusLine, outer_layout, report_failure, \
+    show_error_notification
 
 PREFIX = "edges"
 
@@ -28,9 +29,9 @@ class EdgeWidget(QWidget):
         content = QWidget()
         root = QVBoxLayout(content)
         form = QFormLayout()
-        self.input = LayerCombo(self.viewer, is_dwi_layer, allow_none=True)
-        self.prediction = LayerCombo(self.viewer, is_dwi_layer, allow_none=True)
-        self.reference = LayerCombo(self.viewer, is_dwi_layer, allow_none=True)
+        self.input = LayerCombo(self.viewer, is_series_layer, allow_none=True)
+        self.prediction = LayerCombo(self.viewer, is_series_layer, allow_none=True)
+        self.reference = LayerCombo(self.viewer, is_series_layer, allow_none=True)
         form.addRow("Noisy input", self.input)
         form.addRow("Prediction", self.prediction)
         form.addRow("Reference", self.reference)
@@ -71,7 +72,7 @@ class EdgeWidget(QWidget):
         by_name = {layer.name: layer for layer in sources}
         self.worker = w = edge_worker(volumes)
         w.returned.connect(lambda maps, jj=j, src=by_name: self._show(maps, jj, src))
-        w.errored.connect(lambda exc: self.status.error(f"Edge maps failed: {exc}", repr(exc)))
+        w.errored.connect(lambda exc: report_failure(self.status, "Edge maps", exc))
         w.finished.connect(self._finished)
         self.status.info(f"Computing edge maps for volume {j}…")
         w.start()

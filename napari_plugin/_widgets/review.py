@@ -19,7 +19,7 @@ from qtpy.QtWidgets import (
     QListWidgetItem, QPushButton, QRadioButton, QSpinBox, QVBoxLayout, QWidget,
 )
 
-from napari_plugin._layers import axial_view, unwrap
+from napari_plugin._layers import axial_view, fit_view_soon, grid, is_map_layer, show_name, unwrap
 from napari_plugin._review_store import CRITERIA, SCORES, ReviewStore
 from napari_plugin._widgets._common import PathPicker, StatusLine, outer_layout, show_error_notification
 
@@ -31,8 +31,8 @@ def default_review_path() -> str:
 
 
 def _reviewable(layer) -> bool:
-    return type(unwrap(layer)).__name__ == "Image" and np.ndim(layer.data) in (3, 4) and \
-        "review_label" not in layer.metadata
+    """Images that can be results (not edge, attention or difference maps, not blinded copies)."""
+    return type(unwrap(layer)).__name__ == "Image" and np.ndim(layer.data) in (3, 4) and not is_map_layer(layer)
 
 
 class ReviewWidget(QWidget):
@@ -45,6 +45,7 @@ class ReviewWidget(QWidget):
         self.groups: dict[tuple[str, str], QButtonGroup] = {}
         self.comments: dict[str, QLineEdit] = {}
         self._hidden: list = []
+        self._removed: list = []  # (index, layer): the results, out of the layer list while blinded
 
         content = QWidget()
         root = QVBoxLayout(content)
@@ -100,7 +101,7 @@ class ReviewWidget(QWidget):
     # ------------------------------------------------------------------ candidates
     def refresh_candidates(self, *_):
         try:
-            checked = set(self.checked_names())
+            checked = set(self.checked_names()) | {layer.name for _, layer in self._removed}
         except RuntimeError:
             return
         self.candidates.clear()
@@ -123,13 +124,13 @@ class ReviewWidget(QWidget):
     # ------------------------------------------------------------------ session
     def start(self) -> None:
         """Open (or continue) the case in the review file and show the results blinded."""
+        self.end(quiet=True)
         names = self.checked_names()
         try:
             layers = [self.viewer.layers[n] for n in names]
             shapes = {tuple(layer.data.shape) for layer in layers}
             if len(shapes) > 1:
                 raise ValueError("The chosen results have different shapes: review results of the same case")
-            self.end(quiet=True)
             self.store = ReviewStore(self.file_picker.text() or default_review_path(), self.reviewer_edit.text())
             self.case_id = self.case_edit.text().strip()
             self.store.open_case(self.case_id, names)
@@ -147,22 +148,27 @@ class ReviewWidget(QWidget):
                          f"Saved to {self.store.path.name} and {self.store.csv_path.name}.")
 
     def _show_blinded(self) -> None:
+        """Results leave the layer list (their names would un-blind); copies named Image A, B, ... replace them."""
         mapping = self.store.mapping(self.case_id)
         sources = {label: self.viewer.layers[name] for label, name in mapping.items()}
         lows, highs = zip(*(tuple(s.contrast_limits) for s in sources.values()))
         limits = (float(min(lows)), float(max(highs)))
+        self._removed = sorted((self.viewer.layers.index(layer), layer) for layer in sources.values())
+        for _, layer in reversed(self._removed):
+            self.viewer.layers.remove(layer)
         self._hidden = [layer for layer in self.viewer.layers if layer.visible]
         for layer in self._hidden:
             layer.visible = False
-        for label in reversed(list(mapping)):  # the grid starts from the top layer: A first
+        for label in mapping:  # napari's grid fills from the bottom of the layer list: A first
             src = sources[label]
-            self.blind_layers[label] = self.viewer.add_image(
+            self.blind_layers[label] = layer = self.viewer.add_image(
                 src.data, name=f"{BLIND_PREFIX}{label}", scale=list(src.scale), translate=list(src.translate),
                 contrast_limits=limits, colormap="gray", metadata={"review_label": label})
-        self.viewer.grid.enabled = True
-        self.viewer.grid.stride = 1
+            show_name(layer, True)
+        grid(self.viewer).enabled = True
+        grid(self.viewer).stride = 1
         axial_view(self.viewer)
-        self.viewer.reset_view()
+        fit_view_soon(self.viewer)
         ndim = self.viewer.dims.ndim
         nsteps = self.viewer.dims.nsteps
         self.volume_spin.setEnabled(ndim >= 4)
@@ -236,12 +242,16 @@ class ReviewWidget(QWidget):
             if layer in self.viewer.layers:
                 self.viewer.layers.remove(layer)
         self.blind_layers.clear()
+        for index, layer in self._removed:  # the results come back where they were
+            if layer.name not in self.viewer.layers:
+                self.viewer.layers.insert(min(index, len(self.viewer.layers)), layer)
+        self._removed = []
         for layer in self._hidden:
             if layer in self.viewer.layers:
                 layer.visible = True
         self._hidden = []
         if not quiet:
-            self.viewer.grid.enabled = False
+            grid(self.viewer).enabled = False
             self._set_session_enabled(False)
             self.status.info("Review closed; every answer is in the review file.")
 
@@ -276,6 +286,7 @@ class ReviewWidget(QWidget):
             pass
 
     def closeEvent(self, event) -> None:
+        self.end(quiet=True)
         try:
             self.viewer.dims.events.current_step.disconnect(self._dims_changed)
             for ev in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):

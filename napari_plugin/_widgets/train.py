@@ -10,22 +10,24 @@ writes ``last.pt`` in the run folder.
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 from typing import Optional
 
-from qtpy.QtCore import QEvent, QTimer
+from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
-    QApplication, QComboBox, QDoubleSpinBox, QFormLayout, QGridLayout, QGroupBox, QHBoxLayout, QLabel,
+    QComboBox, QDoubleSpinBox, QFormLayout, QGridLayout, QGroupBox, QHBoxLayout, QLabel,
     QProgressBar, QPushButton, QSpinBox, QVBoxLayout, QWidget,
 )
 from superqt import QCollapsible, QLabeledDoubleSlider
 
 from napari_plugin import _session
-from napari_plugin._layers import inputs_fn, is_dwi_layer, is_volume_layer
+from napari_plugin._layers import inputs_fn, is_mask_layer, is_original_layer, is_series_layer
 from napari_plugin._widgets._common import (
-    LayerCombo, PathPicker, StatusLine, format_duration, outer_layout, show_error_notification,
+    LayerCombo, PathPicker, StatusLine, format_duration, notify_exception, outer_layout, show_error_notification,
 )
+from napari_plugin._widgets._lifecycle import StopsOnClose
 from napari_plugin._widgets._loss_plot import TERM_LABELS, LossPlot
 
 MODEL_LABELS = {"multiscale": "Multi-scale detail network", "denoiser": "Single-level U-Net (lightest)",
@@ -35,6 +37,12 @@ SCHEDULES = [("One-cycle (warm up, then decay)", "onecycle"), ("Cosine decay", "
 AMP_CHOICES = [("Automatic", "auto"), ("On", True), ("Off", False)]
 DEVICES = [("Automatic (GPU if available)", "auto"), ("CPU", "cpu"), ("CUDA GPU", "cuda")]
 WEIGHT_APPLY_MS = 250
+UI_REFRESH_MS = 500
+
+
+def default_threads() -> int:
+    """All cores but one: the GUI thread keeps a core, and small machines avoid oversubscription."""
+    return max(1, (os.cpu_count() or 2) - 1)
 
 
 def cuda_description() -> str:
@@ -45,7 +53,7 @@ def cuda_description() -> str:
     return "No CUDA GPU found: training runs on the CPU"
 
 
-class TrainWidget(QWidget):
+class TrainWidget(StopsOnClose, QWidget):
     def __init__(self, napari_viewer, parent: Optional[QWidget] = None):
         super().__init__(parent)
         from workbench.config import Config
@@ -61,16 +69,15 @@ class TrainWidget(QWidget):
         self.last_error: Optional[BaseException] = None
         self._resync_weights = False
         self._pending: dict[str, float] = {}
-        self._watched_window = None
         self._auto_folder = True
         defaults = Config()
 
         content = QWidget()
         root = QVBoxLayout(content)
         form = QFormLayout()
-        self.layer_combo = LayerCombo(self.viewer, is_dwi_layer)
+        self.layer_combo = LayerCombo(self.viewer, is_series_layer, prefer=is_original_layer)
         self.layer_combo.setToolTip("The open 4D diffusion series to train on (volumes, x, y, z)")
-        self.mask_combo = LayerCombo(self.viewer, is_volume_layer, allow_none=True,
+        self.mask_combo = LayerCombo(self.viewer, is_mask_layer, allow_none=True,
                                      none_text="(automatic brain mask)")
         self.model_combo = QComboBox()
         for name in MODELS:
@@ -102,6 +109,10 @@ class TrainWidget(QWidget):
         self._weight_timer.setSingleShot(True)
         self._weight_timer.setInterval(WEIGHT_APPLY_MS)
         self._weight_timer.timeout.connect(self._apply_pending_weights)
+        self._latest_step = None  # progress is shown at most every UI_REFRESH_MS (repaints are costly)
+        self._ui_timer = QTimer(self)
+        self._ui_timer.setInterval(UI_REFRESH_MS)
+        self._ui_timer.timeout.connect(self._show_progress)
 
         form = QFormLayout()
         self.steps = QSpinBox()
@@ -133,6 +144,10 @@ class TrainWidget(QWidget):
         self.filters = QSpinBox()
         self.filters.setRange(4, 256)
         self.filters.setValue(defaults.model.base_filters)
+        self.threads = QSpinBox()
+        self.threads.setRange(1, max(os.cpu_count() or 1, 1))
+        self.threads.setValue(default_threads())
+        self.threads.setToolTip("CPU threads for training; one core is left free so the viewer stays responsive")
         form.addRow("Training steps", self.steps)
         form.addRow("Device", self.device)
         form.addRow(self.device_info)
@@ -147,6 +162,7 @@ class TrainWidget(QWidget):
         form.addRow("Patch size (voxels)", self.patch)
         form.addRow("Batch size", self.batch)
         form.addRow("Network width", self.filters)
+        form.addRow("CPU threads", self.threads)
         self.advanced.addWidget(inner)
         root.addWidget(self.advanced)
 
@@ -178,9 +194,6 @@ class TrainWidget(QWidget):
         outer_layout(self, content)
         self.setMinimumWidth(360)
         self._update_buttons()
-        app = QApplication.instance()
-        if app is not None:
-            app.aboutToQuit.connect(self._about_to_quit)
 
     # ------------------------------------------------------------------ config
     def weights(self) -> dict[str, float]:
@@ -205,6 +218,7 @@ class TrainWidget(QWidget):
         cfg.train.schedule = self.schedule.currentData()
         cfg.train.amp = self.amp.currentData()
         cfg.train.device = self.device.currentData()
+        cfg.train.threads = self.threads.value()
         cfg.train.val_every = min(100, max(5, steps // 10))
         cfg.train.checkpoint_every = min(200, max(10, steps // 5))
         return cfg
@@ -215,6 +229,7 @@ class TrainWidget(QWidget):
         cfg = load_config(folder / "config.yaml")  # the run's own config: only steps/device may change
         cfg.train.steps = max(self.steps.value(), 1)
         cfg.train.device = self.device.currentData()
+        cfg.train.threads = self.threads.value()
         self.model_combo.setCurrentIndex(max(self.model_combo.findData(cfg.model.name), 0))
         for spin, value in ((self.filters, cfg.model.base_filters), (self.patch, cfg.data.patch_size),
                             (self.batch, cfg.data.batch_size)):
@@ -268,7 +283,9 @@ class TrainWidget(QWidget):
         self.worker.errored.connect(self._on_error)
         self.worker.finished.connect(self._on_finished)
         self.status.info("Starting…")
+        self.watch_for_close()
         self.plot.start()
+        self._ui_timer.start()
         self.worker.start()
         self._update_buttons()
 
@@ -279,7 +296,7 @@ class TrainWidget(QWidget):
             self.status.info("Stopping after the current step…")
 
     def shutdown(self, wait: bool = False, timeout: float = 120.0) -> None:
-        """Stop training (closing the panel or napari); with ``wait``, block until last.pt is written."""
+        """Stop training (panel or napari closing); with ``wait``, block until last.pt is written."""
         control = self.control
         if control is None:
             return
@@ -310,17 +327,15 @@ class TrainWidget(QWidget):
         from napari_plugin._workers import Status, TrainerReady
 
         if isinstance(ev, StepEnd):
-            self.progress.setMaximum(ev.total_steps)
-            self.progress.setValue(ev.step)
-            self.time_left.setText(f"About {format_duration(ev.eta_s)} left "
-                                   f"(running for {format_duration(ev.elapsed_s)})")
+            self._latest_step = ev
             self.plot.add_step(ev)
             if self._resync_weights:
                 self._resync_after_resume(ev.weights)
         elif isinstance(ev, Validation):
             self.plot.add_validation(ev)
-            self.status.info(f"Step {ev.step}: held-out estimate {ev.terms.get('heldout_mse', ev.loss):.4g}"
-                             + (" (best so far)" if ev.is_best else ""))
+            self.status.info(f"Step {ev.step}: held-out error {ev.terms.get('heldout_mse', ev.loss):.4g} "
+                             "(each volume predicted without seeing it; lower is better)"
+                             + (", best so far" if ev.is_best else ""))
         elif isinstance(ev, WeightsChanged):
             self.plot.mark_weight_change(ev)
             self.status.info(f"{TERM_LABELS.get(ev.name, ev.name)} weight {ev.old:g} → {ev.new:g} "
@@ -345,6 +360,14 @@ class TrainWidget(QWidget):
         elif isinstance(ev, Status):
             self.status.info(ev.text)
 
+    def _show_progress(self) -> None:
+        ev, self._latest_step = self._latest_step, None
+        if ev is None:
+            return
+        self.progress.setMaximum(ev.total_steps)
+        self.progress.setValue(ev.step)
+        self.time_left.setText(f"About {format_duration(ev.eta_s)} left (running for {format_duration(ev.elapsed_s)})")
+
     def _resync_after_resume(self, active: dict) -> None:
         """After a resume the core restores the checkpoint's weights; re-apply sliders moved meanwhile."""
         self._resync_weights = False
@@ -360,10 +383,12 @@ class TrainWidget(QWidget):
         self.last_error = exc
         if not self.status.is_error:  # the Failed event may already have said it
             self.status.error(f"Training failed: {exc}", repr(exc))
-        # napari's worker also relays the exception to its notifications
+        notify_exception(exc)
 
     def _on_finished(self) -> None:
         self.worker = None
+        self._ui_timer.stop()
+        self._show_progress()
         self.plot.stop()
         info = _session.run_for(self.viewer)
         if info is not None:
@@ -386,40 +411,8 @@ class TrainWidget(QWidget):
         folder = Path(self.run_dir.text() or ".")
         self.resume_btn.setEnabled(not running and (folder / "last.pt").is_file())
         for w in (self.layer_combo, self.mask_combo, self.model_combo, self.patch, self.batch, self.filters,
-                  self.run_dir, self.lr, self.schedule, self.amp, self.device, self.steps):
+                  self.run_dir, self.lr, self.schedule, self.amp, self.device, self.steps, self.threads):
             w.setEnabled(not running)
 
-    # ------------------------------------------------------------------ closing
-    def showEvent(self, event) -> None:
-        super().showEvent(event)
-        window = self.window()
-        if window is not self and window is not self._watched_window:
-            window.installEventFilter(self)
-            self._watched_window = window
-
-    def eventFilter(self, obj, event) -> bool:
-        if obj is self._watched_window and event.type() == QEvent.Type.Close:
-            QTimer.singleShot(0, self._after_window_close)
-        return False
-
-    def _after_window_close(self) -> None:
-        window = self._watched_window
-        try:
-            closed = window is None or not window.isVisible()
-        except RuntimeError:
-            closed = True
-        if closed:
-            self.shutdown(wait=False)
-            _session.set_run(self.viewer, None)
-
-    def event(self, event) -> bool:
-        if event.type() == QEvent.Type.ParentChange and self.parent() is None and self._watched_window is not None:
-            self.shutdown(wait=False)  # the panel was removed: its run stays usable by the other panels
-        return super().event(event)
-
-    def closeEvent(self, event) -> None:
-        self.shutdown(wait=False)
-        super().closeEvent(event)
-
-    def _about_to_quit(self) -> None:
-        self.shutdown(wait=True)
+    def on_window_closed(self) -> None:
+        _session.set_run(self.viewer, None)

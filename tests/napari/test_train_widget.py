@@ -115,7 +115,7 @@ def test_closing_napari_stops_training_and_keeps_checkpoint(sample_viewer, qtbot
     steps = []
     widget.start()
     widget.worker.yielded.connect(lambda e: steps.append(e) if isinstance(e, StepEnd) else None)
-    qtbot.waitUntil(lambda: steps, timeout=60_000)
+    qtbot.waitUntil(lambda: bool(steps), timeout=60_000)
     control = widget.control
     sample_viewer.close()
     qtbot.waitUntil(control.done.is_set, timeout=60_000)

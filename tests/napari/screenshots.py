@@ -1,0 +1,145 @@
+"""Screenshots of every panel in use (not a test; run by hand):
+
+    QT_API=pyqt6 xvfb-run -a -s "-screen 0 1920x1200x24" python tests/napari/screenshots.py OUT_DIR
+
+Writes train_midrun.png, denoise.png, compare.png, edges.png, attention.png, review.png.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def _wait(app, cond, timeout=180.0):
+    t0 = time.time()
+    while not cond():
+        if time.time() - t0 > timeout:
+            raise TimeoutError("timed out")
+        app.processEvents()
+        time.sleep(0.02)
+
+
+def _grab(viewer, path: Path, app) -> None:
+    for _ in range(20):
+        app.processEvents()
+        time.sleep(0.02)
+    viewer.window._qt_window.grab().save(str(path))
+    print("wrote", path, path.stat().st_size // 1024, "KB")
+
+
+def _only(viewer, keep) -> None:
+    for name in list(viewer.window._dock_widgets):
+        if name not in keep and "dwi-workbench" in name:
+            viewer.window._dock_widgets[name].hide()
+
+
+def main(out: Path) -> None:
+    import napari
+    from qtpy.QtWidgets import QApplication, QScrollArea
+    from workbench.training.events import StepEnd, WeightsChanged
+
+    from napari_plugin._layers import axial_view, grid
+    from napari_plugin._sample_data import CLEAN_NAME, MASK_NAME, NOISY_NAME
+
+    out.mkdir(parents=True, exist_ok=True)
+    viewer = napari.Viewer(show=True)
+    app = QApplication.instance()
+    viewer.window._qt_window.resize(1500, 980)
+    viewer.open_sample("dwi-workbench", "dwi_phantom")
+    axial_view(viewer)
+    viewer.dims.set_current_step(0, 4)
+    viewer.reset_view()
+
+    # Train, mid-run, after a live weight change
+    dock, train = viewer.window.add_plugin_dock_widget("dwi-workbench", "Train")
+    train.steps.setValue(60)
+    train.patch.setValue(16)
+    train.filters.setValue(8)
+    train.batch.setValue(2)
+    train.run_dir.setText(tempfile.mkdtemp(prefix="dwi-workbench-shot-"))
+    events = []
+    train.start()
+    train.worker.yielded.connect(events.append)
+    _wait(app, lambda: sum(isinstance(e, StepEnd) for e in events) >= 12)
+    train.sliders["edge"].setValue(0.3)
+    _wait(app, lambda: any(isinstance(e, WeightsChanged) for e in events))
+    _wait(app, lambda: sum(isinstance(e, StepEnd) for e in events) >= 28)
+    train.plot._redraw()
+    area = train.findChild(QScrollArea)
+    area.verticalScrollBar().setValue(area.verticalScrollBar().maximum())
+    _grab(viewer, out / "train_midrun.png", app)
+    train.stop()
+    _wait(app, lambda: train.worker is None)
+
+    # Denoise with the model just trained
+    _only(viewer, ())
+    _, den = viewer.window.add_plugin_dock_widget("dwi-workbench", "Denoise")
+    den.mask_combo.set_layer(MASK_NAME)
+    den.run()
+    _wait(app, lambda: den.worker is None)
+    _grab(viewer, out / "denoise.png", app)
+
+    # Compare: reconstruction vs reference, noisy and MP-PCA, with metrics
+    _only(viewer, ())
+    _, cmp = viewer.window.add_plugin_dock_widget("dwi-workbench", "Compare")
+    cmp.recon.set_layer(den.output_layer.name)
+    cmp.reference.set_layer(CLEAN_NAME)
+    cmp.noisy.set_layer(NOISY_NAME)
+    cmp.mask.set_layer(MASK_NAME)
+    cmp.compute_baseline()
+    _wait(app, lambda: cmp.baseline_worker is None)
+    viewer.dims.set_current_step(0, 6)
+    cmp.show_side_by_side()
+    axial_view(viewer)
+    viewer.reset_view()
+    _wait(app, lambda: cmp.metrics_volume == 6)
+    _grab(viewer, out / "compare.png", app)
+    cmp.single_view()
+
+    # Edge maps
+    _only(viewer, ())
+    _, edges = viewer.window.add_plugin_dock_widget("dwi-workbench", "Edge maps")
+    edges.input.set_layer(NOISY_NAME)
+    edges.prediction.set_layer(den.output_layer.name)
+    edges.reference.set_layer(CLEAN_NAME)
+    edges.compute()
+    _wait(app, lambda: edges.worker is None)
+    for layer in viewer.layers:
+        layer.visible = layer.name.startswith("edges:")
+    grid(viewer).enabled = True
+    viewer.reset_view()
+    _grab(viewer, out / "edges.png", app)
+    grid(viewer).enabled = False
+
+    # Attention overlay on the noisy image
+    _only(viewer, ())
+    _, att = viewer.window.add_plugin_dock_widget("dwi-workbench", "Attention maps")
+    att.mask_combo.set_layer(MASK_NAME)
+    att.compute()
+    _wait(app, lambda: att.worker is None)
+    for layer in viewer.layers:
+        layer.visible = layer.name in (NOISY_NAME, att.overlay.name)
+    viewer.reset_view()
+    _grab(viewer, out / "attention.png", app)
+
+    # Blinded review
+    _only(viewer, ())
+    _, rev = viewer.window.add_plugin_dock_widget("dwi-workbench", "Clinician review")
+    rev.file_picker.setText(str(Path(tempfile.mkdtemp(prefix="review-shot-")) / "review.json"))
+    rev.case_edit.setText("phantom-01")
+    rev.set_checked([NOISY_NAME, den.output_layer.name, cmp.baseline.currentText()])
+    rev.start()
+    rev.groups[("A", "sharpness")].button(4).click()
+    rev.groups[("A", "noise")].button(3).click()
+    rev.comments["A"].setText("mild blurring of the cortex")
+    rev.volume_spin.setValue(5)
+    rev.slice_spin.setValue(8)
+    _grab(viewer, out / "review.png", app)
+    viewer.close()
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1] if len(sys.argv) > 1 else "screenshots"))
