@@ -6,14 +6,16 @@ A ``QTimer`` fires every 10 ms on the GUI thread; the jitter of each firing is i
 interval minus 10 ms. The script opens the plugin's sample data in a real napari
 window, measures with the viewer idle, then starts training from the Train panel
 (the same ``thread_worker`` path a user gets: live loss plot, progress bar) and
-measures again while it runs. It prints one table: median, 95th percentile and
-maximum jitter in ms, and how many steps trained during the window. The whole
+measures again while it runs. It prints one table: median, 95th and 99th percentile
+and maximum jitter in ms (a tick that comes late by more than 10 ms also means ticks
+were skipped: compare the tick counts), and how many steps trained during the window. The whole
 check fails (exit 1) if the 95th percentile while training exceeds ``--limit-ms``.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -91,13 +93,15 @@ def main(argv=None) -> int:
     viewer.close()
 
     print(f"Qt event-loop jitter of a {PERIOD_MS} ms QTimer, {args.seconds:g} s per condition "
-          f"(torch {torch.__version__}, {torch.get_num_threads()} threads; patch {args.patch}, "
-          f"{args.filters} filters, batch {args.batch})")
-    print(f"| {'condition':<30} | {'ticks':>5} | {'median ms':>9} | {'p95 ms':>7} | {'max ms':>7} | {'steps':>5} |")
-    print(f"|{'-' * 32}|{'-' * 7}|{'-' * 11}|{'-' * 9}|{'-' * 9}|{'-' * 7}|")
+          f"(torch {torch.__version__}, {torch.get_num_threads()} training threads of {os.cpu_count()} cores; "
+          f"patch {args.patch}, {args.filters} filters, batch {args.batch})")
+    print(f"| {'condition':<30} | {'ticks':>5} | {'median ms':>9} | {'p95 ms':>7} | {'p99 ms':>7} | {'max ms':>7} "
+          f"| {'steps':>5} |")
+    print(f"|{'-' * 32}|{'-' * 7}|{'-' * 11}|{'-' * 9}|{'-' * 9}|{'-' * 9}|{'-' * 7}|")
     for name, values, n_steps in rows:
         print(f"| {name:<30} | {len(values):>5} | {statistics.median(values):>9.2f} | "
-              f"{_percentile(values, 95):>7.2f} | {max(values):>7.2f} | {n_steps:>5} |")
+              f"{_percentile(values, 95):>7.2f} | {_percentile(values, 99):>7.2f} | {max(values):>7.2f} "
+              f"| {n_steps:>5} |")
     p95 = _percentile(rows[1][1], 95)
     if p95 > args.limit_ms:
         print(f"p95 jitter while training ({p95:.1f} ms) exceeds {args.limit_ms:g} ms")

@@ -243,6 +243,20 @@ def is_mask_layer(layer) -> bool:
     return is_volume_layer(layer) and not is_map_layer(layer)
 
 
+def is_input_layer(layer) -> bool:
+    """An opened series that is not a known reference (what one trains on or denoises)."""
+    return is_original_layer(layer) and layer.metadata.get("role") != "reference"
+
+
+def is_reference_layer(layer) -> bool:
+    """A ground-truth series (the sample data marks its clean reference with ``role``)."""
+    return layer.metadata.get("role") == "reference"
+
+
+def is_noisy_layer(layer) -> bool:
+    return layer.metadata.get("role") == "noisy input"
+
+
 def is_result_layer(layer) -> bool:
     return any(k in layer.metadata for k in RESULT_KEYS)
 

@@ -33,10 +33,11 @@ def phantom_layers(shape=SHAPE, scheme=SCHEME, snr=SNR, seed=SEED) -> list[tuple
     noisy = (to_layer_order(p.noisy), {
         "name": NOISY_NAME, **common4,
         "metadata": {**dwi_metadata(p.affine, None, p.bvals, p.bvecs), "origin": where,
-                     "sigma": float(p.sigma)}}, "image")
+                     "role": "noisy input", "sigma": float(p.sigma)}}, "image")
     clean = (to_layer_order(p.clean), {
         "name": CLEAN_NAME, **common4, "visible": False,
-        "metadata": {**dwi_metadata(p.affine, None, p.bvals, p.bvecs), "origin": where}}, "image")
+        "metadata": {**dwi_metadata(p.affine, None, p.bvals, p.bvecs), "origin": where,
+                     "role": "reference"}}, "image")
     mask = (np.asarray(p.mask, dtype=np.int32), {
         "name": MASK_NAME, "axis_labels": ("x", "y", "z"), **spatial_kwargs(p.affine, 3), "opacity": 0.3,
         "visible": False, "metadata": {**dwi_metadata(p.affine, is_4d=False), "origin": where}}, "labels")

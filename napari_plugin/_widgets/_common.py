@@ -128,8 +128,10 @@ class LayerCombo(QComboBox):
         self.addItems(items)
         if current in items:
             self.setCurrentText(current)
-        elif not self._allow_none and names:
-            self.setCurrentText(self._initial(names))
+        elif names and (not self._allow_none or self._prefer is not None):
+            first = self._initial(names)
+            if not self._allow_none or self._prefer(self.viewer.layers[first]):
+                self.setCurrentText(first)
         self.blockSignals(False)
         if self.currentText() != current:
             self.currentTextChanged.emit(self.currentText())

@@ -101,6 +101,11 @@ class LossPlot(QWidget):
 
     # ------------------------------------------------------------------ drawing
     def _redraw_if_dirty(self) -> None:
+        if self._dirty and not self.canvas.visibleRegion().isEmpty():  # hidden or scrolled away: later
+            self._redraw()
+
+    def showEvent(self, event) -> None:
+        super().showEvent(event)
         if self._dirty:
             self._redraw()
 
@@ -137,10 +142,13 @@ class LossPlot(QWidget):
         values = list(self.total) + [v for pts in self.terms.values() for _, v in pts] + [v for _, v in self.heldout]
         log = all(v > 0 and math.isfinite(v) for v in values)
         if ax.get_yscale() != ("log" if log else "linear"):
-            from matplotlib.ticker import NullFormatter
+            from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
             ax.set_yscale("log" if log else "linear")
-            ax.yaxis.set_minor_formatter(NullFormatter())  # minor labels cost more to draw than they tell
+            if log:  # ticks at 1, 2, 5 x 10^k in plain numbers (0.002, 0.005, 0.01)
+                ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0), numticks=12))
+                ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
+                ax.yaxis.set_minor_formatter(NullFormatter())
             ax.set_ylabel("loss (log scale)" if log else "loss", color=FG, fontsize=9)
         ax.relim()
         ax.autoscale_view(scalex=False)

@@ -13,7 +13,7 @@ from qtpy.QtWidgets import QCheckBox, QComboBox, QFormLayout, QGroupBox, QPushBu
 from superqt import QLabeledDoubleSlider
 
 from napari_plugin._layers import (
-    add_or_update_image, current_volume, derived_kwargs, inputs_fn, is_mask_layer, is_original_layer, is_series_layer,
+    add_or_update_image, current_volume, derived_kwargs, inputs_fn, is_input_layer, is_mask_layer, is_series_layer,
     unwrap,
 )
 from napari_plugin._widgets._common import LayerCombo, ModelSource, StatusLine, outer_layout, \
@@ -37,7 +37,7 @@ class AttentionWidget(QWidget):
         content = QWidget()
         root = QVBoxLayout(content)
         form = QFormLayout()
-        self.layer_combo = LayerCombo(self.viewer, is_series_layer, prefer=is_original_layer)
+        self.layer_combo = LayerCombo(self.viewer, is_series_layer, prefer=is_input_layer)
         self.mask_combo = LayerCombo(self.viewer, is_mask_layer, allow_none=True,
                                      none_text="(automatic brain mask)")
         form.addRow("Image layer", self.layer_combo)

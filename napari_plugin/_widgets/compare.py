@@ -19,7 +19,8 @@ from qtpy.QtWidgets import (
 
 from napari_plugin._layers import (
     add_or_update_image, axial_view, current_volume, derived_kwargs, difference_colormap, fit_view_soon, grid,
-    inputs_fn, is_mask_layer, is_result_layer, is_series_layer, mask_array, show_name, to_layer_order, unwrap,
+    inputs_fn, is_mask_layer, is_noisy_layer, is_reference_layer, is_result_layer, is_series_layer, mask_array,
+    show_name, to_layer_order, unwrap,
 )
 from napari_plugin._widgets._common import LayerCombo, StatusLine, outer_layout, report_failure, \
     show_error_notification
@@ -45,10 +46,11 @@ class CompareWidget(QWidget):
         root = QVBoxLayout(content)
         form = QFormLayout()
         self.recon = LayerCombo(self.viewer, is_series_layer, prefer=is_result_layer)
-        self.reference = LayerCombo(self.viewer, is_series_layer, allow_none=True)
-        self.noisy = LayerCombo(self.viewer, is_series_layer, allow_none=True)
+        self.reference = LayerCombo(self.viewer, is_series_layer, allow_none=True, prefer=is_reference_layer)
+        self.noisy = LayerCombo(self.viewer, is_series_layer, allow_none=True, prefer=is_noisy_layer)
         self.baseline = LayerCombo(self.viewer, is_series_layer, allow_none=True)
-        self.mask = LayerCombo(self.viewer, is_mask_layer, allow_none=True, none_text="(whole image)")
+        self.mask = LayerCombo(self.viewer, is_mask_layer, allow_none=True, none_text="(whole image)",
+                               prefer=lambda layer: type(unwrap(layer)).__name__ == "Labels")
         form.addRow("Reconstruction", self.recon)
         form.addRow("Reference (ground truth)", self.reference)
         form.addRow("Noisy input", self.noisy)

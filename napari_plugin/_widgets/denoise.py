@@ -12,7 +12,7 @@ from typing import Optional
 from qtpy.QtWidgets import QFormLayout, QGroupBox, QHBoxLayout, QProgressBar, QPushButton, QVBoxLayout, QWidget
 
 from napari_plugin._layers import (
-    add_or_update_image, derived_kwargs, inputs_fn, is_mask_layer, is_original_layer, is_series_layer, to_layer_order,
+    add_or_update_image, derived_kwargs, inputs_fn, is_input_layer, is_mask_layer, is_series_layer, to_layer_order,
 )
 from napari_plugin._widgets._common import (
     LayerCombo, ModelSource, StatusLine, outer_layout, report_failure, show_error_notification,
@@ -32,7 +32,7 @@ class DenoiseWidget(StopsOnClose, QWidget):
         content = QWidget()
         root = QVBoxLayout(content)
         form = QFormLayout()
-        self.layer_combo = LayerCombo(self.viewer, is_series_layer, prefer=is_original_layer)
+        self.layer_combo = LayerCombo(self.viewer, is_series_layer, prefer=is_input_layer)
         self.mask_combo = LayerCombo(self.viewer, is_mask_layer, allow_none=True,
                                      none_text="(automatic brain mask)")
         form.addRow("Image layer", self.layer_combo)

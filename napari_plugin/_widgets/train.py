@@ -11,7 +11,6 @@ writes ``last.pt`` in the run folder.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Optional
 
@@ -23,34 +22,16 @@ from qtpy.QtWidgets import (
 from superqt import QCollapsible, QLabeledDoubleSlider
 
 from napari_plugin import _session
-from napari_plugin._layers import inputs_fn, is_mask_layer, is_original_layer, is_series_layer
+from napari_plugin._layers import inputs_fn, is_input_layer, is_mask_layer, is_series_layer
 from napari_plugin._widgets._common import (
     LayerCombo, PathPicker, StatusLine, format_duration, notify_exception, outer_layout, show_error_notification,
 )
 from napari_plugin._widgets._lifecycle import StopsOnClose
 from napari_plugin._widgets._loss_plot import TERM_LABELS, LossPlot
-
-MODEL_LABELS = {"multiscale": "Multi-scale detail network", "denoiser": "Single-level U-Net (lightest)",
-                "progressive": "Coarse-to-fine network", "frequency": "Frequency band network"}
-SCHEDULES = [("One-cycle (warm up, then decay)", "onecycle"), ("Cosine decay", "cosine"),
-             ("Lower when the loss stalls", "plateau"), ("Constant", "none")]
-AMP_CHOICES = [("Automatic", "auto"), ("On", True), ("Off", False)]
-DEVICES = [("Automatic (GPU if available)", "auto"), ("CPU", "cpu"), ("CUDA GPU", "cuda")]
-WEIGHT_APPLY_MS = 250
-UI_REFRESH_MS = 500
-
-
-def default_threads() -> int:
-    """All cores but one: the GUI thread keeps a core, and small machines avoid oversubscription."""
-    return max(1, (os.cpu_count() or 2) - 1)
-
-
-def cuda_description() -> str:
-    import torch
-
-    if torch.cuda.is_available():
-        return f"CUDA GPU found: {torch.cuda.get_device_name(0)}"
-    return "No CUDA GPU found: training runs on the CPU"
+from napari_plugin._widgets._train_options import (
+    AMP_CHOICES, DEVICES, MODEL_LABELS, SCHEDULES, UI_REFRESH_MS, WEIGHT_APPLY_MS, cuda_description, default_threads,
+    new_run_folder,
+)
 
 
 class TrainWidget(StopsOnClose, QWidget):
@@ -75,7 +56,7 @@ class TrainWidget(StopsOnClose, QWidget):
         content = QWidget()
         root = QVBoxLayout(content)
         form = QFormLayout()
-        self.layer_combo = LayerCombo(self.viewer, is_series_layer, prefer=is_original_layer)
+        self.layer_combo = LayerCombo(self.viewer, is_series_layer, prefer=is_input_layer)
         self.layer_combo.setToolTip("The open 4D diffusion series to train on (volumes, x, y, z)")
         self.mask_combo = LayerCombo(self.viewer, is_mask_layer, allow_none=True,
                                      none_text="(automatic brain mask)")
@@ -148,7 +129,7 @@ class TrainWidget(StopsOnClose, QWidget):
         self.threads.setRange(1, max(os.cpu_count() or 1, 1))
         self.threads.setValue(default_threads())
         self.threads.setToolTip("CPU threads for training; one core is left free so the viewer stays responsive")
-        form.addRow("Training steps", self.steps)
+        form.addRow("Training steps (total)", self.steps)
         form.addRow("Device", self.device)
         form.addRow(self.device_info)
         root.addLayout(form)
@@ -166,7 +147,7 @@ class TrainWidget(StopsOnClose, QWidget):
         self.advanced.addWidget(inner)
         root.addWidget(self.advanced)
 
-        self.run_dir = PathPicker(tempfile.mkdtemp(prefix="dwi-workbench-run-"), folder=True)
+        self.run_dir = PathPicker(new_run_folder(), folder=True)
         self.run_dir.changed.connect(self._folder_edited)
         form = QFormLayout()
         form.addRow("Run folder", self.run_dir)
@@ -259,7 +240,7 @@ class TrainWidget(StopsOnClose, QWidget):
                 cfg = self._resume_config(folder)
             else:
                 if has_run and self._auto_folder:
-                    self.run_dir.setText(tempfile.mkdtemp(prefix="dwi-workbench-run-"))
+                    self.run_dir.setText(new_run_folder())
                     self._auto_folder = True
                     folder = Path(self.run_dir.text())
                 elif has_run:

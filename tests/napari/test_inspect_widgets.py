@@ -45,6 +45,9 @@ def test_compare_view_grid_difference_metrics_follow_volume_and_baseline(sample_
     viewer = sample_viewer
     recon = _add_reconstruction(viewer)
     _, cmp = viewer.window.add_plugin_dock_widget("dwi-workbench", "Compare")
+    # sensible defaults with the sample data: reference, noisy input and mask are filled in
+    assert (cmp.reference.currentText(), cmp.noisy.currentText(), cmp.mask.currentText()) == \
+        (CLEAN_NAME, NOISY_NAME, MASK_NAME)
     cmp.recon.set_layer(recon.name)
     cmp.reference.set_layer(CLEAN_NAME)
     cmp.noisy.set_layer(NOISY_NAME)

@@ -34,6 +34,17 @@ def test_manifest_is_valid_and_lists_every_contribution():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_widgets_are_listed_under_the_plugins_menu(make_napari_viewer):
+    viewer = make_napari_viewer()
+    menubar = viewer.window._qt_window.menuBar()
+    plugins = next(a.menu() for a in menubar.actions() if "Plugins" in a.text())
+    ours = next(a.menu() for a in plugins.actions() if a.text() == "DWI Reconstruction Workbench")
+    assert [a.text() for a in ours.actions()] == ["Train", "Denoise", "Compare", "Edge maps", "Attention maps",
+                                                 "Clinician review"]
+    ours.actions()[0].trigger()  # opens the Train panel from the menu
+    assert any("Train" in name for name in viewer.window.dock_widgets)
+
+
 def test_core_never_imports_qt_or_napari():
     code = ("import sys, workbench, workbench.api, workbench.inference, workbench.metrics, workbench.baselines;"
             "bad=[m for m in sys.modules if m.split('.')[0] in ('napari','qtpy','PyQt5','PyQt6','PySide2','PySide6')];"

@@ -107,7 +107,8 @@ def test_config_the_trainer_rejects_is_reported(sample_viewer, qtbot, tmp_path):
     assert any("cuda" in m.lower() for m in error_notifications())
 
 
-def test_closing_napari_stops_training_and_keeps_checkpoint(sample_viewer, qtbot, tmp_path):
+@pytest.mark.parametrize("how", ["close napari", "close the panel"])
+def test_closing_stops_training_and_keeps_checkpoint(sample_viewer, qtbot, tmp_path, how):
     from workbench.training.events import StepEnd
 
     widget = _train_widget(sample_viewer, tmp_path / "run")
@@ -117,7 +118,10 @@ def test_closing_napari_stops_training_and_keeps_checkpoint(sample_viewer, qtbot
     widget.worker.yielded.connect(lambda e: steps.append(e) if isinstance(e, StepEnd) else None)
     qtbot.waitUntil(lambda: bool(steps), timeout=60_000)
     control = widget.control
-    sample_viewer.close()
+    if how == "close napari":
+        sample_viewer.close()
+    else:
+        sample_viewer.window.remove_dock_widget(widget)
     qtbot.waitUntil(control.done.is_set, timeout=60_000)
     assert (tmp_path / "run" / "last.pt").is_file()
     from workbench.training.checkpoint import load_checkpoint

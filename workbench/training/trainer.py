@@ -130,6 +130,10 @@ class Trainer:
         self._saved_step = -1
 
     # ------------------------------------------------------------------ public
+    def add_callback(self, callback: Callback) -> None:
+        """Receive events from now on (for front ends that need the trainer before they can subscribe)."""
+        self.callbacks.append(callback)
+
     def request_stop(self) -> None:
         """Ask the loop to stop (thread-safe); honoured within one step, then ``last.pt`` is written."""
         self._stop.set()
