@@ -26,7 +26,7 @@
 #
 # Run the cells one by one (not "Run All"): the kernel can only react to the sliders while no cell
 # is running. In CI (`CI` set) everything is tiny and the slider moves are made from code. At full size
-# training takes as long as in notebook 01 (about an hour on a CPU); press Stop whenever you have seen enough.
+# training takes as long as in notebook 01 (8-15 minutes on a 2-core CPU); press Stop whenever you have seen enough.
 
 # %%
 import numpy as np
