@@ -22,8 +22,8 @@
 # 4. denoise the series and compare noisy / denoised / clean with metrics.
 #
 # **How long?** By default the notebook uses the full-size phantom (64×64×32, two b-value shells) and
-# the default configuration: 800 training steps, about 8-15 minutes on a 2-core CPU (0.6-1.1 s per step), much
-# faster on a GPU. With the environment variable `CI` set (e.g. `CI=1 jupyter lab`) it runs a tiny
+# the default configuration: about 7-8 minutes on a 2-core CPU (1-2 minutes to build the split MP-PCA prior,
+# 400 training steps at 0.6-1.1 s per step, under a minute of inference), much faster on a GPU. With the environment variable `CI` set (e.g. `CI=1 jupyter lab`) it runs a tiny
 # version (24×24×12 phantom, 20 steps, small model) in under a minute: good for a first look, not for
 # judging quality. For something in between, add `cfg.train.steps = 200` after `tutorial_setup` below.
 

@@ -18,7 +18,7 @@ def subject(small_phantom):
 
 def test_layout_and_normalisation(subject, small_phantom):
     n = small_phantom.noisy.shape[-1]
-    assert subject.n_volumes == n and subject.n_priors == 2 and subject.in_channels == n + 2
+    assert subject.n_volumes == n and subject.n_priors == 3 and subject.in_channels == n + 3  # split MP-PCA, regression, SH
     restored = subject.volumes.numpy().transpose(1, 2, 3, 0) * subject.scale
     assert np.allclose(restored, small_phantom.noisy, rtol=1e-5, atol=1e-3)
     assert 0.5 < float(subject.volumes[:, subject.mask].quantile(0.99)) < 1.5

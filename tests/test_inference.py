@@ -119,3 +119,41 @@ def test_no_reference_rmse_estimate_tracks_the_truth(snr):
     naive = float(np.sqrt(max(out.heldout_mse - p.sigma**2, 0.0)))
     assert abs(out.est_rmse - true) < 0.15 * true
     assert abs(out.est_rmse - true) <= abs(naive - true)
+
+
+def test_free_water_floor_clamps_only_impossible_decay():
+    from workbench.inference import FREE_WATER_DIFFUSIVITY, apply_free_water_floor
+
+    bvals = np.array([0.0, 1000.0, 2000.0, 0.0])
+    vols = np.zeros((4, 3, 2, 2), np.float32)
+    vols[[0, 3]] = 100.0
+    vols[1] = 50.0  # plausible: above 100 exp(-3)
+    vols[2, 0] = 0.0  # impossible: below the free-water decay
+    vols[2, 1:] = 30.0
+    out = apply_free_water_floor(vols, bvals)
+    assert np.allclose(out[1], 50.0) and np.allclose(out[[0, 3]], 100.0)
+    assert np.allclose(out[2, 0], 100.0 * np.exp(-2000 * FREE_WATER_DIFFUSIVITY), rtol=1e-5)
+    assert np.allclose(out[2, 1:], 30.0)
+    assert apply_free_water_floor(vols, None) is vols  # no b-values: nothing to do
+    assert apply_free_water_floor(vols, np.full(4, 1000.0)) is vols  # no b0
+
+
+def test_post_process_steps_follow_the_flags():
+    from workbench.inference import post_process
+    from workbench.rician import invert_rician_mean
+
+    rng = np.random.default_rng(0)
+    preds = rng.random((4, 5, 5, 5)).astype(np.float32) + 1.0
+    noisy = preds + rng.normal(0, 0.1, preds.shape).astype(np.float32)
+    heldout, noise_var = np.full(4, 0.04), np.full(4, 0.01)
+    bvals = np.array([0.0, 1000, 1000, 1000])
+    same, k = post_process(preds, noisy, heldout, noise_var, 0.1, bvals, shrinkage=False,
+                           rician_correction=False, free_water_floor=False)
+    assert same is preds and k.size == 0
+    shrunk, k = post_process(preds, noisy, heldout, noise_var, 0.1, bvals, rician_correction=False,
+                             free_water_floor=False)
+    assert np.allclose(k, 0.75) and np.allclose(shrunk, preds + 0.75 * (noisy - preds), atol=1e-6)
+    full, _ = post_process(preds, noisy, heldout, noise_var, 0.1, bvals, free_water_floor=False)
+    assert np.allclose(full, invert_rician_mean(shrunk, 0.1))
+    nosigma, k = post_process(preds, noisy, heldout, noise_var, None, bvals)  # only the floor runs
+    assert k.size == 0 and np.all(nosigma >= preds)

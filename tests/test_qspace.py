@@ -2,7 +2,9 @@ import numpy as np
 import pytest
 
 from workbench.data.qspace import (
+    fold_labels,
     qspace_priors,
+    split_mppca_prior,
     regression_loo_matrix,
     sh_loo_matrix,
     sh_prior_matrix,
@@ -62,12 +64,47 @@ def test_priors_are_j_invariant():
     assert not np.allclose(a[0, ..., 6], b[0, ..., 6])
 
 
-@pytest.mark.parametrize("kind,count", [("none", 0), ("sh", 1), ("regression", 1), ("both", 2)])
+@pytest.mark.parametrize("kind,count", [("none", 0), ("sh", 1), ("regression", 1), ("both", 2), ("mppca", 3)])
 def test_prior_kinds_shape(kind, count):
     data = np.random.default_rng(0).random((4, 4, 3, 8)).astype(np.float32)
     bvals = np.array([0, 1000, 1000, 1000, 1000, 1000, 1000, 1000])
     out = qspace_priors(data, bvals, np.concatenate([[[0, 0, 0]], _dirs(7)]), None, kind)
     assert out.shape == (count, 4, 4, 3, 8)
+    assert np.isfinite(out).all()
+
+
+def test_fold_labels_alternate_within_each_shell():
+    bvals = np.array([0, 1000, 1000, 0, 2000, 1000, 2000, 1000, 2000])
+    labels = fold_labels(len(bvals), bvals, 2)
+    for b in (0, 1000, 2000):
+        sel = labels[bvals == b]
+        assert abs(int((sel == 0).sum()) - int((sel == 1).sum())) <= 1
+    assert fold_labels(7, None, 3).tolist() == [0, 1, 2, 0, 1, 2, 0]
+
+
+def test_split_mppca_prior_is_j_invariant_and_denoises(small_phantom):
+    """Prediction j comes from MP-PCA of the other fold: changing volume j leaves it (almost) unchanged."""
+    p = small_phantom
+    a = split_mppca_prior(p.noisy, p.bvals, p.mask)
+    j = int(np.flatnonzero(p.bvals > 50)[0])
+    changed = p.noisy.copy()
+    changed[..., j] = changed[..., j] + np.random.default_rng(5).normal(0, p.sigma, changed.shape[:3])
+    b = split_mppca_prior(changed, p.bvals, p.mask)
+    m = p.mask
+    delta = (changed - p.noisy)[..., j][m]
+    # the only path from y_j to prediction j is the regression fit (~N weights over all brain voxels):
+    # the share of y_j's noise that leaks through is about N / voxels (here 12 / 1776)
+    leak = float(((b - a)[..., j][m] * delta).sum() / (delta**2).sum())
+    assert abs(leak) < 0.03
+    labels = fold_labels(len(p.bvals), p.bvals)
+    same, other = labels == labels[j], labels != labels[j]
+    same[j] = False
+    change = np.abs(a - b)[m].mean(axis=0)
+    assert np.all(change[same] == 0)  # same fold: features and targets untouched
+    assert change[other].min() > change[j]  # other fold: MP-PCA of y_j feeds them
+    dw = p.bvals > 50
+    err = lambda x: np.sqrt(np.mean((x[..., dw][m] - p.clean[..., dw][m]) ** 2))
+    assert err(a) < 0.9 * err(p.noisy)  # 10 source volumes per fold on this tiny phantom: little redundancy
 
 
 def test_priors_reduce_error_on_phantom(small_phantom):

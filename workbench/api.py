@@ -171,6 +171,7 @@ def denoise_series(
 
     t0 = time.perf_counter()
     steps = 0
+    subject = None
     if checkpoint is not None:
         if config is not None:
             raise InputError("--config and --checkpoint exclude each other: the checkpoint carries its config")
@@ -187,13 +188,15 @@ def denoise_series(
             steps = result.steps_done
             best = Path(result.best_checkpoint or result.last_checkpoint)
             denoiser = Denoiser.from_checkpoint(best, device=cfg.train.device, amp=cfg.train.amp)
+            subject = trainer.subjects[0]  # same data and mask: its priors need not be computed twice
     t_train = time.perf_counter() - t0
     sigma = denoiser.config.inference.sigma
     if sigma is None:  # Rayleigh statistics of the air around the head
         sigma_mask = mask if mask is not None else compute_mask(series.data, series.bvals)
         sigma = estimate_background_sigma(series.data, sigma_mask)
     t1 = time.perf_counter()
-    out = denoiser.denoise(series.data, series.bvals, series.bvecs, mask, progress=progress, sigma=sigma)
+    out = denoiser.denoise(series.data, series.bvals, series.bvecs, mask, progress=progress, sigma=sigma,
+                           subject=subject)
     t_inf = time.perf_counter() - t1
     sigma_bg = sigma
     est = out.est_rmse

@@ -26,13 +26,19 @@ class DataConfig(_Strict):
 
     patch_size: int = Field(32, ge=8, le=256, description="edge of the cubic training patch (voxels)")
     batch_size: int = Field(4, ge=1, le=256)
-    qspace_prior: Literal["sh", "regression", "both", "none"] = Field(
-        "both",
-        description="closed-form leave-one-out prediction of each volume from the others, given to "
-        "the network as extra input channels: spherical harmonics per shell, voxelwise linear "
-        "regression on the other volumes, both, or none",
+    qspace_prior: Literal["mppca", "sh", "regression", "both", "none"] = Field(
+        "mppca",
+        description="leave-one-out predictions of each volume from the others, given to the network as "
+        "extra input channels: 'mppca' = MP-PCA on one half of the volumes regressed onto the other "
+        "half, plus the two closed-form ones; 'sh' = spherical harmonics per shell; 'regression' = "
+        "voxelwise linear regression on the other volumes; 'both' = sh and regression; or none",
     )
     sh_order: int = Field(4, ge=2, le=8, description="even SH order for the 'sh' prior")
+    prior_folds: int = Field(
+        3, ge=2, le=8,
+        description="interleaved folds of the 'mppca' prior: each fold is predicted from MP-PCA of the "
+        "others (more folds: more volumes per MP-PCA, one MP-PCA run per fold)",
+    )
     augment: bool = Field(
         False,
         description="random flips and intensity scaling of patches (off by default for DWI: a flip "
@@ -92,7 +98,7 @@ class LossConfig(_Strict):
 class TrainConfig(_Strict):
     """The optimisation loop."""
 
-    steps: int = Field(800, ge=1, le=10_000_000, description="optimizer steps")
+    steps: int = Field(400, ge=1, le=10_000_000, description="optimizer steps")
     lr: float = Field(1e-3, gt=0, le=1.0)
     optimizer: Literal["adam", "adamw"] = "adamw"
     weight_decay: float = Field(1e-4, ge=0)
@@ -127,6 +133,11 @@ class InferenceConfig(_Strict):
         "k = 1 - sigma^2 / held-out MSE (the Wiener weight); needs a noise sigma",
     )
     rician_correction: bool = Field(True, description="invert the Rician mean with the noise sigma")
+    free_water_floor: bool = Field(
+        True,
+        description="clamp diffusion-weighted signal from below at S0 exp(-b 3e-3 mm^2/s), the free-water "
+        "decay: keeps tensor fits (MD, FA) finite where Rician inversion leaves ~0 in CSF",
+    )
     sigma: Optional[float] = Field(
         None, gt=0, description="noise sigma in input units; null estimates it from air voxels"
     )

@@ -105,6 +105,7 @@ class DenoiseOutput:
     shrinkage: np.ndarray = None  # type: ignore[assignment]
     sigma: Optional[float] = None
     est_rmse: Optional[float] = None
+    raw: Optional[np.ndarray] = None
 
 
 class Denoiser:
@@ -168,17 +169,22 @@ class Denoiser:
                              amp=self.amp, amp_dtype=self.amp_dtype)[0]
 
     def denoise(self, data: np.ndarray, bvals=None, bvecs=None, mask: Optional[np.ndarray] = None,
-                progress: Optional[ProgressFn] = None, sigma: Optional[float] = None) -> DenoiseOutput:
+                progress: Optional[ProgressFn] = None, sigma: Optional[float] = None,
+                subject: Optional[DWISubject] = None, keep_raw: bool = False) -> DenoiseOutput:
         """Denoise every volume of a (X, Y, Z, N) series.
 
-        With a noise ``sigma`` (input units) and ``config.inference`` asking for
-        it, each J-invariant prediction ``f`` is combined with its noisy volume
-        ``y`` as ``f + k (y - f)``, ``k = 1 - sigma^2 / heldout_mse_j`` (the
-        Wiener weight between two estimates with errors ``heldout - sigma^2`` and
-        ``sigma^2``), and the Rician mean is inverted to remove the magnitude bias.
+        Each volume gets its J-invariant prediction; with a noise ``sigma``
+        (input units) :func:`post_process` then applies what ``config.inference``
+        asks for (shrinkage toward the noisy volume, Rician mean inversion, the
+        free-water floor). ``subject`` reuses a series already prepared for
+        training (same data); ``keep_raw`` also returns the J-invariant
+        predictions before post-processing (input units, (X, Y, Z, N)).
         """
         icfg = self.config.inference
-        subject = self.prepare(data, bvals, bvecs, mask)
+        if subject is None:
+            subject = self.prepare(data, bvals, bvecs, mask)
+        else:
+            self.check_series(subject.n_volumes)
         n = subject.n_volumes
         brain = subject.mask
         preds = np.empty((n,) + data.shape[:3], dtype=np.float32)
@@ -193,18 +199,14 @@ class Denoiser:
             preds[j] = pred.numpy()
             if progress is not None:
                 progress(j + 1, n)
+        raw = np.moveaxis(preds, 0, -1) * np.float32(subject.scale) if keep_raw else None
         sig = None if sigma is None else sigma / subject.scale
-        k = np.zeros(0)
         noise_var, bias2 = np.full(n, np.nan), np.full(n, np.nan)
         if sig is not None:
             noise_var, bias2 = rician_noise_stats(preds, brain.numpy(), sig)
-        if sig is not None and icfg.shrinkage:
-            k = np.clip(1.0 - noise_var / np.maximum(heldout, 1e-12), 0.0, 1.0)
-            preds += k[:, None, None, None] * (subject.volumes.numpy() - preds)
-        if sig is not None and icfg.rician_correction:
-            from workbench.rician import invert_rician_mean
-
-            preds = invert_rician_mean(preds, sig)
+        preds, k = post_process(preds, subject.volumes.numpy(), heldout, noise_var, sig, subject.bvals,
+                                shrinkage=icfg.shrinkage, rician_correction=icfg.rician_correction,
+                                free_water_floor=icfg.free_water_floor)
         out = np.moveaxis(np.clip(preds, 0.0, None), 0, -1) * np.float32(subject.scale)
         mse = float(heldout.mean()) * subject.scale**2
         est = None
@@ -212,7 +214,7 @@ class Denoiser:
             est = float(np.sqrt(max(float(np.mean(heldout - noise_var)), 0.0) + float(np.mean(bias2))))
             est *= subject.scale
         return DenoiseOutput(out.astype(np.float32), mse, float(np.sqrt(mse)), subject.mask.numpy(),
-                             heldout * subject.scale**2, k, sigma, est)
+                             heldout * subject.scale**2, k, sigma, est, raw)
 
     def attention_maps(self, subject: DWISubject, j: int) -> dict[str, np.ndarray]:
         """CBAM spatial attention of every block for volume ``j`` over the whole volume, (X, Y, Z) each."""
@@ -222,6 +224,58 @@ class Denoiser:
         cond = torch.tensor([j], device=self.device)
         maps = collect_attention_maps(self.model, image, cond)
         return {name: m.float()[0, 0].cpu().numpy() for name, m in maps.items()}
+
+
+#: Diffusivity of free water at body temperature (mm^2/s): no tissue signal decays faster.
+FREE_WATER_DIFFUSIVITY = 3.0e-3
+
+
+def apply_free_water_floor(volumes: np.ndarray, bvals, b0_threshold: float = 50.0) -> np.ndarray:
+    """Clamp (N, X, Y, Z) diffusion-weighted volumes from below at ``S0 exp(-b D_free)``.
+
+    ``S0`` is the voxel's mean b0. A signal below the free-water decay is
+    physically impossible, and values near 0 (what Rician mean inversion gives
+    in CSF at high b) make a tensor fit's log-signal explode, so MD and FA in
+    CSF go wild. Returns the input unchanged without b-values or b0 volumes.
+    """
+    if bvals is None:
+        return volumes
+    bvals = np.asarray(bvals, dtype=np.float64)
+    b0 = bvals <= b0_threshold
+    if not b0.any() or b0.all():
+        return volumes
+    s0 = np.maximum(volumes[b0].mean(axis=0), 0.0)
+    floor = np.exp(-bvals * FREE_WATER_DIFFUSIVITY).astype(np.float32)[:, None, None, None] * s0[None]
+    out = volumes.copy()
+    out[~b0] = np.maximum(volumes[~b0], floor[~b0])
+    return out
+
+
+def post_process(preds: np.ndarray, noisy: np.ndarray, heldout: np.ndarray, noise_var: np.ndarray,
+                 sigma: Optional[float], bvals=None, *, shrinkage: bool = True, rician_correction: bool = True,
+                 free_water_floor: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Turn (N, X, Y, Z) J-invariant predictions into the final estimate; returns it and the shrinkage weights.
+
+    1. shrinkage: ``f + k (y - f)``, ``k = 1 - var_noise / heldout_mse`` per volume (the
+       Wiener weight between the prediction, error ``heldout - var_noise``, and the
+       noisy volume, error ``var_noise``), from Noise2Self's view of the held-out
+       loss (Batson & Royer 2019);
+    2. Rician mean inversion with ``sigma`` (Koay & Basser 2006);
+    3. the free-water floor (:func:`apply_free_water_floor`).
+
+    Steps 1 and 2 need ``sigma`` (same units as ``preds``) and are skipped without it.
+    """
+    from workbench.rician import invert_rician_mean
+
+    k = np.zeros(0)
+    if sigma is not None and shrinkage:
+        k = np.clip(1.0 - noise_var / np.maximum(heldout, 1e-12), 0.0, 1.0)
+        preds = preds + k[:, None, None, None].astype(np.float32) * (noisy - preds)
+    if sigma is not None and rician_correction:
+        preds = invert_rician_mean(preds, sigma)
+    if free_water_floor:
+        preds = apply_free_water_floor(preds, bvals)
+    return preds, k
 
 
 def rician_noise_stats(mean: np.ndarray, mask: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray]:

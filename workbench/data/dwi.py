@@ -96,7 +96,7 @@ def prepare_subject(
     if not np.isfinite(scale) or scale <= 0:
         raise InputError("the series has no positive signal inside the mask: check the file and the mask")
     norm = (data / scale).astype(np.float32)
-    priors = qspace_priors(norm, bvals, bvecs, mask, cfg.qspace_prior, cfg.sh_order)
+    priors = qspace_priors(norm, bvals, bvecs, mask, cfg.qspace_prior, cfg.sh_order, cfg.prior_folds)
     loss_mask = ndimage.binary_dilation(mask, iterations=2)
     return DWISubject(
         volumes=torch.from_numpy(np.ascontiguousarray(np.moveaxis(norm, -1, 0))),

@@ -14,6 +14,12 @@ every voxel:
   Patch2Self, Fadnavis et al. 2020): uses no geometry, strongest averaging.
 
 Every matrix has a zero diagonal: the prediction of ``j`` never uses volume ``j``.
+
+A third, non-linear prior adds spatial denoising: the volumes are split into two
+interleaved halves that each cover q-space; each half is denoised by MP-PCA
+(Veraart et al. 2016) and regressed onto the volumes of the *other* half
+(:func:`split_mppca_prior`). Volume ``j`` is then predicted from denoised data
+that never saw it.
 """
 
 from __future__ import annotations
@@ -116,6 +122,84 @@ def sh_prior_matrix(bvals: np.ndarray, bvecs: np.ndarray, order: int = 4) -> tup
     return w, unfilled
 
 
+def fold_labels(n: int, bvals: np.ndarray | None, n_folds: int = 2) -> np.ndarray:
+    """Assign volumes to ``n_folds`` interleaved folds, alternating within each shell (b0s included)."""
+    labels = np.zeros(n, dtype=np.int64)
+    shells = shell_labels(bvals) if bvals is not None else np.zeros(n, dtype=np.int64)
+    for shell in np.unique(shells):
+        idx = np.flatnonzero(shells == shell)
+        labels[idx] = np.arange(len(idx)) % n_folds
+    return labels
+
+
+def split_mppca_prior(
+    data: np.ndarray,
+    bvals: np.ndarray | None,
+    mask: np.ndarray | None,
+    n_folds: int = 2,
+    patch_radius: int = 2,
+    ridge: float = 1e-3,
+    fallback: np.ndarray | None = None,
+) -> np.ndarray:
+    """Leave-one-fold-out prediction of every volume from MP-PCA-denoised other volumes.
+
+    For each fold ``k`` of :func:`fold_labels`, MP-PCA denoises the volumes *not*
+    in ``k`` (inside the brain dilated by 2 voxels) and a ridge regression over
+    brain voxels maps those denoised volumes (plus an intercept) onto each
+    volume of ``k``. The prediction of volume ``j`` therefore depends on the
+    noise of other volumes only (the regression's ~N weights are fitted over
+    thousands of voxels, so its dependence on the noise of ``j`` is negligible).
+
+    Parameters
+    ----------
+    data : (X, Y, Z, N)
+    bvals : (N,) or None
+    mask : (X, Y, Z) bool or None
+    n_folds, patch_radius, ridge
+    fallback : (X, Y, Z, N), optional
+        Used for a fold whose complement has fewer than 4 volumes (MP-PCA needs a spectrum).
+
+    Returns
+    -------
+    (X, Y, Z, N) float32
+
+    References
+    ----------
+    Veraart J et al. Denoising of diffusion MRI using random matrix theory. NeuroImage 142:394-406, 2016.
+    Batson J, Royer L. Noise2Self: blind denoising by self-supervision. ICML 2019.
+    """
+    from scipy import ndimage
+
+    from workbench.baselines import mppca
+
+    n = data.shape[-1]
+    brain = np.ones(data.shape[:3], bool) if mask is None or not mask.any() else np.asarray(mask, bool)
+    grown = ndimage.binary_dilation(brain, iterations=2) if not brain.all() else brain
+    labels = fold_labels(n, bvals, n_folds)
+    out = np.zeros(data.shape, dtype=np.float32)
+    for k in range(n_folds):
+        dst, src = np.flatnonzero(labels == k), np.flatnonzero(labels != k)
+        if len(dst) == 0:
+            continue
+        if len(src) < 4:
+            if fallback is None:
+                raise ValueError(f"fold {k}: only {len(src)} other volumes; MP-PCA needs at least 4")
+            out[..., dst] = fallback[..., dst]
+            continue
+        radius = np.array([min(patch_radius, (d - 1) // 2) for d in data.shape[:3]])  # small images: smaller patch
+        den = mppca(data[..., src], np.zeros(len(src)), grown, patch_radius=radius)  # bvals unused
+        feats = np.concatenate([den[brain], np.ones((int(brain.sum()), 1), np.float32)], 1).astype(np.float64)
+        gram = feats.T @ feats
+        reg = ridge * np.trace(gram[:-1, :-1]) / max(len(src), 1) * np.eye(len(gram))
+        reg[-1, -1] = 0.0
+        w = np.linalg.solve(gram + reg, feats.T @ data[brain][:, dst].astype(np.float64))
+        flat = den.reshape(-1, len(src)).astype(np.float64)
+        out[..., dst] = (flat @ w[:-1] + w[-1]).reshape(data.shape[:3] + (len(dst),)).astype(np.float32)
+    if fallback is not None:  # beyond the denoised region (air) the regression prior is the better guess
+        out[~grown] = fallback[~grown]
+    return out
+
+
 def qspace_priors(
     data: np.ndarray,
     bvals: np.ndarray | None,
@@ -123,12 +207,14 @@ def qspace_priors(
     mask: np.ndarray | None,
     kind: str = "both",
     sh_order: int = 4,
+    n_folds: int = 2,
 ) -> np.ndarray:
-    """Leave-one-out predictions, shaped (P, X, Y, Z, N) with P = 2 for ``both``, else 1 (0 for ``none``).
+    """Leave-one-out predictions, shaped (P, X, Y, Z, N): P = 3 for ``mppca``, 2 for ``both``,
+    1 for ``sh``/``regression``, 0 for ``none``.
 
-    For ``both`` the regression prediction comes first (it has the lower error),
-    then the SH one. Without gradient information the SH prior falls back to
-    regression.
+    The order is split MP-PCA (``mppca`` only), regression, SH: the first has the
+    lowest error and is the one the network corrects. Without gradient
+    information the SH prior falls back to regression.
     """
     if kind == "none":
         return np.zeros((0,) + data.shape, dtype=np.float32)
@@ -138,9 +224,11 @@ def qspace_priors(
     reg = regression_loo_matrix(inside)
     reg_pred = (flat @ reg[:, :n].T + reg[:, n]).astype(np.float32).reshape(data.shape)
     out = []
-    if kind in ("regression", "both"):
+    if kind == "mppca":
+        out.append(split_mppca_prior(data, bvals, mask, n_folds=n_folds, fallback=reg_pred))
+    if kind in ("regression", "both", "mppca"):
         out.append(reg_pred)
-    if kind in ("sh", "both"):
+    if kind in ("sh", "both", "mppca"):
         if bvals is None or bvecs is None:
             out.append(reg_pred)
         else:
