@@ -8,6 +8,7 @@ import pytest
 from workbench.baselines import (
     BASELINES,
     estimate_background_sigma,
+    estimate_sigma_mppca,
     patch2self,
     rician_bias_correct,
     run_baseline,
@@ -145,3 +146,18 @@ def test_estimate_background_sigma_too_few_voxels(phantom):
     full = np.ones(p.mask.shape, bool)
     assert estimate_background_sigma(p.noisy, full) is None
     assert estimate_background_sigma(p.noisy, p.mask, min_voxels=10**6) is None
+
+
+def test_estimate_sigma_mppca_for_a_field_of_view_without_air():
+    """Cropped to the brain (no air, so no background estimate): MP-PCA's fit still finds sigma."""
+    p = simulate_dwi((24, 24, 12), scheme="multishell", snr=20.0, seed=2)
+    xs, ys, zs = (np.flatnonzero(p.mask.any(axis=a)) for a in ((1, 2), (0, 2), (0, 1)))
+    crop = (slice(xs[0] + 3, xs[-1] - 2), slice(ys[0] + 3, ys[-1] - 2), slice(zs[0] + 1, zs[-1]))
+    data, mask = p.noisy[crop], p.mask[crop]
+    assert mask.mean() > 0.85 and estimate_background_sigma(data, mask) is None
+    assert estimate_sigma_mppca(data, mask) == pytest.approx(p.sigma, rel=0.2)
+    # a much noisier copy gives a proportionally larger estimate: it measures the noise, not the signal
+    rng = np.random.default_rng(0)
+    noisier = data + rng.normal(0, 2 * p.sigma, data.shape)
+    assert estimate_sigma_mppca(noisier, mask) > 1.8 * estimate_sigma_mppca(data, mask)
+    assert estimate_sigma_mppca(data[..., :3], mask) is None

@@ -56,7 +56,7 @@ def test_train_resume_denoise_evaluate(sim, tmp_path, capsys):
     assert img.shape == src.shape and np.allclose(img.affine, src.affine)
     assert (tmp_path / "den.bval").is_file() and (tmp_path / "den.bvec").is_file()
     report = json.loads((tmp_path / "den.json").read_text())
-    assert report["heldout_mse"] > 0 and "sigma_background" in report
+    assert report["heldout_mse"] > 0 and "sigma" in report and "sigma_source" in report["extra"]
     capsys.readouterr()
     assert main(["evaluate", str(out), "--reference", str(sim / "clean.nii.gz"), "--mask",
                  str(sim / "mask.nii.gz"), "--bval", str(sim / "dwi.bval"), "--bvec", str(sim / "dwi.bvec"),

@@ -145,7 +145,7 @@ class DenoiseReport:
     inference_seconds: float
     heldout_mse: float
     sigma_upper: float
-    sigma_background: Optional[float]
+    sigma: Optional[float]  # the noise sigma used: config, background air, or MP-PCA (extra["sigma_source"])
     est_rmse_vs_clean: Optional[float]
     device: str
     amp: bool
@@ -166,7 +166,7 @@ def denoise_series(
     progress: Optional[Callable[[int, int], None]] = None,
 ) -> tuple[np.ndarray, DenoiseReport]:
     """Denoise an in-memory series; returns the (X, Y, Z, N) result in input units and a report."""
-    from workbench.baselines import estimate_background_sigma
+    from workbench.baselines import estimate_background_sigma, estimate_sigma_mppca
     from workbench.inference import Denoiser
 
     t0 = time.perf_counter()
@@ -190,10 +190,12 @@ def denoise_series(
             denoiser = Denoiser.from_checkpoint(best, device=cfg.train.device, amp=cfg.train.amp)
             subject = trainer.subjects[0]  # same data and mask: its priors need not be computed twice
     t_train = time.perf_counter() - t0
-    sigma = denoiser.config.inference.sigma
+    sigma, sigma_source = denoiser.config.inference.sigma, "config"
     if sigma is None:  # Rayleigh statistics of the air around the head
         sigma_mask = mask if mask is not None else compute_mask(series.data, series.bvals)
-        sigma = estimate_background_sigma(series.data, sigma_mask)
+        sigma, sigma_source = estimate_background_sigma(series.data, sigma_mask), "background"
+        if sigma is None:  # field of view cropped to the head: MP-PCA's Marchenko-Pastur fit
+            sigma, sigma_source = estimate_sigma_mppca(series.data, sigma_mask), "mppca"
     t1 = time.perf_counter()
     out = denoiser.denoise(series.data, series.bvals, series.bvecs, mask, progress=progress, sigma=sigma,
                            subject=subject)
@@ -203,10 +205,11 @@ def denoise_series(
     report = DenoiseReport(
         output="", n_volumes=series.n_volumes, trained_steps=steps, train_seconds=t_train,
         inference_seconds=t_inf, heldout_mse=out.heldout_mse, sigma_upper=out.sigma_upper,
-        sigma_background=sigma_bg, est_rmse_vs_clean=est, device=str(denoiser.device), amp=denoiser.amp,
+        sigma=sigma_bg, est_rmse_vs_clean=est, device=str(denoiser.device), amp=denoiser.amp,
         checkpoint=None if checkpoint is None else str(checkpoint),
         extra={"shrinkage_mean": float(out.shrinkage.mean()) if out.shrinkage.size else None,
-               "rician_correction": bool(sigma is not None and denoiser.config.inference.rician_correction)},
+               "rician_correction": bool(sigma is not None and denoiser.config.inference.rician_correction),
+               "sigma_source": sigma_source if sigma is not None else None},
     )
     return out.denoised, report
 

@@ -411,3 +411,24 @@ def estimate_background_sigma(
     if per_volume:
         return np.sqrt(m2.mean(axis=0) / 2.0)
     return float(np.sqrt(m2.mean() / 2.0))
+
+
+def estimate_sigma_mppca(data, mask=None, *, patch_radius: int = 2) -> float | None:
+    """Noise sigma from MP-PCA's Marchenko-Pastur fit: the median of DIPY's sigma map in ``mask``.
+
+    The fallback for a field of view without air (where :func:`estimate_background_sigma`
+    returns None). It is the Gaussian sigma of the local noise, close to the Rician
+    sigma where SNR is moderate (Veraart et al. 2016). None if the patches hold
+    fewer voxels than there are volumes' worth of spectrum to fit (fewer than 4 volumes).
+    """
+    from dipy.denoise.localpca import mppca as _mppca
+
+    arr = np.asarray(data, dtype=np.float64)
+    if arr.ndim != 4 or arr.shape[-1] < 4:
+        return None
+    radius = [int(max(1, min(patch_radius, (s - 1) // 2))) for s in arr.shape[:3]]
+    mask = np.ones(arr.shape[:3], bool) if mask is None else np.asarray(mask).astype(bool)
+    with _blas_threads(1), np.errstate(invalid="ignore", divide="ignore"):
+        _, sigma = _mppca(arr, mask=mask, patch_radius=np.array(radius), return_sigma=True, suppress_warning=True)
+    values = sigma[mask & np.isfinite(sigma) & (sigma > 0)]
+    return float(np.median(values)) if values.size else None

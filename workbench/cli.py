@@ -158,8 +158,9 @@ def _run(args: argparse.Namespace) -> int:
         msg = (f"wrote {report.output} ({report.n_volumes} volumes; training {report.train_seconds:.0f} s, "
                f"inference {report.inference_seconds:.0f} s on {report.device}, amp={report.amp})\n"
                f"held-out MSE {report.heldout_mse:.4g}: noise sigma <= {report.sigma_upper:.4g}")
-        if report.sigma_background is not None:
-            msg += (f"; background sigma {report.sigma_background:.4g} -> estimated RMSE to clean "
+        if report.sigma is not None:
+            source = {"mppca": "MP-PCA"}.get(report.extra.get("sigma_source"), report.extra.get("sigma_source"))
+            msg += (f"; sigma {report.sigma:.4g} ({source}) -> estimated RMSE to clean "
                     f"{report.est_rmse_vs_clean:.4g}")
         print(msg)
     elif args.command == "evaluate":

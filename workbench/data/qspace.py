@@ -14,6 +14,8 @@ every voxel:
   Patch2Self, Fadnavis et al. 2020): uses no geometry, strongest averaging.
 
 Every matrix has a zero diagonal: the prediction of ``j`` never uses volume ``j``.
+The regression weights are cross-fitted (fitted on one checkerboard parity of
+voxels, applied to the other), so they do not depend on the voxel's own noise either.
 
 A third, non-linear prior adds spatial denoising: the volumes are split into two
 interleaved halves that each cover q-space; each half is denoised by MP-PCA
@@ -122,6 +124,31 @@ def sh_prior_matrix(bvals: np.ndarray, bvecs: np.ndarray, order: int = 4) -> tup
     return w, unfilled
 
 
+def checkerboard(shape: tuple[int, int, int]) -> np.ndarray:
+    """(X, Y, Z) int array of voxel parity ``(x + y + z) % 2``, the two halves used for cross-fitting.
+
+    A regression fitted over all voxels fits each voxel's own noise a little
+    (about ``features / voxels`` of it): on a small field of view that leak breaks
+    J-invariance. Fitting on one parity and predicting the other removes it
+    exactly; the two halves interleave, so both see the same anatomy.
+    """
+    return np.indices(shape).sum(axis=0) % 2
+
+
+def fit_voxels(data: np.ndarray, mask: np.ndarray | None, n_features: int, per_feature: int = 20) -> np.ndarray:
+    """(X, Y, Z) bool: the voxels the regressions are fitted on.
+
+    The brain mask, unless it holds fewer than ``per_feature`` voxels per fitted
+    weight in each checkerboard half (a field of view cropped to the brain, where
+    an Otsu mask keeps only the brightest voxels); then every voxel with signal.
+    """
+    signal = np.any(data != 0, axis=-1)
+    if mask is None or not mask.any():
+        return signal
+    mask = np.asarray(mask, bool)
+    return mask if mask.sum() // 2 >= per_feature * n_features else (mask | signal)
+
+
 def fold_labels(n: int, bvals: np.ndarray | None, n_folds: int = 2) -> np.ndarray:
     """Assign volumes to ``n_folds`` interleaved folds, alternating within each shell (b0s included)."""
     labels = np.zeros(n, dtype=np.int64)
@@ -146,9 +173,10 @@ def split_mppca_prior(
     For each fold ``k`` of :func:`fold_labels`, MP-PCA denoises the volumes *not*
     in ``k`` (inside the brain dilated by 2 voxels) and a ridge regression over
     brain voxels maps those denoised volumes (plus an intercept) onto each
-    volume of ``k``. The prediction of volume ``j`` therefore depends on the
-    noise of other volumes only (the regression's ~N weights are fitted over
-    thousands of voxels, so its dependence on the noise of ``j`` is negligible).
+    volume of ``k``, cross-fitted over the two :func:`checkerboard` parities.
+    The prediction of volume ``j`` at a voxel therefore depends on the noise of
+    other volumes and on the noise of ``j`` at *other* voxels only (through the
+    weights), never on its own noisy value.
 
     Parameters
     ----------
@@ -173,9 +201,10 @@ def split_mppca_prior(
     from workbench.baselines import mppca
 
     n = data.shape[-1]
-    brain = np.ones(data.shape[:3], bool) if mask is None or not mask.any() else np.asarray(mask, bool)
+    brain = fit_voxels(data, mask, n // max(n_folds, 1) * (n_folds - 1) + 1)
     grown = ndimage.binary_dilation(brain, iterations=2) if not brain.all() else brain
     labels = fold_labels(n, bvals, n_folds)
+    checker = checkerboard(data.shape[:3]).reshape(-1)
     out = np.zeros(data.shape, dtype=np.float32)
     for k in range(n_folds):
         dst, src = np.flatnonzero(labels == k), np.flatnonzero(labels != k)
@@ -188,13 +217,18 @@ def split_mppca_prior(
             continue
         radius = np.array([min(patch_radius, (d - 1) // 2) for d in data.shape[:3]])  # small images: smaller patch
         den = mppca(data[..., src], np.zeros(len(src)), grown, patch_radius=radius)  # bvals unused
-        feats = np.concatenate([den[brain], np.ones((int(brain.sum()), 1), np.float32)], 1).astype(np.float64)
-        gram = feats.T @ feats
-        reg = ridge * np.trace(gram[:-1, :-1]) / max(len(src), 1) * np.eye(len(gram))
-        reg[-1, -1] = 0.0
-        w = np.linalg.solve(gram + reg, feats.T @ data[brain][:, dst].astype(np.float64))
         flat = den.reshape(-1, len(src)).astype(np.float64)
-        out[..., dst] = (flat @ w[:-1] + w[-1]).reshape(data.shape[:3] + (len(dst),)).astype(np.float32)
+        pred = np.empty((flat.shape[0], len(dst)))
+        for parity in (0, 1):  # cross-fitting: weights fitted on one parity, applied to the other
+            fit = brain.reshape(-1) & (checker != parity)
+            feats = np.concatenate([flat[fit], np.ones((int(fit.sum()), 1))], 1)
+            gram = feats.T @ feats
+            reg = ridge * np.trace(gram[:-1, :-1]) / max(len(src), 1) * np.eye(len(gram))
+            reg[-1, -1] = 0.0
+            w = np.linalg.solve(gram + reg, feats.T @ data.reshape(-1, n)[fit][:, dst].astype(np.float64))
+            apply = checker == parity
+            pred[apply] = flat[apply] @ w[:-1] + w[-1]
+        out[..., dst] = pred.reshape(data.shape[:3] + (len(dst),)).astype(np.float32)
     if fallback is not None:  # beyond the denoised region (air) the regression prior is the better guess
         out[~grown] = fallback[~grown]
     return out
@@ -220,9 +254,14 @@ def qspace_priors(
         return np.zeros((0,) + data.shape, dtype=np.float32)
     n = data.shape[-1]
     flat = data.reshape(-1, n).astype(np.float64)
-    inside = flat[mask.reshape(-1)] if mask is not None and mask.any() else flat
-    reg = regression_loo_matrix(inside)
-    reg_pred = (flat @ reg[:, :n].T + reg[:, n]).astype(np.float32).reshape(data.shape)
+    inside = fit_voxels(data, mask, n).reshape(-1)
+    checker = checkerboard(data.shape[:3]).reshape(-1)
+    reg_pred = np.empty(flat.shape, dtype=np.float32)
+    for parity in (0, 1):  # cross-fitting: weights fitted on one parity, applied to the other
+        reg = regression_loo_matrix(flat[inside & (checker != parity)])
+        apply = checker == parity
+        reg_pred[apply] = flat[apply] @ reg[:, :n].T + reg[:, n]
+    reg_pred = reg_pred.reshape(data.shape)
     out = []
     if kind == "mppca":
         out.append(split_mppca_prior(data, bvals, mask, n_folds=n_folds, fallback=reg_pred))
