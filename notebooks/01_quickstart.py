@@ -83,8 +83,9 @@ viewer.index.value = ph.shape[2] // 2
 # ## 2. Train the denoiser
 #
 # The model never sees the clean data. For each volume *j* it predicts *j* from all the *other* volumes
-# (plus closed-form q-space predictions), so the noise in *j* cannot be copied and the loss against the
-# noisy *j* trains a denoiser (Noise2Self). `make_trainer` prepares the data and the model; `fit()`
+# (plus three predictions of *j* that never look at it: MP-PCA of the other volumes regressed onto *j*, a
+# regression and a spherical-harmonic fit), so the noise in *j* cannot be copied and the loss against the
+# noisy *j* trains a denoiser (Noise2Self). Preparing those predictions is the pause before the first step. `make_trainer` prepares the data and the model; `fit()`
 # runs the loop and calls `LossPlot` after every step, so the plot below updates while it trains.
 # AMP (mixed precision) is on: bfloat16 on CPU, float16/bfloat16 on a GPU (`cfg.train.amp = "auto"`
 # would switch it off on CPUs that only emulate bfloat16).
@@ -113,7 +114,8 @@ print("validated every val_every steps:",
 # would load it from disk instead). `denoise` predicts every volume from the others, tile by tile.
 # Given the noise level `sigma` (measured in the air around the head), it then does what
 # `workbench denoise` does: it blends each prediction with its noisy volume as far as the noise allows
-# and removes the Rician bias of magnitude data. It also returns `heldout_mse`, a quality estimate
+# and removes the Rician bias of magnitude data, without letting any diffusion-weighted voxel decay faster
+# than free water can (the free-water floor). It also returns `heldout_mse`, a quality estimate
 # that needs no reference (see notebook 04).
 
 # %%
