@@ -60,7 +60,7 @@ def mppca_sigma(data: np.ndarray) -> float:
 
 def figure(path: Path, name: str, noisy: np.ndarray, outputs: dict[str, np.ndarray], bvals: np.ndarray,
            sigma: float) -> None:
-    """Mid-slice panels; every residual on the same scale, +-3 sigma."""
+    """Mid-slice panels; every residual of a row on one scale: +-3x the larger residual std (or sigma)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -73,6 +73,7 @@ def figure(path: Path, name: str, noisy: np.ndarray, outputs: dict[str, np.ndarr
     fig, axes = plt.subplots(len(vols), cols, figsize=(2.2 * cols, 2.4 * len(vols)), squeeze=False)
     for r, j in enumerate(vols):
         vmax = np.percentile(noisy[..., j], 99)
+        lim = 3 * max([sigma] + [float((noisy[..., j] - img[..., j]).std()) for img in outputs.values()])
         c = 0
         for title, img in rows:
             axes[r, c].imshow(img[:, :, z, j].T, cmap="gray", vmin=0, vmax=vmax, origin="lower")
@@ -80,7 +81,6 @@ def figure(path: Path, name: str, noisy: np.ndarray, outputs: dict[str, np.ndarr
             c += 1
         for title, img in outputs.items():
             res = noisy[:, :, z, j] - img[:, :, z, j]
-            lim = 3 * max(sigma, 1e-6)
             axes[r, c].imshow(res.T, cmap="RdBu_r", vmin=-lim, vmax=lim, origin="lower")
             axes[r, c].set_title(f"noisy - {title}", fontsize=8)
             c += 1
@@ -115,16 +115,19 @@ def main(argv=None) -> int:
         for method, out, sec in (("ours", ours, t_ours), ("mppca", mp, t_mp)):
             corr, rstd = residual_stats(series.data, out)
             rows.append((name, method, series.data.shape, report.heldout_mse if method == "ours" else None,
-                         report.sigma_upper if method == "ours" else None, sig, rstd, corr, sec))
+                         report.sigma_upper if method == "ours" else None,
+                         report.est_rmse_vs_clean if method == "ours" else None, sig, rstd, corr, sec))
         if args.out is not None:
             args.out.mkdir(parents=True, exist_ok=True)
-            figure(args.out / f"residuals_{name}.png", name, series.data, {"ours": ours, "mppca": mp}, series.bvals, sig)
-    print("| data | method | shape | held-out MSE | sigma bound | MP-PCA sigma | residual std | "
+            figure(args.out / f"residuals_{name}.png", name, series.data, {"ours": ours, "mppca": mp},
+                   series.bvals, sig)
+    print("| data | method | shape | held-out MSE | sigma bound | est. RMSE to clean | MP-PCA sigma | residual std | "
           "residual lag-1 autocorr | time s |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for name, method, shape, mse, bound, sig, rstd, corr, sec in rows:
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for name, method, shape, mse, bound, est, sig, rstd, corr, sec in rows:
         cells = [name, method, "x".join(map(str, shape)), "" if mse is None else f"{mse:.4g}",
-                 "" if bound is None else f"{bound:.3g}", f"{sig:.3g}", f"{rstd:.3g}", f"{corr:+.3f}", f"{sec:.0f}"]
+                 "" if bound is None else f"{bound:.3g}", "" if est is None else f"{est:.3g}", f"{sig:.3g}",
+                 f"{rstd:.3g}", f"{corr:+.3f}", f"{sec:.0f}"]
         print("| " + " | ".join(cells) + " |")
     return 0
 
