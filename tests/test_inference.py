@@ -177,3 +177,29 @@ def test_denoise_series_without_air_takes_sigma_from_mppca():
     assert out.shape == series.data.shape and np.isfinite(out).all()
     assert report.extra["sigma_source"] == "mppca" and report.extra["rician_correction"]
     assert report.sigma == pytest.approx(p.sigma, rel=0.2)
+
+
+def test_air_outside_the_mask_is_passed_through_not_extrapolated():
+    """Outside the dilated brain mask the network never trained: the output there is the input with only the
+    Rician correction applied, so air comes out near 0 (not a grey level from a regression's intercept)."""
+    from workbench.data.dwi import prepare_subject
+    from workbench.data.phantoms import simulate_dwi
+    from workbench.models import build_model
+
+    p = simulate_dwi(shape=(24, 24, 12), scheme="dti", snr=10, seed=4)
+    cfg = Config(model=ModelConfig(name="denoiser", base_filters=8, embedding_dim=8))
+    subject = prepare_subject(p.noisy, p.bvals, p.bvecs, cfg.data, mask=p.mask)
+    torch.manual_seed(0)
+    model = build_model(cfg.model, in_channels=subject.in_channels, num_conditions=subject.n_volumes,
+                        residual_channel=0)
+    den = Denoiser(model, cfg, subject.n_volumes, device="cpu", amp=False)
+    out = den.denoise(p.noisy, p.bvals, p.bvecs, p.mask, sigma=p.sigma, subject=subject)
+    air = subject.loss_mask.numpy() <= 0
+    assert air.sum() > 100
+    from workbench.rician import invert_rician_mean
+
+    expected = np.clip(invert_rician_mean(p.noisy[air], p.sigma), 0, None)
+    dw = p.bvals > 50
+    b0_air = expected[:, ~dw]
+    assert np.allclose(out.denoised[air][:, ~dw], b0_air, atol=1e-3 * p.sigma)
+    assert np.median(out.denoised[air]) < 0.3 * p.sigma  # Rayleigh air (mean 1.25 sigma) goes to ~0

@@ -189,12 +189,12 @@ class Denoiser:
         brain = subject.mask
         preds = np.empty((n,) + data.shape[:3], dtype=np.float32)
         heldout = np.empty(n)
-        # the network was trained inside the (dilated) mask; outside it the closed-form prediction is used
-        outside = subject.loss_mask <= 0 if subject.n_priors else None
+        # the network was trained inside the (dilated) mask; outside it the input passes through (then only the
+        # Rician correction changes it: air goes to ~0, as in the input's clean signal, not to a regression's
+        # extrapolated grey)
+        outside = subject.loss_mask <= 0
         for j in range(n):
-            pred = self.predict_volume(subject, j)
-            if outside is not None:
-                pred = torch.where(outside, subject.priors[0, j], pred)
+            pred = torch.where(outside, subject.volumes[j], self.predict_volume(subject, j))
             heldout[j] = float(((pred - subject.volumes[j])[brain].double() ** 2).mean())
             preds[j] = pred.numpy()
             if progress is not None:
