@@ -189,10 +189,9 @@ class Denoiser:
         brain = subject.mask
         preds = np.empty((n,) + data.shape[:3], dtype=np.float32)
         heldout = np.empty(n)
-        # the network was trained inside the (dilated) mask; outside it the input passes through (then only the
-        # Rician correction changes it: air goes to ~0, as in the input's clean signal, not to a regression's
-        # extrapolated grey)
-        outside = subject.loss_mask <= 0
+        # outside the brain mask the input passes through (then only the Rician correction changes it: air goes
+        # to ~0 as its clean signal does, instead of to the priors' extrapolated grey, with a ring at the edge)
+        outside = ~brain
         for j in range(n):
             pred = torch.where(outside, subject.volumes[j], self.predict_volume(subject, j))
             heldout[j] = float(((pred - subject.volumes[j])[brain].double() ** 2).mean())
