@@ -200,12 +200,10 @@ def denoise_series(
     out = denoiser.denoise(series.data, series.bvals, series.bvecs, mask, progress=progress, sigma=sigma,
                            subject=subject)
     t_inf = time.perf_counter() - t1
-    sigma_bg = sigma
-    est = out.est_rmse
     report = DenoiseReport(
         output="", n_volumes=series.n_volumes, trained_steps=steps, train_seconds=t_train,
         inference_seconds=t_inf, heldout_mse=out.heldout_mse, sigma_upper=out.sigma_upper,
-        sigma=sigma_bg, est_rmse_vs_clean=est, device=str(denoiser.device), amp=denoiser.amp,
+        sigma=sigma, est_rmse_vs_clean=out.est_rmse, device=str(denoiser.device), amp=denoiser.amp,
         checkpoint=None if checkpoint is None else str(checkpoint),
         extra={"shrinkage_mean": float(out.shrinkage.mean()) if out.shrinkage.size else None,
                "rician_correction": bool(sigma is not None and denoiser.config.inference.rician_correction),

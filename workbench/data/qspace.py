@@ -17,10 +17,10 @@ Every matrix has a zero diagonal: the prediction of ``j`` never uses volume ``j`
 The regression weights are cross-fitted (fitted on one checkerboard parity of
 voxels, applied to the other), so they do not depend on the voxel's own noise either.
 
-A third, non-linear prior adds spatial denoising: the volumes are split into two
-interleaved halves that each cover q-space; each half is denoised by MP-PCA
-(Veraart et al. 2016) and regressed onto the volumes of the *other* half
-(:func:`split_mppca_prior`). Volume ``j`` is then predicted from denoised data
+A third, non-linear prior adds spatial denoising: the volumes are split into
+interleaved folds that each cover q-space; for each fold, MP-PCA (Veraart et
+al. 2016) denoises the other folds' volumes, which are regressed onto the fold's
+volumes (:func:`split_mppca_prior`). Volume ``j`` is then predicted from denoised data
 that never saw it.
 """
 
@@ -205,6 +205,8 @@ def split_mppca_prior(
     grown = ndimage.binary_dilation(brain, iterations=2) if not brain.all() else brain
     labels = fold_labels(n, bvals, n_folds)
     checker = checkerboard(data.shape[:3]).reshape(-1)
+    radius = np.array([min(patch_radius, (d - 1) // 2) for d in data.shape[:3]])  # small images: smaller patch
+    targets = data.reshape(-1, n)
     out = np.zeros(data.shape, dtype=np.float32)
     for k in range(n_folds):
         dst, src = np.flatnonzero(labels == k), np.flatnonzero(labels != k)
@@ -215,7 +217,6 @@ def split_mppca_prior(
                 raise ValueError(f"fold {k}: only {len(src)} other volumes; MP-PCA needs at least 4")
             out[..., dst] = fallback[..., dst]
             continue
-        radius = np.array([min(patch_radius, (d - 1) // 2) for d in data.shape[:3]])  # small images: smaller patch
         den = mppca(data[..., src], np.zeros(len(src)), grown, patch_radius=radius)  # bvals unused
         flat = den.reshape(-1, len(src)).astype(np.float64)
         pred = np.empty((flat.shape[0], len(dst)))
@@ -225,7 +226,7 @@ def split_mppca_prior(
             gram = feats.T @ feats
             reg = ridge * np.trace(gram[:-1, :-1]) / max(len(src), 1) * np.eye(len(gram))
             reg[-1, -1] = 0.0
-            w = np.linalg.solve(gram + reg, feats.T @ data.reshape(-1, n)[fit][:, dst].astype(np.float64))
+            w = np.linalg.solve(gram + reg, feats.T @ targets[fit][:, dst].astype(np.float64))
             apply = checker == parity
             pred[apply] = flat[apply] @ w[:-1] + w[-1]
         out[..., dst] = pred.reshape(data.shape[:3] + (len(dst),)).astype(np.float32)
