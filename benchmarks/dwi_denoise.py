@@ -9,11 +9,16 @@ Each seed changes the noise, the phantom's geometry and its gradient table.
 Our model is trained once per phantom with the default configuration; the
 ablation rows come from that same run by switching parts off:
 
-- ``ours``: the default (``workbench denoise``);
-- ``ours -shrink``: no shrinkage toward the noisy volume;
-- ``ours -shrink -rician``: no Rician mean inversion either (the free-water floor stays);
+- ``ours``: the default (``workbench denoise``): J-invariant network, SURE-weighted blend with
+  full-data MP-PCA and the noisy volume, Rician mean inversion, free-water floor;
+- ``ours -noisy term``: the blend of network and MP-PCA only;
+- ``ours -blend``: shrinkage toward the noisy volume instead of the MP-PCA blend (the previous default);
+- ``ours -blend -shrink``: neither;
+- ``ours -blend -shrink -rician``: no Rician mean inversion either (the free-water floor stays);
 - ``ours J-invariant only``: the raw network output, no post-processing at all;
-- ``prior only``: the network's first input (split MP-PCA prior) with the default post-processing;
+- ``prior + blend``: the network's first input (split MP-PCA prior) in place of the network, then the
+  default post-processing (what the trained network adds on top of its input);
+- ``prior + shrink``: that prior with the previous default post-processing;
 - ``mppca`` / ``patch2self``: DIPY as published; ``+rc``: with ``sqrt(S^2 - 2 sigma^2)`` Rician
   correction; ``+post``: with our post-processing (Rician inversion + free-water floor).
 
@@ -37,7 +42,9 @@ from workbench.baselines import estimate_background_sigma, rician_bias_correct, 
 from workbench.config import Config
 from workbench.data.nifti import DWISeries
 from workbench.data.phantoms import simulate_dwi
+from workbench.baselines import mppca
 from workbench.inference import Denoiser, post_process, rician_noise_stats
+from workbench.sure import monte_carlo_divergence, sure_combine
 from workbench.metrics import evaluate_dwi
 
 SETTINGS = {
@@ -66,20 +73,34 @@ def ours(phantom, config: Config, sigma: float) -> dict[str, tuple[np.ndarray, f
     seconds = time.perf_counter() - t0
     sc, y, brain = subject.scale, subject.volumes.numpy(), subject.mask.numpy()
 
-    def post(preds: np.ndarray, shrink: bool, rician: bool, floor: bool) -> np.ndarray:
+    # the same MP-PCA run and divergence probe as the default's blend (seed 0), for the prior's blend
+    div, full = monte_carlo_divergence(lambda v: np.moveaxis(mppca(np.moveaxis(v, 0, -1), phantom.bvals), -1, 0),
+                                       y, eps=0.01 * sigma / sc, mask=brain)
+
+    def post(preds: np.ndarray, shrink: bool, rician: bool, floor: bool, blend: bool = False) -> np.ndarray:
         heldout = ((preds - y)[:, brain].astype(np.float64) ** 2).mean(axis=1)
         noise_var, _ = rician_noise_stats(preds, brain, sigma / sc)
+        if blend:  # the default's blend; with shrink, the noisy volume is its third term
+            ests, divs = [preds, full], [np.zeros(len(y)), div]
+            if shrink:
+                ests, divs = ests + [y], divs + [np.full(len(y), float(brain.sum()))]
+            preds, _, _ = sure_combine(y, ests, divs, noise_var, brain)
+            preds, shrink = np.where(brain[None], preds, full), False
         res, _ = post_process(preds, y, heldout, noise_var, sigma / sc, phantom.bvals, shrinkage=shrink,
                               rician_correction=rician, free_water_floor=floor)
         return np.moveaxis(np.clip(res, 0, None), 0, -1) * np.float32(sc)
 
     raw = np.moveaxis(out.raw, -1, 0) / np.float32(sc)
+    prior = subject.priors[0].numpy()
     return {
         "ours": (out.denoised, seconds),
-        "ours -shrink": (post(raw, False, True, True), seconds),
-        "ours -shrink -rician": (post(raw, False, False, True), seconds),
+        "ours -noisy term": (post(raw, False, True, True, blend=True), seconds),
+        "ours -blend": (post(raw, True, True, True), seconds),
+        "ours -blend -shrink": (post(raw, False, True, True), seconds),
+        "ours -blend -shrink -rician": (post(raw, False, False, True), seconds),
         "ours J-invariant only": (out.raw, seconds),
-        "prior only": (post(subject.priors[0].numpy(), True, True, True), t_prep),
+        "prior + blend": (post(prior, True, True, True, blend=True), t_prep),
+        "prior + shrink": (post(prior, True, True, True), t_prep),
     }
 
 

@@ -201,6 +201,8 @@ def denoise_worker(make_denoiser: Callable[[], Any], inputs: Callable[[], tuple]
 
     ``inputs()`` gives ``(DWISeries, mask or None)``.
     """
+    from workbench.api import noise_sigma
+
     control = control or Control()
     yield Status("Loading the model…")
     try:
@@ -216,7 +218,10 @@ def denoise_worker(make_denoiser: Callable[[], Any], inputs: Callable[[], tuple]
                 raise Cancelled("denoising cancelled")
             emit(Progress(done, total, "volumes"))
 
-        return den.denoise(series.data, series.bvals, series.bvecs, mask, progress=progress)
+        # the same noise sigma as `workbench denoise`, so the panel gives the CLI's result (MP-PCA blend,
+        # Rician inversion), not the bare J-invariant prediction
+        sigma, _ = noise_sigma(series, mask, den.config)
+        return den.denoise(series.data, series.bvals, series.bvecs, mask, progress=progress, sigma=sigma)
 
     try:
         return (yield from _pump(run, control))

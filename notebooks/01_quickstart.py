@@ -23,7 +23,7 @@
 #
 # **How long?** By default the notebook uses the full-size phantom (64×64×32, two b-value shells) and
 # the default configuration: about 7-8 minutes on a 2-core CPU (1-2 minutes to build the split MP-PCA prior,
-# 400 training steps at 0.6-1.1 s per step, under a minute of inference), much faster on a GPU. With the environment variable `CI` set (e.g. `CI=1 jupyter lab`) it runs a tiny
+# 400 training steps at 0.6-1.1 s per step, a minute or two of inference and MP-PCA blend), much faster on a GPU. With the environment variable `CI` set (e.g. `CI=1 jupyter lab`) it runs a tiny
 # version (24×24×12 phantom, 20 steps, small model) in under a minute: good for a first look, not for
 # judging quality. For something in between, add `cfg.train.steps = 200` after `tutorial_setup` below.
 
@@ -113,17 +113,21 @@ print("validated every val_every steps:",
 # `api.snapshot_denoiser` wraps the trained model for inference (`Denoiser.from_checkpoint(result.best_checkpoint)`
 # would load it from disk instead). `denoise` predicts every volume from the others, tile by tile.
 # Given the noise level `sigma` (measured in the air around the head), it then does what
-# `workbench denoise` does: it blends each prediction with its noisy volume as far as the noise allows
-# and removes the Rician bias of magnitude data, without letting any diffusion-weighted voxel decay faster
-# than free water can (the free-water floor). It also returns `heldout_mse`, a quality estimate
-# that needs no reference (see notebook 04).
+# `workbench denoise` does: it blends each prediction with full-data MP-PCA and the noisy volume, the
+# weights per volume chosen by Stein's unbiased risk estimate (SURE: no clean data needed), and removes
+# the Rician bias of magnitude data, without letting any diffusion-weighted voxel decay faster than free
+# water can (the free-water floor). It also returns `heldout_mse` and `est_rmse` (SURE of the blend),
+# quality estimates that need no reference (see notebook 04), and the blend weights.
 
 # %%
 sigma = estimate_background_sigma(ph.noisy, ph.mask)  # None when there is too little air in the image
 den = api.snapshot_denoiser(trainer)
 out = den.denoise(ph.noisy, ph.bvals, ph.bvecs, mask=ph.mask, sigma=sigma)
 print("denoised", out.denoised.shape)
-print(f"noise sigma {sigma:.1f} (true {ph.sigma:.1f}), held-out MSE {out.heldout_mse:.1f}")
+print(f"noise sigma {sigma:.1f} (true {ph.sigma:.1f}), held-out MSE {out.heldout_mse:.1f}, "
+      f"estimated RMSE to clean {out.est_rmse:.1f}")
+if out.blend_weights is not None:
+    print("mean blend weights (network, MP-PCA, noisy):", out.blend_weights.mean(axis=0).round(2))
 
 # %%
 metrics = {"noisy": evaluate_dwi(ph.noisy, ph.clean, ph.bvals, ph.bvecs, ph.mask),

@@ -161,3 +161,18 @@ def test_estimate_sigma_mppca_for_a_field_of_view_without_air():
     noisier = data + rng.normal(0, 2 * p.sigma, data.shape)
     assert estimate_sigma_mppca(noisier, mask) > 1.8 * estimate_sigma_mppca(data, mask)
     assert estimate_sigma_mppca(data[..., :3], mask) is None
+
+
+def test_estimate_sigma_mppca_on_a_thin_real_crop_with_a_border_mask():
+    """DIPY's small_101D (6x10x10, no air): the automatic mask sits where no MP-PCA patch is centred; the
+    estimate still comes from the fit over the whole field of view instead of being None."""
+    from dipy.data import get_fnames
+
+    from workbench.data.dwi import compute_mask
+    from workbench.data.nifti import load_dwi
+
+    fimg, fbval, fbvec = get_fnames(name="small_101D")
+    series = load_dwi(fimg, bval=fbval, bvec=fbvec)
+    mask = compute_mask(series.data, series.bvals)
+    sigma = estimate_sigma_mppca(series.data, mask)
+    assert sigma is not None and 0 < sigma < 0.1 * float(np.median(series.data[..., series.bvals < 50]))

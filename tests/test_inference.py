@@ -84,12 +84,21 @@ def test_denoiser_on_phantom_and_attention(small_phantom):
     err = lambda a: np.sqrt(np.mean((a[p.mask] - p.clean[p.mask]) ** 2))
     assert err(out.denoised) < err(p.noisy)
     # shrinkage toward the noisy volume with the true sigma: Wiener weights in [0, 1] that lower the error
+    cfg.inference.mppca_blend = False
     post = den.denoise(p.noisy, p.bvals, p.bvecs, p.mask, sigma=p.sigma)
     assert post.shrinkage.shape == (p.noisy.shape[-1],) and np.all((post.shrinkage >= 0) & (post.shrinkage <= 1))
-    assert post.shrinkage.max() > 0
+    assert post.shrinkage.max() > 0 and post.blend_weights is None
     dw = p.bvals > 50
     err_dw = lambda a: np.sqrt(np.mean((a[..., dw][p.mask] - p.clean[..., dw][p.mask]) ** 2))
     assert err_dw(post.denoised) < err_dw(out.denoised)
+    # the default: SURE-weighted blend with MP-PCA replaces the shrinkage and lowers the error further
+    cfg.inference.mppca_blend = True
+    blend = den.denoise(p.noisy, p.bvals, p.bvecs, p.mask, sigma=p.sigma)
+    assert blend.shrinkage.size == 0 and blend.blend_weights.shape == (p.noisy.shape[-1], 3)  # net, MP-PCA, noisy
+    assert err_dw(blend.denoised) < err_dw(post.denoised)
+    # outside the mask MP-PCA fills in: air is closer to its clean value (0) than the passed-through noise
+    air = lambda a: np.sqrt(np.mean(a[~p.mask] ** 2))
+    assert air(blend.denoised) < 0.7 * air(post.denoised)
     maps = den.attention_maps(subject, 3)
     assert maps and all(m.shape == p.noisy.shape[:3] for m in maps.values())
     assert all(0 <= m.min() and m.max() <= 1 for m in maps.values())
@@ -100,25 +109,30 @@ def test_denoiser_on_phantom_and_attention(small_phantom):
 
 
 @pytest.mark.parametrize("snr", [10, 20])
-def test_no_reference_rmse_estimate_tracks_the_truth(snr):
-    """The held-out loss, corrected for Rician variance and bias, estimates the RMSE to clean."""
+@pytest.mark.parametrize("blend", [False, True], ids=["heldout", "sure-blend"])
+def test_no_reference_rmse_estimate_tracks_the_truth(snr, blend):
+    """Without the blend: the held-out loss, corrected for Rician variance and bias, estimates the J-invariant
+    prediction's RMSE to clean. With it (the default): SURE of the blend estimates the result's RMSE."""
     from workbench.data.dwi import prepare_subject
     from workbench.data.phantoms import simulate_dwi
     from workbench.models import build_model
 
     p = simulate_dwi(shape=(24, 24, 12), scheme="dti", snr=snr, seed=1)
     cfg = Config(model=ModelConfig(name="denoiser", base_filters=8, embedding_dim=8))
-    cfg.inference.shrinkage = cfg.inference.rician_correction = False  # score the J-invariant prediction
+    if not blend:  # score the J-invariant prediction
+        cfg.inference.shrinkage = cfg.inference.rician_correction = cfg.inference.mppca_blend = False
     subject = prepare_subject(p.noisy, p.bvals, p.bvecs, cfg.data, mask=p.mask)
     torch.manual_seed(0)
     model = build_model(cfg.model, in_channels=subject.in_channels, num_conditions=subject.n_volumes,
                         residual_channel=0)
     out = Denoiser(model, cfg, subject.n_volumes, device="cpu", amp=False).denoise(
         p.noisy, p.bvals, p.bvecs, p.mask, sigma=p.sigma)
+    assert (out.blend_weights is not None) == blend
     true = float(np.sqrt(np.mean((out.denoised[p.mask] - p.clean[p.mask]) ** 2)))
-    naive = float(np.sqrt(max(out.heldout_mse - p.sigma**2, 0.0)))
     assert abs(out.est_rmse - true) < 0.15 * true
-    assert abs(out.est_rmse - true) <= abs(naive - true)
+    if not blend:
+        naive = float(np.sqrt(max(out.heldout_mse - p.sigma**2, 0.0)))
+        assert abs(out.est_rmse - true) <= abs(naive - true)
 
 
 def test_free_water_floor_clamps_only_impossible_decay():
@@ -179,12 +193,15 @@ def test_denoise_series_without_air_takes_sigma_from_mppca():
     assert report.sigma == pytest.approx(p.sigma, rel=0.2)
 
 
-def test_air_outside_the_mask_is_passed_through_not_extrapolated():
-    """Outside the brain mask the output is the input with only the Rician correction applied, so air comes
-    out near 0 (not a grey level from a regression's intercept, nor a ring at the mask's edge)."""
+def test_air_outside_the_mask_is_mppca_or_passed_through_not_extrapolated():
+    """Outside the brain mask the output is full-data MP-PCA (the default) or, without the blend, the input,
+    then the Rician correction, so air comes out near 0 (not a grey level from a regression's intercept, nor
+    a ring at the mask's edge)."""
+    from workbench.baselines import mppca
     from workbench.data.dwi import prepare_subject
     from workbench.data.phantoms import simulate_dwi
     from workbench.models import build_model
+    from workbench.rician import invert_rician_mean
 
     p = simulate_dwi(shape=(24, 24, 12), scheme="dti", snr=10, seed=4)
     cfg = Config(model=ModelConfig(name="denoiser", base_filters=8, embedding_dim=8))
@@ -193,13 +210,16 @@ def test_air_outside_the_mask_is_passed_through_not_extrapolated():
     model = build_model(cfg.model, in_channels=subject.in_channels, num_conditions=subject.n_volumes,
                         residual_channel=0)
     den = Denoiser(model, cfg, subject.n_volumes, device="cpu", amp=False)
-    out = den.denoise(p.noisy, p.bvals, p.bvecs, p.mask, sigma=p.sigma, subject=subject)
     air = ~subject.mask.numpy()
     assert air.sum() > 100
-    from workbench.rician import invert_rician_mean
-
-    expected = np.clip(invert_rician_mean(p.noisy[air], p.sigma), 0, None)
     dw = p.bvals > 50
+    out = den.denoise(p.noisy, p.bvals, p.bvecs, p.mask, sigma=p.sigma, subject=subject)
+    expected = np.clip(invert_rician_mean(mppca(p.noisy, p.bvals)[air], p.sigma), 0, None)
+    assert np.allclose(out.denoised[air][:, ~dw], expected[:, ~dw], atol=1e-3 * p.sigma)
+    assert np.median(out.denoised[air]) < 0.3 * p.sigma  # Rayleigh air (mean 1.25 sigma) goes to ~0
+    cfg.inference.mppca_blend = False
+    out = den.denoise(p.noisy, p.bvals, p.bvecs, p.mask, sigma=p.sigma, subject=subject)
+    expected = np.clip(invert_rician_mean(p.noisy[air], p.sigma), 0, None)
     b0_air = expected[:, ~dw]
     assert np.allclose(out.denoised[air][:, ~dw], b0_air, atol=1e-3 * p.sigma)
     assert np.median(out.denoised[air]) < 0.3 * p.sigma  # Rayleigh air (mean 1.25 sigma) goes to ~0

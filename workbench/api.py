@@ -153,6 +153,24 @@ class DenoiseReport:
     extra: dict = field(default_factory=dict)
 
 
+def noise_sigma(series: DWISeries, mask: Optional[np.ndarray], config: Config) -> tuple[Optional[float], Optional[str]]:
+    """The noise sigma ``workbench denoise`` uses, and where it came from ("config", "background", "mppca").
+
+    ``config.inference.sigma`` if set; else the Rayleigh statistics of the air around the head; else (a field of
+    view cropped to the head) MP-PCA's Marchenko-Pastur fit; else ``(None, None)``.
+    """
+    from workbench.baselines import estimate_background_sigma, estimate_sigma_mppca
+
+    if config.inference.sigma is not None:
+        return config.inference.sigma, "config"
+    sigma_mask = mask if mask is not None else compute_mask(series.data, series.bvals)
+    sigma = estimate_background_sigma(series.data, sigma_mask)
+    if sigma is not None:
+        return sigma, "background"
+    sigma = estimate_sigma_mppca(series.data, sigma_mask)
+    return (sigma, "mppca") if sigma is not None else (None, None)
+
+
 def denoise_series(
     series: DWISeries,
     *,
@@ -166,7 +184,6 @@ def denoise_series(
     progress: Optional[Callable[[int, int], None]] = None,
 ) -> tuple[np.ndarray, DenoiseReport]:
     """Denoise an in-memory series; returns the (X, Y, Z, N) result in input units and a report."""
-    from workbench.baselines import estimate_background_sigma, estimate_sigma_mppca
     from workbench.inference import Denoiser
 
     t0 = time.perf_counter()
@@ -190,12 +207,7 @@ def denoise_series(
             denoiser = Denoiser.from_checkpoint(best, device=cfg.train.device, amp=cfg.train.amp)
             subject = trainer.subjects[0]  # same data and mask: its priors need not be computed twice
     t_train = time.perf_counter() - t0
-    sigma, sigma_source = denoiser.config.inference.sigma, "config"
-    if sigma is None:  # Rayleigh statistics of the air around the head
-        sigma_mask = mask if mask is not None else compute_mask(series.data, series.bvals)
-        sigma, sigma_source = estimate_background_sigma(series.data, sigma_mask), "background"
-        if sigma is None:  # field of view cropped to the head: MP-PCA's Marchenko-Pastur fit
-            sigma, sigma_source = estimate_sigma_mppca(series.data, sigma_mask), "mppca"
+    sigma, sigma_source = noise_sigma(series, mask, denoiser.config)
     t1 = time.perf_counter()
     out = denoiser.denoise(series.data, series.bvals, series.bvecs, mask, progress=progress, sigma=sigma,
                            subject=subject)
@@ -206,8 +218,10 @@ def denoise_series(
         sigma=sigma, est_rmse_vs_clean=out.est_rmse, device=str(denoiser.device), amp=denoiser.amp,
         checkpoint=None if checkpoint is None else str(checkpoint),
         extra={"shrinkage_mean": float(out.shrinkage.mean()) if out.shrinkage.size else None,
+               "blend_weights_mean": None if out.blend_weights is None else
+               dict(zip(("network", "mppca", "noisy"), out.blend_weights.mean(axis=0).round(4).tolist())),
                "rician_correction": bool(sigma is not None and denoiser.config.inference.rician_correction),
-               "sigma_source": sigma_source if sigma is not None else None},
+               "sigma_source": sigma_source},
     )
     return out.denoised, report
 

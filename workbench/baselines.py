@@ -428,7 +428,10 @@ def estimate_sigma_mppca(data, mask=None, *, patch_radius: int = 2) -> float | N
         return None
     radius = [int(max(1, min(patch_radius, (s - 1) // 2))) for s in arr.shape[:3]]
     mask = np.ones(arr.shape[:3], bool) if mask is None else np.asarray(mask).astype(bool)
+    # the whole field of view: with a mask DIPY only fits patches centred in it, and on a thin crop a mask
+    # near the border leaves every voxel without a fitted patch (all NaN)
     with _blas_threads(1), np.errstate(invalid="ignore", divide="ignore"):
-        _, sigma = _mppca(arr, mask=mask, patch_radius=np.array(radius), return_sigma=True, suppress_warning=True)
-    values = sigma[mask & np.isfinite(sigma) & (sigma > 0)]
+        _, sigma = _mppca(arr, mask=None, patch_radius=np.array(radius), return_sigma=True, suppress_warning=True)
+    good = np.isfinite(sigma) & (sigma > 0)
+    values = sigma[mask & good] if (mask & good).any() else sigma[good]
     return float(np.median(values)) if values.size else None

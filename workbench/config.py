@@ -127,10 +127,17 @@ class InferenceConfig(_Strict):
 
     tile: int = Field(64, ge=8, le=512, description="tile edge (voxels) for tiled whole-volume prediction")
     overlap: int = Field(16, ge=0, le=256, description="overlap between tiles, blended linearly")
+    mppca_blend: bool = Field(
+        True,
+        description="per volume, blend the J-invariant prediction with full-data MP-PCA, weights chosen by "
+        "Stein's unbiased risk estimate (no clean data needed); MP-PCA also fills the air outside the mask; "
+        "needs a noise sigma; with shrinkage on, the noisy volume joins the blend as a third term",
+    )
     shrinkage: bool = Field(
         True,
         description="per volume, move the J-invariant prediction toward the noisy volume by "
-        "k = 1 - sigma^2 / held-out MSE (the Wiener weight); needs a noise sigma",
+        "k = 1 - sigma^2 / held-out MSE (the Wiener weight); needs a noise sigma; with mppca_blend on, "
+        "the noisy volume is a third term of the SURE-weighted blend instead",
     )
     rician_correction: bool = Field(True, description="invert the Rician mean with the noise sigma")
     free_water_floor: bool = Field(

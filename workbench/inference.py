@@ -8,6 +8,7 @@ separable linear ramp so seams do not show.
 from __future__ import annotations
 
 import itertools
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -106,6 +107,7 @@ class DenoiseOutput:
     sigma: Optional[float] = None
     est_rmse: Optional[float] = None
     raw: Optional[np.ndarray] = None
+    blend_weights: Optional[np.ndarray] = None
 
 
 class Denoiser:
@@ -203,17 +205,26 @@ class Denoiser:
         noise_var, bias2 = np.full(n, np.nan), np.full(n, np.nan)
         if sig is not None:
             noise_var, bias2 = rician_noise_stats(preds, brain.numpy(), sig)
-        preds, k = post_process(preds, subject.volumes.numpy(), heldout, noise_var, sig, subject.bvals,
-                                shrinkage=icfg.shrinkage, rician_correction=icfg.rician_correction,
-                                free_water_floor=icfg.free_water_floor)
+        noisy = subject.volumes.numpy()
+        weights, risk = None, None
+        if sig is not None and icfg.mppca_blend:
+            blended = blend_with_mppca(preds, noisy, noise_var, brain.numpy(), sig, subject.bvals,
+                                       include_noisy=icfg.shrinkage)
+            if blended is not None:
+                preds, weights, risk = blended
+        preds, k = post_process(preds, noisy, heldout, noise_var, sig, subject.bvals,
+                                shrinkage=icfg.shrinkage and weights is None,
+                                rician_correction=icfg.rician_correction, free_water_floor=icfg.free_water_floor)
         out = np.moveaxis(np.clip(preds, 0.0, None), 0, -1) * np.float32(subject.scale)
         mse = float(heldout.mean()) * subject.scale**2
         est = None
-        if sig is not None:
+        if risk is not None:  # SURE of the blend: its error against the magnitude mean, which the inversion removes
+            est = float(np.sqrt(max(float(risk.mean()), 0.0))) * subject.scale
+        elif sig is not None:
             est = float(np.sqrt(max(float(np.mean(heldout - noise_var)), 0.0) + float(np.mean(bias2))))
             est *= subject.scale
         return DenoiseOutput(out.astype(np.float32), mse, float(np.sqrt(mse)), subject.mask.numpy(),
-                             heldout * subject.scale**2, k, sigma, est, raw)
+                             heldout * subject.scale**2, k, sigma, est, raw, weights)
 
     def attention_maps(self, subject: DWISubject, j: int) -> dict[str, np.ndarray]:
         """CBAM spatial attention of every block for volume ``j`` over the whole volume, (X, Y, Z) each."""
@@ -275,6 +286,46 @@ def post_process(preds: np.ndarray, noisy: np.ndarray, heldout: np.ndarray, nois
     if free_water_floor:
         preds = apply_free_water_floor(preds, bvals)
     return preds, k
+
+
+def blend_with_mppca(preds: np.ndarray, noisy: np.ndarray, noise_var: np.ndarray, mask: np.ndarray,
+                     sigma: float, bvals=None, include_noisy: bool = True) -> Optional[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Blend (N, X, Y, Z) J-invariant predictions with full-data MP-PCA, SURE-weighted per volume.
+
+    MP-PCA (Veraart et al. 2016) runs on the whole field of view; its divergence
+    comes from a second run on an input perturbed by 1% of ``sigma``
+    (:func:`workbench.sure.monte_carlo_divergence`); the J-invariant prediction has
+    divergence 0; with ``include_noisy`` the noisy volume (divergence: the voxel
+    count) is a third term, which mostly takes back a little of the noise MP-PCA
+    keeps (its weight comes out slightly negative). Inside ``mask`` the output is
+    the SURE-optimal weighted sum (:func:`workbench.sure.sure_combine`), outside it
+    is MP-PCA alone (air goes smoothly to its noise floor, which the Rician
+    inversion then takes to ~0).
+
+    Returns ``(blended, weights, risk)``: weights (N, 2 or 3) for prediction,
+    MP-PCA[, noisy], risk (N,) per voxel; or None with a warning when the series
+    is too small for MP-PCA's 5x5x5 patches (the caller falls back to shrinkage).
+    """
+    from workbench.baselines import mppca
+    from workbench.sure import monte_carlo_divergence, sure_combine
+
+    if min(noisy.shape[1:]) < 5 or len(noisy) < 3:
+        warnings.warn(f"MP-PCA blend skipped: {noisy.shape[1:]} voxels x {len(noisy)} volumes is too small for "
+                      "5x5x5 patches; using shrinkage toward the noisy volume instead", stacklevel=3)
+        return None
+    if bvals is None:
+        bvals = np.zeros(len(noisy))
+
+    def run(volumes: np.ndarray) -> np.ndarray:
+        return np.moveaxis(mppca(np.moveaxis(volumes, 0, -1), bvals), -1, 0)
+
+    div, full = monte_carlo_divergence(run, noisy, eps=0.01 * sigma, mask=mask)
+    estimates, divergences = [preds, full], [np.zeros(len(noisy)), div]
+    if include_noisy:
+        estimates.append(noisy)
+        divergences.append(np.full(len(noisy), float(mask.sum())))
+    combined, weights, risk = sure_combine(noisy, estimates, divergences, noise_var, mask)
+    return np.where(mask[None], combined, full).astype(np.float32), weights, risk
 
 
 def rician_noise_stats(mean: np.ndarray, mask: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray]:

@@ -109,14 +109,19 @@ class DenoiseWidget(StopsOnClose, QWidget):
             return
         layer = self._input
         extra = {"denoise": {"heldout_mse": float(out.heldout_mse), "sigma_upper": float(out.sigma_upper),
+                             "sigma": out.sigma, "est_rmse_vs_clean": out.est_rmse,
+                             "blend_weights_mean": None if out.blend_weights is None
+                             else out.blend_weights.mean(axis=0).round(4).tolist(),
                              "model": self._source_text, "input_layer": layer.name}}
         kwargs = derived_kwargs(layer, f"{layer.name} denoised", extra)
         kwargs["axis_labels"] = tuple(layer.axis_labels)
         self.output_layer = add_or_update_image(self.viewer, to_layer_order(out.denoised), kwargs,
                                                 contrast_limits=tuple(layer.contrast_limits))
+        quality = ("" if out.est_rmse is None else
+                   f" Noise sigma {out.sigma:.3g}; estimated error to the clean signal {out.est_rmse:.3g}.")
         self.status.info(f"Done: new layer '{kwargs['name']}'. Held-out error {out.heldout_mse:.4g} (each "
                          f"volume predicted without seeing it), so the noise level is at most "
-                         f"{out.sigma_upper:.3g} signal units.")
+                         f"{out.sigma_upper:.3g} signal units.{quality}")
 
     def _on_error(self, exc: BaseException) -> None:
         self.last_error = exc

@@ -32,6 +32,17 @@ def test_denoise_from_checkpoint_file(sample_viewer, qtbot, tiny_checkpoint):
     assert out.data.shape == src.data.shape and np.isfinite(out.data).all()
     np.testing.assert_allclose(out.scale, src.scale)
     assert "checkpoint" in out.metadata["denoise"]["model"]
+    # the panel gives what `workbench denoise` gives for the same checkpoint: same sigma, MP-PCA blend, output
+    from napari_plugin._layers import inputs_fn, to_layer_order
+    from workbench.api import denoise_series
+
+    series, mask = inputs_fn(src, sample_viewer.layers[MASK_NAME])()
+    expected, report = denoise_series(series, checkpoint=tiny_checkpoint, mask=mask)
+    meta = out.metadata["denoise"]
+    assert meta["sigma"] == pytest.approx(report.sigma) and meta["blend_weights_mean"] is not None
+    assert meta["est_rmse_vs_clean"] == pytest.approx(report.est_rmse_vs_clean, rel=1e-5)
+    np.testing.assert_allclose(out.data, to_layer_order(expected), atol=1e-4 * float(np.abs(expected).max()))
+    assert "estimated error to the clean signal" in den.status.text()
 
 
 def test_denoise_without_model_says_what_to_do(sample_viewer):
