@@ -67,3 +67,46 @@ def test_sure_combine_rejects_bad_input(signal):
     # two identical estimates: still a defined answer, not a singular-matrix error
     out, w, _ = sure_combine(signal, [signal, signal], [np.zeros(4), np.zeros(4)], np.ones(4), mask)
     assert np.allclose(out, signal, atol=1e-3) and np.allclose(w.sum(axis=1), 1.0, atol=1e-3)
+
+
+def test_convex_pair_minimises_sure_on_the_unit_interval(signal):
+    from workbench.sure import sure_convex_pair
+
+    rng = np.random.default_rng(3)
+    noisy = (signal + rng.normal(0, 1.0, signal.shape)).astype(np.float32)
+    mask = np.ones(signal.shape[1:], bool)
+    first = (signal + rng.normal(0, 0.8, signal.shape)).astype(np.float32)  # J-invariant-like: divergence 0
+    div = np.full(4, 0.3 * mask.sum())
+    second = (0.3 * noisy + 0.7 * signal).astype(np.float32)  # divergence 0.3 per voxel
+    t = sure_convex_pair(noisy, first, second, np.zeros(4), div, np.ones(4), mask)
+    grid = np.linspace(0, 1, 201)
+    for j in range(4):
+        sure = [np.sum(((1 - g) * first[j] + g * second[j] - noisy[j]) ** 2) + 2 * g * div[j] for g in grid]
+        assert abs(t[j] - grid[int(np.argmin(sure))]) <= 0.01
+    # the optimum lies outside [0, 1] (the second is the first pushed away from the data: 3 first - 2 noisy,
+    # divergence -2 per voxel): t is clipped to the interval, never extrapolated past it
+    away = (3 * first - 2 * noisy).astype(np.float32)
+    t = sure_convex_pair(noisy, first, away, np.zeros(4), np.full(4, -2.0 * mask.sum()), np.ones(4), mask)
+    assert np.all(t == 0.0)
+
+
+def test_blend_falls_back_to_a_convex_mix_on_a_tiny_mask():
+    """Fewer mask voxels than MIN_SURE_VOXELS: network and MP-PCA weights in [0, 1] summing to 1, none on noisy."""
+    from workbench.data.phantoms import simulate_dwi
+    from workbench.inference import MIN_SURE_VOXELS, blend_with_mppca, rician_noise_stats
+
+    p = simulate_dwi(shape=(20, 20, 10), scheme="dti", snr=15.0, seed=5)
+    noisy = np.moveaxis(p.noisy, -1, 0).astype(np.float32)
+    clean = np.moveaxis(p.clean, -1, 0)
+    pred = (clean + np.random.default_rng(0).normal(0, p.sigma, clean.shape)).astype(np.float32)
+    tiny = np.zeros(p.mask.shape, bool)
+    tiny[8:14, 8:14, 3:7] = True
+    assert tiny.sum() < MIN_SURE_VOXELS and (tiny <= p.mask).all()
+    var, _ = rician_noise_stats(pred, tiny, p.sigma)
+    out, weights, risk = blend_with_mppca(pred, noisy, var, tiny, p.sigma, p.bvals)
+    assert np.all(weights[:, 2] == 0) and np.allclose(weights[:, :2].sum(axis=1), 1.0)
+    assert np.all((weights[:, :2] >= 0) & (weights[:, :2] <= 1)) and np.isfinite(risk).all()
+    # with the whole brain mask the three free weights are used
+    var, _ = rician_noise_stats(pred, p.mask, p.sigma)
+    _, weights, _ = blend_with_mppca(pred, noisy, var, p.mask, p.sigma, p.bvals)
+    assert p.mask.sum() >= MIN_SURE_VOXELS and np.any(weights[:, 2] != 0)

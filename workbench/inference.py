@@ -288,6 +288,13 @@ def post_process(preds: np.ndarray, noisy: np.ndarray, heldout: np.ndarray, nois
     return preds, k
 
 
+#: Range of blend weights taken as trustworthy; outside it a volume falls back to a convex mix.
+PLAUSIBLE_WEIGHTS = (-0.5, 1.5)
+#: Fewer brain voxels than this and SURE is too noisy for three free weights (its spread is
+#: ~ sigma^2 sqrt(2 / voxels)): every volume gets the convex network/MP-PCA mix.
+MIN_SURE_VOXELS = 1000
+
+
 def blend_with_mppca(preds: np.ndarray, noisy: np.ndarray, noise_var: np.ndarray, mask: np.ndarray,
                      sigma: float, bvals=None, include_noisy: bool = True) -> Optional[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Blend (N, X, Y, Z) J-invariant predictions with full-data MP-PCA, SURE-weighted per volume.
@@ -300,14 +307,17 @@ def blend_with_mppca(preds: np.ndarray, noisy: np.ndarray, noise_var: np.ndarray
     keeps (its weight comes out slightly negative). Inside ``mask`` the output is
     the SURE-optimal weighted sum (:func:`workbench.sure.sure_combine`), outside it
     is MP-PCA alone (air goes smoothly to its noise floor, which the Rician
-    inversion then takes to ~0).
+    inversion then takes to ~0). A volume whose weights leave
+    :data:`PLAUSIBLE_WEIGHTS`, or every volume when the mask has fewer than
+    :data:`MIN_SURE_VOXELS` voxels, gets the SURE-best convex mix of network and
+    MP-PCA instead (:func:`workbench.sure.sure_convex_pair`).
 
     Returns ``(blended, weights, risk)``: weights (N, 2 or 3) for prediction,
     MP-PCA[, noisy], risk (N,) per voxel; or None with a warning when the series
     is too small for MP-PCA's 5x5x5 patches (the caller falls back to shrinkage).
     """
     from workbench.baselines import mppca
-    from workbench.sure import monte_carlo_divergence, sure_combine
+    from workbench.sure import monte_carlo_divergence, sure_combine, sure_convex_pair
 
     if min(noisy.shape[1:]) < 5 or len(noisy) < 3:
         warnings.warn(f"MP-PCA blend skipped: {noisy.shape[1:]} voxels x {len(noisy)} volumes is too small for "
@@ -325,6 +335,22 @@ def blend_with_mppca(preds: np.ndarray, noisy: np.ndarray, noise_var: np.ndarray
         estimates.append(noisy)
         divergences.append(np.full(len(noisy), float(mask.sum())))
     combined, weights, risk = sure_combine(noisy, estimates, divergences, noise_var, mask)
+    # on few voxels (a tiny or misplaced mask) SURE is noisy and the free weights can run wild (DIPY's
+    # small_64D crop, 117 mask voxels: -0.7 on MP-PCA, +1.2 on the noisy volume); such volumes get the
+    # convex network/MP-PCA mix instead
+    wild = ~np.all((weights >= PLAUSIBLE_WEIGHTS[0]) & (weights <= PLAUSIBLE_WEIGHTS[1]), axis=1)
+    if mask.sum() < MIN_SURE_VOXELS:
+        wild[:] = True
+    if wild.any():
+        t = sure_convex_pair(noisy[wild], preds[wild], full[wild], np.zeros(int(wild.sum())), div[wild],
+                             noise_var[wild], mask)
+        m = float(mask.sum())
+        for i, j in enumerate(np.flatnonzero(wild)):
+            combined[j] = (1 - t[i]) * preds[j] + t[i] * full[j]
+            weights[j] = 0.0
+            weights[j, :2] = (1 - t[i], t[i])
+            resid = (combined[j] - noisy[j])[mask].astype(np.float64)
+            risk[j] = (resid @ resid + 2.0 * noise_var[j] * t[i] * div[j]) / m - noise_var[j]
     return np.where(mask[None], combined, full).astype(np.float32), weights, risk
 
 

@@ -33,7 +33,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["monte_carlo_divergence", "sure_combine"]
+__all__ = ["monte_carlo_divergence", "sure_combine", "sure_convex_pair"]
 
 
 def monte_carlo_divergence(denoise: Callable[[np.ndarray], np.ndarray], volumes: np.ndarray, eps: float,
@@ -107,3 +107,22 @@ def sure_combine(noisy: np.ndarray, estimates: Sequence[np.ndarray], divergences
         weights[j] = theta
         combined[j] = sum(np.float32(t) * e[j] for t, e in zip(theta, estimates))
     return combined, weights, risk
+
+
+def sure_convex_pair(noisy: np.ndarray, first: np.ndarray, second: np.ndarray, div_first: np.ndarray,
+                     div_second: np.ndarray, noise_var: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Per volume, the SURE-optimal ``t`` in [0, 1] for ``(1 - t) first + t second``.
+
+    The safe fallback of :func:`sure_combine`: a convex mix of two denoisers can
+    never be wilder than either, so a noisy risk estimate (few voxels in
+    ``mask``) costs little. ``SURE(t)`` is quadratic; its minimiser is clipped.
+    """
+    t = np.empty(noisy.shape[0])
+    for j in range(noisy.shape[0]):
+        y = noisy[j][mask].astype(np.float64)
+        a, b = first[j][mask].astype(np.float64), second[j][mask].astype(np.float64)
+        d = b - a
+        denom = float(d @ d)
+        slope = float((a - y) @ d) + noise_var[j] * (float(div_second[j]) - float(div_first[j]))
+        t[j] = 0.5 if denom <= 0 else float(np.clip(-slope / denom, 0.0, 1.0))
+    return t
