@@ -29,6 +29,7 @@ ablation rows come from that same run by switching parts off:
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -53,7 +54,7 @@ SETTINGS = {
     "dti-22 SNR10": ("dti", 10.0),
     "dti-22 SNR20": ("dti", 20.0),
 }
-KEYS = [("psnr_dwi", "PSNR", 2), ("ssim_dwi", "SSIM", 3), ("fa_rmse_wm", "FA RMSE WM", 4),
+KEYS = [("psnr_dwi", "PSNR", 2), ("ssim_dwi", "SSIM", 4), ("fa_rmse_wm", "FA RMSE WM", 4),
         ("md_rmse", "MD RMSE", 3), ("rmse_dwi", "RMSE", 1), ("seconds", "time s", 0)]
 BASELINE_CHOICES = ["mppca", "patch2self", "nlmeans"]
 
@@ -131,6 +132,8 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=None, help="override train.steps for our model")
     parser.add_argument("--quick", action="store_true", help="32x32x16 phantom and 40 steps")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--jsonl", type=str, default=None,
+                        help="append every (setting, seed, method) result to this JSON-lines file as it comes")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     config = Config()
@@ -157,7 +160,11 @@ def main(argv=None) -> int:
                 m["seconds"] = seconds
                 for key, *_ in KEYS:
                     results[setting][method][key].append(m[key])
-                print(f"  {setting} seed {seed} {method}: PSNR {m['psnr_dwi']:.2f} SSIM {m['ssim_dwi']:.3f} "
+                if args.jsonl:
+                    with open(args.jsonl, "a") as fh:
+                        fh.write(json.dumps({"setting": setting, "seed": seed, "method": method,
+                                             **{k: float(m[k]) for k, *_ in KEYS}}) + "\n")
+                print(f"  {setting} seed {seed} {method}: PSNR {m['psnr_dwi']:.2f} SSIM {m['ssim_dwi']:.4f} "
                       f"FA-WM {m['fa_rmse_wm']:.4f} MD {m['md_rmse']:.3f} ({seconds:.0f} s)",
                       file=sys.stderr, flush=True)
     head = ["setting", "method"] + [k[1] for k in KEYS]
