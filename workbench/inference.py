@@ -191,8 +191,9 @@ class Denoiser:
         brain = subject.mask
         preds = np.empty((n,) + data.shape[:3], dtype=np.float32)
         heldout = np.empty(n)
-        # outside the brain mask the input passes through (then only the Rician correction changes it: air goes
-        # to ~0 as its clean signal does, instead of to the priors' extrapolated grey, with a ring at the edge)
+        # outside the brain mask the prediction is the input (not the priors' extrapolated grey, with a ring at
+        # the edge); the MP-PCA blend then replaces it with MP-PCA there, or, without the blend, only the Rician
+        # correction changes it (air goes to ~0 as its clean signal does)
         outside = ~brain
         for j in range(n):
             pred = torch.where(outside, subject.volumes[j], self.predict_volume(subject, j))
