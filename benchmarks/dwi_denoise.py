@@ -43,9 +43,8 @@ from workbench.baselines import estimate_background_sigma, rician_bias_correct, 
 from workbench.config import Config
 from workbench.data.nifti import DWISeries
 from workbench.data.phantoms import simulate_dwi
-from workbench.baselines import mppca
-from workbench.inference import Denoiser, post_process, rician_noise_stats
-from workbench.sure import monte_carlo_divergence, sure_combine
+from workbench.inference import (Denoiser, blend_with_mppca, mppca_with_divergence, post_process,
+                                  rician_noise_stats)
 from workbench.metrics import evaluate_dwi
 
 SETTINGS = {
@@ -74,19 +73,16 @@ def ours(phantom, config: Config, sigma: float) -> dict[str, tuple[np.ndarray, f
     seconds = time.perf_counter() - t0
     sc, y, brain = subject.scale, subject.volumes.numpy(), subject.mask.numpy()
 
-    # the same MP-PCA run and divergence probe as the default's blend (seed 0), for the prior's blend
-    div, full = monte_carlo_divergence(lambda v: np.moveaxis(mppca(np.moveaxis(v, 0, -1), phantom.bvals), -1, 0),
-                                       y, eps=0.01 * sigma / sc, mask=brain)
+    # the same MP-PCA run and divergence probe as the default's blend (seed 0), computed once for the ablations
+    mppca_run = mppca_with_divergence(y, sigma / sc, brain, phantom.bvals)
 
     def post(preds: np.ndarray, shrink: bool, rician: bool, floor: bool, blend: bool = False) -> np.ndarray:
         heldout = ((preds - y)[:, brain].astype(np.float64) ** 2).mean(axis=1)
         noise_var, _ = rician_noise_stats(preds, brain, sigma / sc)
         if blend:  # the default's blend; with shrink, the noisy volume is its third term
-            ests, divs = [preds, full], [np.zeros(len(y)), div]
-            if shrink:
-                ests, divs = ests + [y], divs + [np.full(len(y), float(brain.sum()))]
-            preds, _, _ = sure_combine(y, ests, divs, noise_var, brain)
-            preds, shrink = np.where(brain[None], preds, full), False
+            preds, _, _ = blend_with_mppca(preds, y, noise_var, brain, sigma / sc, phantom.bvals,
+                                           include_noisy=shrink, mppca=mppca_run)
+            shrink = False
         res, _ = post_process(preds, y, heldout, noise_var, sigma / sc, phantom.bvals, shrinkage=shrink,
                               rician_correction=rician, free_water_floor=floor)
         return np.moveaxis(np.clip(res, 0, None), 0, -1) * np.float32(sc)

@@ -78,7 +78,9 @@ def test_convex_pair_minimises_sure_on_the_unit_interval(signal):
     first = (signal + rng.normal(0, 0.8, signal.shape)).astype(np.float32)  # J-invariant-like: divergence 0
     div = np.full(4, 0.3 * mask.sum())
     second = (0.3 * noisy + 0.7 * signal).astype(np.float32)  # divergence 0.3 per voxel
-    t = sure_convex_pair(noisy, first, second, np.zeros(4), div, np.ones(4), mask)
+    mixed, t, risk = sure_convex_pair(noisy, first, second, np.zeros(4), div, np.ones(4), mask)
+    assert np.allclose(mixed, (1 - t[:, None, None, None]) * first + t[:, None, None, None] * second,
+                       atol=1e-4) and np.isfinite(risk).all()
     grid = np.linspace(0, 1, 201)
     for j in range(4):
         sure = [np.sum(((1 - g) * first[j] + g * second[j] - noisy[j]) ** 2) + 2 * g * div[j] for g in grid]
@@ -86,7 +88,7 @@ def test_convex_pair_minimises_sure_on_the_unit_interval(signal):
     # the optimum lies outside [0, 1] (the second is the first pushed away from the data: 3 first - 2 noisy,
     # divergence -2 per voxel): t is clipped to the interval, never extrapolated past it
     away = (3 * first - 2 * noisy).astype(np.float32)
-    t = sure_convex_pair(noisy, first, away, np.zeros(4), np.full(4, -2.0 * mask.sum()), np.ones(4), mask)
+    _, t, _ = sure_convex_pair(noisy, first, away, np.zeros(4), np.full(4, -2.0 * mask.sum()), np.ones(4), mask)
     assert np.all(t == 0.0)
 
 

@@ -296,13 +296,33 @@ PLAUSIBLE_WEIGHTS = (-0.5, 1.5)
 MIN_SURE_VOXELS = 1000
 
 
+def mppca_with_divergence(noisy: np.ndarray, sigma: float, mask: np.ndarray,
+                          bvals=None) -> tuple[np.ndarray, np.ndarray]:
+    """Full-field-of-view MP-PCA of (N, X, Y, Z) volumes and its divergence per volume in ``mask``.
+
+    MP-PCA (Veraart et al. 2016) runs twice: on the data, and on the data perturbed
+    by 1% of ``sigma`` (:func:`workbench.sure.monte_carlo_divergence`). Returns
+    ``(divergences (N,), denoised (N, X, Y, Z))``.
+    """
+    from workbench.baselines import mppca
+    from workbench.sure import monte_carlo_divergence
+
+    bvals = np.zeros(len(noisy)) if bvals is None else bvals
+
+    def run(volumes: np.ndarray) -> np.ndarray:
+        return np.moveaxis(mppca(np.moveaxis(volumes, 0, -1), bvals), -1, 0)
+
+    return monte_carlo_divergence(run, noisy, eps=0.01 * sigma, mask=mask)
+
+
 def blend_with_mppca(preds: np.ndarray, noisy: np.ndarray, noise_var: np.ndarray, mask: np.ndarray,
-                     sigma: float, bvals=None, include_noisy: bool = True) -> Optional[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+                     sigma: float, bvals=None, include_noisy: bool = True,
+                     mppca: Optional[tuple[np.ndarray, np.ndarray]] = None,
+                     ) -> Optional[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Blend (N, X, Y, Z) J-invariant predictions with full-data MP-PCA, SURE-weighted per volume.
 
-    MP-PCA (Veraart et al. 2016) runs on the whole field of view; its divergence
-    comes from a second run on an input perturbed by 1% of ``sigma``
-    (:func:`workbench.sure.monte_carlo_divergence`); the J-invariant prediction has
+    MP-PCA and its divergence come from :func:`mppca_with_divergence` (or ``mppca``,
+    that function's result when already computed); the J-invariant prediction has
     divergence 0; with ``include_noisy`` the noisy volume (divergence: the voxel
     count) is a third term, which mostly takes back a little of the noise MP-PCA
     keeps (its weight comes out slightly negative). Inside ``mask`` the output is
@@ -317,21 +337,15 @@ def blend_with_mppca(preds: np.ndarray, noisy: np.ndarray, noise_var: np.ndarray
     MP-PCA[, noisy], risk (N,) per voxel; or None with a warning when the series
     is too small for MP-PCA's 5x5x5 patches (the caller falls back to shrinkage).
     """
-    from workbench.baselines import mppca
-    from workbench.sure import monte_carlo_divergence, sure_combine, sure_convex_pair
+    from workbench.sure import sure_combine, sure_convex_pair
 
     if min(noisy.shape[1:]) < 5 or len(noisy) < 3:
         warnings.warn(f"MP-PCA blend skipped: {noisy.shape[1:]} voxels x {len(noisy)} volumes is too small for "
                       "5x5x5 patches; using shrinkage toward the noisy volume instead", stacklevel=3)
         return None
-    if bvals is None:
-        bvals = np.zeros(len(noisy))
-
-    def run(volumes: np.ndarray) -> np.ndarray:
-        return np.moveaxis(mppca(np.moveaxis(volumes, 0, -1), bvals), -1, 0)
-
-    div, full = monte_carlo_divergence(run, noisy, eps=0.01 * sigma, mask=mask)
-    estimates, divergences = [preds, full], [np.zeros(len(noisy)), div]
+    div, full = mppca if mppca is not None else mppca_with_divergence(noisy, sigma, mask, bvals)
+    zero = np.zeros(len(noisy))
+    estimates, divergences = [preds, full], [zero, div]
     if include_noisy:
         estimates.append(noisy)
         divergences.append(np.full(len(noisy), float(mask.sum())))
@@ -340,18 +354,12 @@ def blend_with_mppca(preds: np.ndarray, noisy: np.ndarray, noise_var: np.ndarray
     # small_64D crop, 117 mask voxels: -0.7 on MP-PCA, +1.2 on the noisy volume); such volumes get the
     # convex network/MP-PCA mix instead
     wild = ~np.all((weights >= PLAUSIBLE_WEIGHTS[0]) & (weights <= PLAUSIBLE_WEIGHTS[1]), axis=1)
-    if mask.sum() < MIN_SURE_VOXELS:
-        wild[:] = True
+    wild |= mask.sum() < MIN_SURE_VOXELS
     if wild.any():
-        t = sure_convex_pair(noisy[wild], preds[wild], full[wild], np.zeros(int(wild.sum())), div[wild],
-                             noise_var[wild], mask)
-        m = float(mask.sum())
-        for i, j in enumerate(np.flatnonzero(wild)):
-            combined[j] = (1 - t[i]) * preds[j] + t[i] * full[j]
-            weights[j] = 0.0
-            weights[j, :2] = (1 - t[i], t[i])
-            resid = (combined[j] - noisy[j])[mask].astype(np.float64)
-            risk[j] = (resid @ resid + 2.0 * noise_var[j] * t[i] * div[j]) / m - noise_var[j]
+        combined[wild], t, risk[wild] = sure_convex_pair(noisy[wild], preds[wild], full[wild], zero[wild],
+                                                         div[wild], noise_var[wild], mask)
+        weights[wild] = 0.0
+        weights[wild, 0], weights[wild, 1] = 1 - t, t
     return np.where(mask[None], combined, full).astype(np.float32), weights, risk
 
 

@@ -102,27 +102,38 @@ def sure_combine(noisy: np.ndarray, estimates: Sequence[np.ndarray], divergences
         rhs = basis.T @ y - noise_var[j] * div
         # a tiny ridge keeps the solve defined when two estimates coincide (e.g. both pass air through)
         theta = np.linalg.solve(gram + 1e-9 * np.trace(gram) / k * np.eye(k), rhs)
-        resid = basis @ theta - y
-        risk[j] = (resid @ resid + 2.0 * noise_var[j] * (theta @ div)) / m - noise_var[j]
+        risk[j] = _risk_per_voxel(basis @ theta - y, noise_var[j], float(theta @ div), m)
         weights[j] = theta
         combined[j] = sum(np.float32(t) * e[j] for t, e in zip(theta, estimates))
     return combined, weights, risk
 
 
+def _risk_per_voxel(resid: np.ndarray, noise_var: float, divergence: float, voxels: int) -> float:
+    """SURE as a mean squared error per voxel: ``(||z - y||^2 + 2 v div z) / n - v``."""
+    return float((resid @ resid + 2.0 * noise_var * divergence) / voxels - noise_var)
+
+
 def sure_convex_pair(noisy: np.ndarray, first: np.ndarray, second: np.ndarray, div_first: np.ndarray,
-                     div_second: np.ndarray, noise_var: np.ndarray, mask: np.ndarray) -> np.ndarray:
+                     div_second: np.ndarray, noise_var: np.ndarray,
+                     mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per volume, the SURE-optimal ``t`` in [0, 1] for ``(1 - t) first + t second``.
 
     The safe fallback of :func:`sure_combine`: a convex mix of two denoisers can
     never be wilder than either, so a noisy risk estimate (few voxels in
     ``mask``) costs little. ``SURE(t)`` is quadratic; its minimiser is clipped.
+    Returns ``(mixed (N, X, Y, Z) float32, t (N,), risk (N,))`` as :func:`sure_combine` does.
     """
-    t = np.empty(noisy.shape[0])
-    for j in range(noisy.shape[0]):
+    n, m = noisy.shape[0], int(mask.sum())
+    mixed = np.empty(noisy.shape, dtype=np.float32)
+    t, risk = np.empty(n), np.empty(n)
+    for j in range(n):
         y = noisy[j][mask].astype(np.float64)
         a, b = first[j][mask].astype(np.float64), second[j][mask].astype(np.float64)
         d = b - a
         denom = float(d @ d)
         slope = float((a - y) @ d) + noise_var[j] * (float(div_second[j]) - float(div_first[j]))
         t[j] = 0.5 if denom <= 0 else float(np.clip(-slope / denom, 0.0, 1.0))
-    return t
+        mixed[j] = (1 - np.float32(t[j])) * first[j] + np.float32(t[j]) * second[j]
+        div = (1 - t[j]) * float(div_first[j]) + t[j] * float(div_second[j])
+        risk[j] = _risk_per_voxel(a + t[j] * d - y, noise_var[j], div, m)
+    return mixed, t, risk
