@@ -65,13 +65,13 @@ def main(argv=None) -> int:
     viewer = napari.Viewer(show=True)
     app = QApplication.instance()
     viewer.window._qt_window.resize(1400, 900)
-    viewer.open_sample("dwi-workbench", "dwi_phantom")
-    _, train = viewer.window.add_plugin_dock_widget("dwi-workbench", "Train")
+    viewer.open_sample("recon-workbench", "dwi_phantom")
+    _, train = viewer.window.add_plugin_dock_widget("recon-workbench", "Train")
     train.steps.setValue(100_000)
     train.patch.setValue(args.patch)
     train.filters.setValue(args.filters)
     train.batch.setValue(args.batch)
-    train.run_dir.setText(tempfile.mkdtemp(prefix="dwi-workbench-latency-"))
+    train.run_dir.setText(tempfile.mkdtemp(prefix="recon-workbench-latency-"))
     measure(app, 1.0)  # let the window settle
 
     rows = [("idle viewer", measure(app, args.seconds), 0)]

@@ -26,7 +26,7 @@ from typing import Optional
 
 import numpy as np
 
-FORMAT = "dwi-workbench-review"
+FORMAT = "recon-workbench-review"
 VERSION = 1
 CRITERIA = [
     ("sharpness", "Sharpness", "1 = blurred, 5 = crisp edges"),

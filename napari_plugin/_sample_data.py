@@ -47,3 +47,39 @@ def phantom_layers(shape=SHAPE, scheme=SCHEME, snr=SNR, seed=SEED) -> list[tuple
 def make_phantom_sample() -> list[tuple]:
     """npe2 sample-data hook."""
     return phantom_layers()
+
+
+# --------------------------------------------------------------------------- task samples (generic)
+def task_sample_layers(task_name: str, kind: str, **kw) -> list[tuple]:
+    """A task's simulated case as layer tuples, one per role of its view, placed by their affines.
+
+    Layers on different grids (an LR input and its HR reference) overlay in world
+    coordinates: each gets the scale and translate of its own affine.
+    """
+    from workbench.tasks import get_task
+
+    task = get_task(task_name)
+    case = task.sample_case(kind, **kw)
+    labels = {spec.role: spec for spec in task.view.layers}
+    out = []
+    for role, (array, affine) in case.items():
+        spec = labels.get(role)
+        name = f"{kind} {spec.label if spec else role}"
+        meta = {**dwi_metadata(affine, is_4d=False), "role": role, "task": task.name,
+                "origin": f"{task.label} sample '{kind}' (held out from training)"}
+        out.append((np.asarray(array, np.float32), {
+            "name": name, "axis_labels": ("x", "y", "z"), **spatial_kwargs(affine, 3), "metadata": meta,
+            "colormap": spec.colormap if spec else "gray", "visible": role in (task.view.input_role,
+                                                                              task.view.reference_role),
+        }, "image"))
+    return out
+
+
+def make_soil_sr_sample() -> list[tuple]:
+    """npe2 sample-data hook: soil micro-CT, LR x4 / tricubic / HR."""
+    return task_sample_layers("sr", "soil", scale=4, size=64)
+
+
+def make_chest_sr_sample() -> list[tuple]:
+    """npe2 sample-data hook: a held-out slab of the real chest CT, LR x2 / tricubic / HR."""
+    return task_sample_layers("sr", "chest", scale=2, size=96)

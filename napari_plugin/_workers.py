@@ -298,3 +298,30 @@ def metrics_worker(rows: dict, reference: np.ndarray, mask: Optional[np.ndarray]
     except Exception as exc:
         raise _as_worker_error(exc) from exc
     return volume, out
+
+
+@thread_worker(ignore_errors=True)
+def predict_worker(task_name: str, image: np.ndarray, affine: np.ndarray, choices: dict,
+                   checkpoint: Optional[str] = None, control: Optional[Control] = None):
+    """``Task.predict_array`` of any task; yields :class:`Progress` per tile; returns ``(array, affine)``.
+
+    Stop answers within one tile (the core polls ``control.cancelled`` between tiles) and
+    returns None.
+    """
+    from workbench.tasks import get_task
+    from workbench.tasks.base import Cancelled as CoreCancelled
+
+    control = control or Control()
+    task = get_task(task_name)
+    yield Status(f"Loading the {task.label} network…")
+
+    def run(emit):
+        return task.predict_array(image, affine, checkpoint=checkpoint or None, should_stop=control.cancelled,
+                                  progress=lambda d, t: emit(Progress(d, t, "tiles")), **choices)
+
+    try:
+        return (yield from _pump(run, control))
+    except CoreCancelled:
+        return None
+    finally:
+        control.done.set()

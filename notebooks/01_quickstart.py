@@ -36,7 +36,8 @@ from workbench.baselines import estimate_background_sigma
 from workbench.data.nifti import DWISeries
 from workbench.data.phantoms import simulate_dwi
 from workbench.metrics import evaluate_dwi, rmse
-from workbench.notebook_ui import LossPlot, SliceViewer, small_mode, tutorial_setup
+from workbench.notebook_ui import LossPlot, SliceViewer, small_mode
+from workbench.tasks.dwi.notebook import tutorial_setup
 
 SMALL = small_mode()  # True when the environment variable CI is set
 phantom_args, cfg = tutorial_setup(SMALL)

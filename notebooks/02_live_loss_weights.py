@@ -35,8 +35,8 @@ from IPython.display import display
 from workbench import api
 from workbench.data.nifti import DWISeries
 from workbench.data.phantoms import simulate_dwi
-from workbench.notebook_ui import (BackgroundTraining, LossPlot, LossWeightSliders, SnapshotMonitor, small_mode,
-                                   tutorial_setup)
+from workbench.notebook_ui import BackgroundTraining, LossPlot, LossWeightSliders, small_mode
+from workbench.tasks.dwi.notebook import SnapshotMonitor, tutorial_setup
 
 SMALL = small_mode()
 phantom_args, cfg = tutorial_setup(SMALL)

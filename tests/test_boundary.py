@@ -9,7 +9,9 @@ GUI_MODULES = ("qtpy", "PyQt5", "PyQt6", "PySide2", "PySide6", "napari", "ipywid
 def test_import_workbench_pulls_in_no_gui():
     code = (
         "import sys, workbench, workbench.api, workbench.cli, workbench.inference, workbench.models, "
-        "workbench.losses, workbench.metrics, workbench.training.trainer, workbench.baselines, workbench.demo\n"
+        "workbench.losses, workbench.metrics, workbench.training.trainer, workbench.baselines, workbench.demo, "
+        "workbench.tiling, workbench.resample, workbench.tasks.sr.task, workbench.tasks.sr.workflow, "
+        "workbench.tasks.sr.predictor, workbench.tasks.sr.metrics, workbench.tasks.dwi.task, workbench.tasks.dwi.cli\n"
         f"bad = [m for m in {GUI_MODULES!r} if m in sys.modules]\n"
         "print(','.join(bad))"
     )

@@ -13,11 +13,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from workbench.models import MODELS, FrequencyDomainNet, build_model, collect_attention_maps, model_summary
+from workbench.models import (MODELS, ConditionedReconNet, FrequencyDomainNet, build_model, collect_attention_maps,
+                              model_summary)
 from workbench.models.blocks import (CBAM3d, AdaptiveSkip, FactorizedConv3d, FiLM, GatedBlock, SinusoidalEncoding,
                                      UpBlock, crop_to, pad_to_multiple)
 
-NAMES = sorted(MODELS)
+#: the conditioned reconstruction networks of docs/CONTRIBUTING_CORE.md (the SR network has its own tests)
+NAMES = sorted(n for n, cls in MODELS.items() if issubclass(cls, ConditionedReconNet))
 SMALL = dict(base_filters=4, embedding_dim=8)
 
 
@@ -259,14 +261,15 @@ def test_eval_mode_determinism(name):
 
 # ----------------------------------------------------------------------------- registry and build
 def test_registry_contents():
-    assert set(MODELS) == {"denoiser", "multiscale", "progressive", "frequency"}
+    assert set(MODELS) == {"denoiser", "multiscale", "progressive", "frequency", "rrdb_sr"}
+    assert set(NAMES) == {"denoiser", "multiscale", "progressive", "frequency"}
 
 
 def test_unknown_model_lists_known_names():
     cfg = SimpleNamespace(name="unet9000", base_filters=4, embedding_dim=8, use_cbam=True)
     with pytest.raises(ValueError) as info:
         build_model(cfg, in_channels=3)
-    assert str(info.value) == "unknown model 'unet9000'; known models: denoiser, frequency, multiscale, progressive"
+    assert str(info.value) == "unknown model 'unet9000'; known models: denoiser, frequency, multiscale, progressive, rrdb_sr"
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -46,7 +46,7 @@ def test_small_mode_reads_ci():
 def test_tutorial_setup_small_and_full():
     pytest.importorskip("ipywidgets")
     from workbench.config import Config
-    from workbench.notebook_ui import tutorial_setup
+    from workbench.tasks.dwi.notebook import tutorial_setup
 
     args, cfg = tutorial_setup(True)
     assert args["shape"] == (24, 24, 12) and args["scheme"] == "dti"

@@ -253,8 +253,8 @@ def test_validation_event_and_files(tmp_path):
     _, result, rec = run(config, tmp_path, task_meta={"task": "toy", "scale": 2.0})
     vals = rec.of(Validation)
     assert [v.step for v in vals] == [3, 6]
-    assert "heldout_mse" in vals[0].terms and "mse" in vals[0].terms
-    assert vals[0].terms["heldout_mse"] == pytest.approx(vals[0].loss, rel=1e-5)  # weights = {mse: 1}
+    assert "heldout_mse" not in vals[0].terms  # a DWI term: the generic loop adds none of its own
+    assert vals[0].terms["mse"] == pytest.approx(vals[0].loss, rel=1e-5)  # weights = {mse: 1}
     assert set(vals[0].images) == {"input", "prediction", "target"}
     assert all(a.dtype == np.float32 and a.shape == (8, 8) for a in vals[0].images.values())
     assert {p.name for p in tmp_path.iterdir()} >= {"last.pt", "best.pt", "config.yaml", "metrics.csv", "tb"}
@@ -265,7 +265,8 @@ def test_validation_event_and_files(tmp_path):
     assert [r["val_loss"] != "" for r in rows] == [False, False, True, False, False, True]
     ckpt = load_checkpoint(tmp_path / "last.pt")
     assert ckpt["task_meta"] == {"task": "toy", "scale": 2.0}
-    assert ckpt["model_meta"] == {"name": "multiscale", "in_channels": 2, "out_channels": 1,
+    # a model outside the registry is named by its class, not by config.model.name
+    assert ckpt["model_meta"] == {"name": "TinyNet", "in_channels": 2, "out_channels": 1,
                                   "num_conditions": 3, "residual_channel": None}
     assert isinstance(result, TrainResult) and result.best_checkpoint == str(tmp_path / "best.pt")
     assert [h["step"] for h in result.history] == [3, 6]
@@ -367,3 +368,70 @@ def test_ddp_two_ranks_agree_and_only_rank0_writes(tmp_path):
     ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
     assert ckpt["step"] == 4 and len(ckpt["rank_rng"]) == 2
     assert ckpt["loss_weights_history"] == [{"step": 2, "name": "l1", "old": 0.0, "new": 0.5}]
+
+
+# --------------------------------------------------------------------------- objectives (step functions)
+def test_custom_step_function_decides_the_loss(tmp_path):
+    """The loop back-propagates what the step returns: a step that scales the target trains to it."""
+    from workbench.training.steps import StepOutput
+
+    seen = []
+
+    def doubled_target_step(model, batch, ctx):
+        seen.append(ctx.training)
+        pred = model(batch.input, batch.cond).float()
+        loss, terms = ctx.criterion(pred, 2 * batch.target, batch.mask)
+        return StepOutput(loss, {**terms, "extra": 1.5})
+
+    config = make_config(steps=4, val_every=2)
+    rec = Recorder()
+    Trainer(build(config), BlobSampler(), config, callbacks=[rec], step=doubled_target_step).fit()
+    assert True in seen and False in seen
+    vals = rec.of(Validation)
+    assert vals and all(v.terms["extra"] == 1.5 for v in vals)
+    assert all(v.images == {} for v in vals)  # this step returns no previews
+
+
+def test_model_objective_is_used_without_a_task_fork():
+    """A model class may carry its own objective (as a diffusion model will)."""
+    from workbench.training.steps import StepOutput, resolve_step, supervised_step
+
+    def own(model, batch, ctx):
+        return StepOutput(model(batch.input, batch.cond).float().mean() * 0, {"own": 1.0})
+
+    config = make_config(steps=2, val_every=1)
+    model = build(config)
+    assert resolve_step(model) is supervised_step
+    Own = type("Own", (type(model),), {"objective": staticmethod(own)})
+    model.__class__ = Own
+    assert resolve_step(model) is own
+    rec = Recorder()
+    Trainer(model, BlobSampler(), config, callbacks=[rec]).fit()
+    assert rec.of(StepEnd)[0].terms == {"own": 1.0}
+
+
+def test_preview_of_2d_and_3d_batches():
+    from workbench.training.steps import preview_slice
+
+    assert preview_slice(torch.zeros(2, 1, 5, 6, 7)).shape == (5, 6)
+    assert preview_slice(torch.zeros(2, 3, 9, 11)).shape == (9, 11)
+    assert preview_slice(torch.zeros(2, 1, 13)).shape == (1, 13)
+
+
+def test_resume_keeps_weights_moved_while_stopped(tmp_path):
+    """A front end stops training, the user moves a slider, then resumes: the move is kept and logged."""
+    from workbench.losses import LossWeights
+
+    config = make_config(steps=4, checkpoint_every=2)
+    lw = LossWeights(config.loss.weights)
+    run(config, tmp_path, loss_weights=lw)
+    lw.set("l1", 0.25)  # moved while stopped
+    longer = make_config(steps=6, checkpoint_every=2)
+    t, _, rec = run(longer, tmp_path, resume=True, loss_weights=lw)
+    assert t.loss_weights.get()["l1"] == 0.25
+    changes = rec.of(WeightsChanged)
+    assert [(c.step, c.name, c.new) for c in changes] == [(5, "l1", 0.25)]
+    assert set(rec.of(StepEnd)[0].terms) >= {"mse", "l1"}
+    # without a front end's weights, the checkpoint's weights are restored (the CLI's resume)
+    t2, _, rec2 = run(make_config(steps=8, checkpoint_every=2), tmp_path, resume=True)
+    assert t2.loss_weights.get()["l1"] == 0.25 and not rec2.of(WeightsChanged)

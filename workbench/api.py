@@ -91,6 +91,7 @@ def make_trainer(
     keep the returned trainer (``request_stop()``, ``loss_weights.set()``).
     """
     from workbench.models import build_model
+    from workbench.tasks.dwi.objective import jinvariant_step
     from workbench.training.trainer import Trainer
 
     masks = list(masks) if masks is not None else [None] * len(series)
@@ -101,14 +102,14 @@ def make_trainer(
     model = build_model(config.model, in_channels=meta["in_channels"], out_channels=1,
                         num_conditions=meta["num_conditions"], residual_channel=meta["residual_channel"])
     task_meta = {
-        "task": "dwi_denoise",
+        "task": "dwi",
         "n_volumes": subjects[0].n_volumes,
         "n_priors": subjects[0].n_priors,
         "scale": subjects[0].scale,
         "bvals": None if subjects[0].bvals is None else [float(b) for b in subjects[0].bvals],
     }
     trainer = Trainer(model, sampler, config, out_dir=out_dir, callbacks=tuple(callbacks),
-                      loss_weights=loss_weights, model_meta=meta, task_meta=task_meta)
+                      loss_weights=loss_weights, model_meta=meta, task_meta=task_meta, step=jinvariant_step)
     trainer.subjects = subjects  # kept for front ends that preview predictions
     return trainer
 
@@ -272,6 +273,12 @@ def evaluate(
     """PSNR/SSIM/RMSE in the mask over DW volumes and all, FA/MD error: see :func:`workbench.metrics.evaluate_dwi`."""
     from workbench.metrics import evaluate_dwi
 
+    from workbench.data.nifti import volume_shape
+
+    shapes = {p: volume_shape(p, what) for p, what in ((pred_path, "result"), (reference_path, "reference"))}
+    if shapes[pred_path] != shapes[reference_path]:  # say so before any DWI-specific check of either file
+        raise InputError(f"{Path(pred_path).name} has shape {shapes[pred_path]} but the reference "
+                         f"{Path(reference_path).name} has {shapes[reference_path]}: compare the same series")
     pred = load_dwi(pred_path, bval, bvec, require_gradients=False)
     ref = load_dwi(reference_path, bval, bvec, require_gradients=False)
     bvals = pred.bvals if pred.bvals is not None else ref.bvals

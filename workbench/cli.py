@@ -1,4 +1,7 @@
-"""``workbench`` command line: simulate, train, denoise, evaluate, baseline, demo.
+"""``workbench`` command line: ``workbench tasks``, ``workbench <task> <verb> ...``.
+
+Each task adds its own verbs (``workbench sr predict ...``); the DWI verbs also stay at
+the top level (``workbench denoise ...`` = ``workbench dwi denoise ...``).
 
 Bad input ends with one line on stderr and exit status 2 (``--debug`` shows the
 traceback); nothing is written and nothing is overwritten in that case.
@@ -7,10 +10,7 @@ traceback); nothing is written and nothing is overwritten in that case.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
-from pathlib import Path
 from typing import Optional, Sequence
 
 from workbench import __version__
@@ -21,9 +21,15 @@ EXIT_INPUT_ERROR = 2
 class _ProgressBar:
     """tqdm bars fed by the trainer's events and by inference progress."""
 
-    def __init__(self, enabled: bool = True):
+    def __init__(self, enabled: bool = True, desc: str = "denoising", unit: str = "vol"):
         self.enabled = enabled
         self.bar = None
+        self.desc, self.unit = desc, unit
+
+    def stage(self, desc: str, unit: str = "it") -> "_ProgressBar":
+        """Name the next inference bar (e.g. ``stage("tiles", "tile")``)."""
+        self.desc, self.unit = desc, unit
+        return self
 
     def on_event(self, event) -> None:
         from tqdm import tqdm
@@ -50,7 +56,7 @@ class _ProgressBar:
         if not self.enabled:
             return
         if done == 1 or self.bar is None:
-            self.bar = tqdm(total=total, desc="denoising", unit="vol", dynamic_ncols=True)
+            self.bar = tqdm(total=total, desc=self.desc, unit=self.unit, dynamic_ncols=True)
         self.bar.n = done
         self.bar.refresh()
         if done == total:
@@ -58,129 +64,46 @@ class _ProgressBar:
             self.bar = None
 
 
-def _add_gradients(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--bval", help="b-values file (default: DWI.bval beside the image)")
-    p.add_argument("--bvec", help="b-vectors file (default: DWI.bvec beside the image)")
-
-
 def build_parser() -> argparse.ArgumentParser:
+    from workbench.tasks import TASK_MODULES, get_task
+    from workbench.tasks.dwi import cli as dwi_cli
+
     parser = argparse.ArgumentParser(prog="workbench", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"workbench {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{tasks,config,<task>,<dwi verb>}")
 
-    p = sub.add_parser("simulate", help="write a DWI phantom with ground truth")
-    p.add_argument("out_dir")
-    p.add_argument("--snr", type=float, default=20.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--scheme", choices=["multishell", "dti"], default="multishell")
-    p.add_argument("--shape", type=int, nargs=3, default=[64, 64, 32], metavar=("X", "Y", "Z"))
-
-    p = sub.add_parser("train", help="train a J-invariant denoiser on DWI series")
-    p.add_argument("dwi", nargs="+")
-    p.add_argument("--out", required=True, help="run folder: config.yaml, last.pt, best.pt, metrics.csv, tb/")
-    p.add_argument("--config", help="YAML config (see `workbench config`)")
-    p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
-    p.add_argument("--mask", nargs="*", help="one mask per DWI (default: DIPY median_otsu)")
-    p.add_argument("--nan-to-zero", action="store_true")
-
-    p = sub.add_parser("denoise", help="denoise a 4D DWI (self-supervised, or with --checkpoint)")
-    p.add_argument("dwi")
-    p.add_argument("-o", "--output", required=True)
-    p.add_argument("--checkpoint", help="apply this trained model instead of training on the data")
-    p.add_argument("--config", help="YAML config for training on the data")
-    p.add_argument("--mask")
-    _add_gradients(p)
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
-    amp = p.add_mutually_exclusive_group()
-    amp.add_argument("--no-amp", action="store_true", help="float32 instead of mixed precision")
-    amp.add_argument("--amp", action="store_true",
-                     help="force mixed precision (default: on for CUDA and CPUs with native bfloat16)")
-    p.add_argument("--nan-to-zero", action="store_true")
-    p.add_argument("--run-dir", help="keep the training run (checkpoints, metrics) in this folder")
-
-    p = sub.add_parser("evaluate", help="compare a result with a clean reference")
-    p.add_argument("result")
-    p.add_argument("--reference", required=True)
-    p.add_argument("--mask")
-    _add_gradients(p)
-    p.add_argument("--json", action="store_true", help="print JSON")
-
-    p = sub.add_parser("baseline", help="DIPY MP-PCA, Patch2Self or NLMeans through the same I/O")
-    p.add_argument("method", choices=["mppca", "patch2self", "nlmeans"])
-    p.add_argument("dwi")
-    p.add_argument("-o", "--output", required=True)
-    p.add_argument("--mask")
-    _add_gradients(p)
-    p.add_argument("--nan-to-zero", action="store_true")
-
-    p = sub.add_parser("demo", help="simulate, denoise, compare with MP-PCA; write a figure and a table")
-    p.add_argument("--out", default="workbench_demo")
-    p.add_argument("--snr", type=float, default=10.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--config", help="YAML config for our denoiser")
-
-    p = sub.add_parser("config", help="print the default config as YAML (a starting point for --config)")
+    sub.add_parser("tasks", help="list the tasks")
+    p = sub.add_parser("config", help="print a task's default config as YAML (a starting point for --config)")
+    p.add_argument("--task", default="dwi", help="task name (default: dwi)")
+    for name in TASK_MODULES:
+        task = get_task(name)
+        tp = sub.add_parser(name, help=f"{task.label}: {task.summary}")
+        tp.set_defaults(task=name)
+        task.add_commands(tp.add_subparsers(dest="command", required=True))
+    # the DWI verbs at the top level, as before the task layer
+    for p in dwi_cli.add_commands(sub, legacy=True).values():
+        p.set_defaults(task="dwi")
     return parser
 
 
 def _run(args: argparse.Namespace) -> int:
-    from workbench import api
-
     bar = _ProgressBar(enabled=not args.quiet)
-    if args.command == "simulate":
-        paths = api.simulate(args.out_dir, snr=args.snr, seed=args.seed, scheme=args.scheme,
-                             shape=tuple(args.shape))
-        for p in paths.values():
-            print(p)
-    elif args.command == "config":
-        from workbench.config import Config
+    if args.command == "tasks":
+        from workbench.tasks import TASKS
 
-        print(Config().to_yaml(), end="")
-    elif args.command == "train":
-        if args.mask and len(args.mask) != len(args.dwi):
-            from workbench.io_utils import InputError
+        for task in TASKS.values():
+            print(task.describe())
+        return 0
+    if args.command == "config":
+        from workbench.tasks import get_task
 
-            raise InputError(f"{len(args.dwi)} DWI files but {len(args.mask)} masks: give one mask per file")
-        result = api.train(args.dwi, args.out, args.config, resume=args.resume, callbacks=[bar.on_event],
-                           mask_paths=args.mask, nan_to_zero=args.nan_to_zero)
-        if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
-            print(f"{result.reason} after {result.steps_done} steps; best held-out loss {result.best_loss:.5g}; "
-                  f"checkpoints in {args.out}")
-    elif args.command == "denoise":
-        report = api.denoise(
-            args.dwi, args.output, checkpoint=args.checkpoint, config=args.config, mask=args.mask,
-            bval=args.bval, bvec=args.bvec, device=args.device, amp=False if args.no_amp else (True if args.amp else None),
-            nan_to_zero=args.nan_to_zero, run_dir=args.run_dir, callbacks=[bar.on_event],
-            progress=bar.inference,
-        )
-        msg = (f"wrote {report.output} ({report.n_volumes} volumes; training {report.train_seconds:.0f} s, "
-               f"inference {report.inference_seconds:.0f} s on {report.device}, amp={report.amp})\n"
-               f"held-out MSE {report.heldout_mse:.4g}: noise sigma <= {report.sigma_upper:.4g}")
-        if report.sigma is not None:
-            source = {"mppca": "MP-PCA"}.get(report.extra.get("sigma_source"), report.extra.get("sigma_source"))
-            msg += (f"; sigma {report.sigma:.4g} ({source}) -> estimated RMSE to clean "
-                    f"{report.est_rmse_vs_clean:.4g}")
-        print(msg)
-    elif args.command == "evaluate":
-        metrics = api.evaluate(args.result, args.reference, mask=args.mask, bval=args.bval, bvec=args.bvec)
-        if args.json:
-            print(json.dumps(metrics, indent=2))
-        else:
-            for k, v in metrics.items():
-                print(f"{k:>22s}  {v:.4f}")
-    elif args.command == "baseline":
-        info = api.baseline(args.method, args.dwi, args.output, mask=args.mask, bval=args.bval,
-                            bvec=args.bvec, nan_to_zero=args.nan_to_zero)
-        print(f"wrote {info['output']} ({info['method']}, {info['seconds']:.1f} s)")
-    elif args.command == "demo":
-        from workbench.demo import run_demo
+        print(get_task(args.task).default_config().to_yaml(), end="")
+        return 0
+    from workbench.tasks import get_task
 
-        summary = run_demo(Path(args.out), snr=args.snr, seed=args.seed, config=args.config,
-                           callbacks=[bar.on_event], progress=bar.inference)
-        print(summary)
-    return 0
+    return get_task(args.task).run_command(args, bar)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -189,6 +112,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from pydantic import ValidationError
 
     from workbench.io_utils import InputError
+    from workbench.tasks.base import Cancelled
 
     try:
         return _run(args)
@@ -198,8 +122,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         msg = str(exc).replace("\n", "; ")
         print(f"workbench {args.command}: error: {msg}", file=sys.stderr)
         return EXIT_INPUT_ERROR
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except (KeyboardInterrupt, Cancelled):
+        print("interrupted: nothing was written", file=sys.stderr)
         return 130
 
 

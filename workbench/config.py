@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal, Optional, Union
+from typing import Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class _Strict(BaseModel):
@@ -22,7 +22,8 @@ class _Strict(BaseModel):
 
 
 class DataConfig(_Strict):
-    """How training samples are drawn from a 4D DWI series."""
+    """How training samples are drawn. ``patch_size``, ``batch_size``, ``augment`` and
+    ``nan_to_zero`` are used by every task; the q-space and mask fields by the DWI task."""
 
     patch_size: int = Field(32, ge=8, le=256, description="edge of the cubic training patch (voxels)")
     batch_size: int = Field(4, ge=1, le=256)
@@ -62,6 +63,10 @@ class ModelConfig(_Strict):
     base_filters: int = Field(24, ge=4, le=256)
     embedding_dim: int = Field(32, ge=4, le=512, description="sinusoidal volume-index encoding size")
     use_cbam: bool = True
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="further constructor arguments of this model (e.g. n_blocks, growth for rrdb_sr)",
+    )
 
     @field_validator("name")
     @classmethod
@@ -153,12 +158,30 @@ class InferenceConfig(_Strict):
 class Config(_Strict):
     """Everything a run needs, stored verbatim in its checkpoints."""
 
-    task: Literal["dwi_denoise"] = "dwi_denoise"
+    task: str = Field("dwi", description="key in workbench.tasks.TASKS (`workbench tasks` lists them)")
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     inference: InferenceConfig = Field(default_factory=InferenceConfig)
+    options: dict[str, Any] = Field(default_factory=dict, description="the task's own settings")
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, v: str) -> str:
+        from workbench.tasks import canonical_task_name
+
+        return canonical_task_name(v)  # "dwi_denoise" (before the task layer) reads as "dwi"
+
+    @model_validator(mode="after")
+    def _task_options(self) -> "Config":
+        from workbench.tasks import get_task
+
+        model = get_task(self.task).options_model
+        checked = model.model_validate(self.options).model_dump(mode="json")
+        if checked != self.options:
+            object.__setattr__(self, "options", checked)
+        return self
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

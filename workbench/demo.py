@@ -7,7 +7,6 @@ clean signal, and writes ``comparison.png`` and ``results.md``.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 

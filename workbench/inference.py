@@ -143,7 +143,7 @@ class Denoiser:
         config = Config.model_validate(ckpt["config"])
         meta = ckpt.get("model_meta") or {}
         task = ckpt.get("task_meta") or {}
-        if task.get("task", "dwi_denoise") != "dwi_denoise":
+        if task.get("task", "dwi") not in ("dwi", "dwi_denoise"):
             raise InputError(f"checkpoint {path} is for task '{task.get('task')}', not DWI denoising")
         model = build_model(config.model, in_channels=meta["in_channels"], out_channels=meta["out_channels"],
                             num_conditions=meta["num_conditions"], residual_channel=meta.get("residual_channel"))

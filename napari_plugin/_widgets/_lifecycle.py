@@ -65,3 +65,73 @@ class StopsOnClose:
 
     def _about_to_quit(self) -> None:
         self.shutdown(wait=True)
+
+
+class WorkerPanel(StopsOnClose):
+    """A panel that runs one ``thread_worker`` at a time with a Run and a Stop button.
+
+    Subclasses create ``run_btn``, ``cancel_btn``, ``progress`` (a QProgressBar) and
+    ``status`` (a StatusLine), call :meth:`start_worker` with a worker and its ``Control``,
+    and implement ``_on_returned(result)`` and ``_on_error(exc)``. Progress and Status
+    items the worker yields update the bar and the status line.
+    """
+
+    worker = None
+    control = None
+
+    def add_run_controls(self, root, run_text: str, stop_text: str, progress_format: str, hint: str) -> None:
+        """Run and Stop buttons, a progress bar and a status line, appended to the layout ``root``."""
+        from qtpy.QtWidgets import QHBoxLayout, QProgressBar, QPushButton
+
+        from napari_plugin._widgets._common import StatusLine
+
+        row = QHBoxLayout()
+        self.run_btn, self.cancel_btn = QPushButton(run_text), QPushButton(stop_text)
+        self.run_btn.clicked.connect(self.run)
+        self.cancel_btn.clicked.connect(self.cancel)
+        row.addWidget(self.run_btn)
+        row.addWidget(self.cancel_btn)
+        root.addLayout(row)
+        self.progress = QProgressBar()
+        self.progress.setFormat(progress_format)
+        self.status = StatusLine(hint)
+        root.addWidget(self.progress)
+        root.addWidget(self.status)
+        root.addStretch(1)
+        self._update_buttons()
+
+    def start_worker(self, worker, control) -> None:
+        self.control, self.worker = control, worker
+        control.worker = worker
+        worker.yielded.connect(self._on_yield)
+        worker.returned.connect(self._on_returned)
+        worker.errored.connect(self._on_error)
+        worker.finished.connect(self._on_finished)
+        worker.start()
+        self._update_buttons()
+
+    def cancel(self) -> None:
+        if self.control is not None:
+            self.control.stop()
+
+    def _on_yield(self, item) -> None:
+        from napari_plugin._workers import Progress, Status
+
+        if isinstance(item, Progress):
+            self.progress.setMaximum(item.total)
+            self.progress.setValue(item.done)
+        elif isinstance(item, Status):
+            self.status.info(item.text)
+
+    def _on_finished(self) -> None:
+        self.worker = None
+        self._update_buttons()
+
+    def _update_buttons(self) -> None:
+        self.run_btn.setEnabled(self.worker is None)
+        self.cancel_btn.setEnabled(self.worker is not None)
+
+    def shutdown(self, wait: bool = False) -> None:
+        self.cancel()
+        if wait and self.worker is not None and self.control is not None:
+            self.control.done.wait(5)

@@ -34,4 +34,4 @@ def cuda_description() -> str:
 def new_run_folder() -> str:
     """A fresh folder name under the system temp folder (created when training starts, not before)."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    return str(Path(tempfile.gettempdir()) / f"dwi-workbench-run-{stamp}-{uuid.uuid4().hex[:6]}")
+    return str(Path(tempfile.gettempdir()) / f"recon-workbench-run-{stamp}-{uuid.uuid4().hex[:6]}")

@@ -1,7 +1,11 @@
 """Attention panel: the spatial attention of a chosen CBAM block for the volume on screen.
 
 Maps come from ``Denoiser.attention_maps`` (values in [0, 1], on the image grid)
-and are shown as an overlay with a chosen colour map and opacity.
+and are shown as an overlay with a chosen colour map and opacity. The overlay keeps
+the anatomy readable: its colour map fades to transparent at low attention (an alpha
+ramp), it is blended translucently (not additively, which brightened every voxel), and
+its colours span the map's own range from its median up, so only above-median
+attention tints the image.
 """
 
 from __future__ import annotations
@@ -21,6 +25,26 @@ from napari_plugin._widgets._common import LayerCombo, ModelSource, StatusLine, 
 
 COLORMAPS = ["inferno", "magma", "viridis", "turbo", "red"]
 PREFIX = "attention"
+
+
+def fading_colormap(name: str):
+    """``name`` as a napari colour map whose opacity ramps from 0 (low attention) to 1."""
+    import numpy as np
+    from matplotlib import colormaps
+    from napari.utils.colormaps import Colormap
+
+    t = np.linspace(0.0, 1.0, 32)
+    rgba = np.array([[1.0, 0.1, 0.1, 1.0]] * len(t)) if name == "red" else colormaps[name](0.25 + 0.75 * t)
+    rgba[:, 3] = t ** 0.8
+    return Colormap(rgba, name=f"{name} (fading)", controls=t)
+
+
+def overlay_limits(att) -> tuple[float, float]:
+    """Colour range of an attention map: its median to its maximum."""
+    import numpy as np
+
+    lo, hi = float(np.median(att)), float(np.max(att))
+    return lo, max(hi, lo + 1e-6)
 
 
 class AttentionWidget(QWidget):
@@ -62,7 +86,7 @@ class AttentionWidget(QWidget):
         self.colormap.currentTextChanged.connect(self._restyle)
         self.opacity = QLabeledDoubleSlider(Qt.Orientation.Horizontal)
         self.opacity.setRange(0.0, 1.0)
-        self.opacity.setValue(0.5)
+        self.opacity.setValue(0.7)
         self.opacity.valueChanged.connect(self._restyle)
         form.addRow("Attention block", self.block)
         form.addRow("Colour map", self.colormap)
@@ -125,14 +149,16 @@ class AttentionWidget(QWidget):
         layer = self._layer
         kwargs = derived_kwargs(layer, f"{PREFIX}: {layer.name}",
                                 {"attention_block": name, "volume": self.maps_volume}, ndim=3)
-        self.overlay = add_or_update_image(self.viewer, self.maps[name], kwargs, colormap=self.colormap.currentText(),
-                                           opacity=float(self.opacity.value()), blending="additive",
-                                           contrast_limits=(0.0, 1.0))
+        att = self.maps[name]
+        self.overlay = add_or_update_image(self.viewer, att, kwargs,
+                                           colormap=fading_colormap(self.colormap.currentText()),
+                                           opacity=float(self.opacity.value()), blending="translucent",
+                                           contrast_limits=overlay_limits(att))
         self.status.info(f"Block '{name}', volume {self.maps_volume}: overlay '{self.overlay.name}'.")
 
     def _restyle(self, *_):
         if self.overlay is not None and self.overlay.name in self.viewer.layers:
-            self.overlay.colormap = self.colormap.currentText()
+            self.overlay.colormap = fading_colormap(self.colormap.currentText())
             self.overlay.opacity = float(self.opacity.value())
 
     def _finished(self) -> None:

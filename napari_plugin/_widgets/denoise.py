@@ -9,18 +9,18 @@ from __future__ import annotations
 
 from typing import Optional
 
-from qtpy.QtWidgets import QFormLayout, QGroupBox, QHBoxLayout, QProgressBar, QPushButton, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QFormLayout, QGroupBox, QVBoxLayout, QWidget
 
 from napari_plugin._layers import (
     add_or_update_image, derived_kwargs, inputs_fn, is_input_layer, is_mask_layer, is_series_layer, to_layer_order,
 )
 from napari_plugin._widgets._common import (
-    LayerCombo, ModelSource, StatusLine, outer_layout, report_failure, show_error_notification,
+    LayerCombo, ModelSource, outer_layout, report_failure, show_error_notification,
 )
-from napari_plugin._widgets._lifecycle import StopsOnClose
+from napari_plugin._widgets._lifecycle import WorkerPanel
 
 
-class DenoiseWidget(StopsOnClose, QWidget):
+class DenoiseWidget(WorkerPanel, QWidget):
     def __init__(self, napari_viewer, parent: Optional[QWidget] = None):
         super().__init__(parent)
         self.viewer = napari_viewer
@@ -42,21 +42,9 @@ class DenoiseWidget(StopsOnClose, QWidget):
         QVBoxLayout(box).addWidget(source := ModelSource(self.viewer))
         self.source = source
         root.addWidget(box)
-        row = QHBoxLayout()
-        self.run_btn, self.cancel_btn = QPushButton("Denoise"), QPushButton("Cancel")
-        self.run_btn.clicked.connect(self.run)
-        self.cancel_btn.clicked.connect(self.cancel)
-        row.addWidget(self.run_btn)
-        row.addWidget(self.cancel_btn)
-        root.addLayout(row)
-        self.progress = QProgressBar()
-        self.progress.setFormat("volume %v of %m")
-        self.status = StatusLine("Choose a layer and a model, then press Denoise.")
-        root.addWidget(self.progress)
-        root.addWidget(self.status)
-        root.addStretch(1)
+        self.add_run_controls(root, "Denoise", "Cancel", "volume %v of %m",
+                              "Choose a layer and a model, then press Denoise.")
         outer_layout(self, content)
-        self._update_buttons()
 
     def run(self) -> None:
         from napari_plugin._workers import Control, denoise_worker
@@ -80,28 +68,8 @@ class DenoiseWidget(StopsOnClose, QWidget):
         self.last_error = None
         self.progress.setMaximum(layer.data.shape[0])
         self.progress.setValue(0)
-        self.control = Control()
-        self.worker = denoise_worker(make_denoiser, make_inputs, control=self.control)
-        self.control.worker = self.worker
-        self.worker.yielded.connect(self._on_yield)
-        self.worker.returned.connect(self._on_returned)
-        self.worker.errored.connect(self._on_error)
-        self.worker.finished.connect(self._on_finished)
-        self.worker.start()
-        self._update_buttons()
-
-    def cancel(self) -> None:
-        if self.control is not None:
-            self.control.stop()
-
-    def _on_yield(self, item) -> None:
-        from napari_plugin._workers import Progress, Status
-
-        if isinstance(item, Progress):
-            self.progress.setMaximum(item.total)
-            self.progress.setValue(item.done)
-        elif isinstance(item, Status):
-            self.status.info(item.text)
+        control = Control()
+        self.start_worker(denoise_worker(make_denoiser, make_inputs, control=control), control)
 
     def _on_returned(self, out) -> None:
         if out is None:
@@ -127,13 +95,5 @@ class DenoiseWidget(StopsOnClose, QWidget):
         self.last_error = exc
         report_failure(self.status, "Denoising", exc)
 
-    def _on_finished(self) -> None:
-        self.worker = None
-        self._update_buttons()
-
-    def _update_buttons(self) -> None:
-        self.run_btn.setEnabled(self.worker is None)
-        self.cancel_btn.setEnabled(self.worker is not None)
-
     def shutdown(self, wait: bool = False) -> None:
-        self.cancel()
+        self.cancel()  # the core stops within a volume; nothing to wait for

@@ -32,7 +32,8 @@ def default_review_path() -> str:
 
 def _reviewable(layer) -> bool:
     """Images that can be results (not edge, attention or difference maps, not blinded copies)."""
-    return type(unwrap(layer)).__name__ == "Image" and np.ndim(layer.data) in (3, 4) and not is_map_layer(layer)
+    return type(unwrap(layer)).__name__ == "Image" and np.ndim(layer.data) in (3, 4) and not is_map_layer(layer) \
+        and "review_label" not in layer.metadata
 
 
 class ReviewWidget(QWidget):
@@ -105,7 +106,11 @@ class ReviewWidget(QWidget):
         except RuntimeError:
             return
         self.candidates.clear()
-        for layer in self.viewer.layers:
+        layers = [layer for layer in self.viewer.layers if _reviewable(layer)]
+        for index, layer in self._removed:  # results under review are out of the layer list: keep listing them
+            if layer not in layers:
+                layers.insert(min(index, len(layers)), layer)
+        for layer in layers:
             if _reviewable(layer):
                 item = QListWidgetItem(layer.name)
                 item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)

@@ -48,7 +48,7 @@ def _keep_torch_threads():
 def sample_viewer(make_napari_viewer):
     """A viewer with the plugin's sample data (noisy DWI, clean reference, mask) opened."""
     viewer = make_napari_viewer()
-    viewer.open_sample("dwi-workbench", "dwi_phantom")
+    viewer.open_sample("recon-workbench", "dwi_phantom")
     return viewer
 
 

@@ -2,7 +2,8 @@
 
     QT_API=pyqt6 xvfb-run -a -s "-screen 0 1920x1200x24" python tests/napari/screenshots.py OUT_DIR
 
-Writes train_midrun.png, denoise.png, compare.png, edges.png, attention.png, review.png.
+Writes train_midrun.png, denoise.png, compare.png, edges.png, attention.png, review.png, and for the
+super-resolution task sr_predict.png (``... screenshots.py OUT_DIR sr`` writes only that one).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def _grab(viewer, path: Path, app) -> None:
 
 def _only(viewer, keep) -> None:
     for name in list(viewer.window._dock_widgets):
-        if name not in keep and "dwi-workbench" in name:
+        if name not in keep and "recon-workbench" in name:
             viewer.window._dock_widgets[name].hide()
 
 
@@ -48,18 +49,18 @@ def main(out: Path) -> None:
     viewer = napari.Viewer(show=True)
     app = QApplication.instance()
     viewer.window._qt_window.resize(1500, 980)
-    viewer.open_sample("dwi-workbench", "dwi_phantom")
+    viewer.open_sample("recon-workbench", "dwi_phantom")
     axial_view(viewer)
     viewer.dims.set_current_step(0, 4)
     viewer.reset_view()
 
     # Train, mid-run, after a live weight change
-    dock, train = viewer.window.add_plugin_dock_widget("dwi-workbench", "Train")
+    dock, train = viewer.window.add_plugin_dock_widget("recon-workbench", "Train")
     train.steps.setValue(60)
     train.patch.setValue(16)
     train.filters.setValue(8)
     train.batch.setValue(2)
-    train.run_dir.setText(tempfile.mkdtemp(prefix="dwi-workbench-shot-"))
+    train.run_dir.setText(tempfile.mkdtemp(prefix="recon-workbench-shot-"))
     events = []
     train.start()
     train.worker.yielded.connect(events.append)
@@ -76,7 +77,7 @@ def main(out: Path) -> None:
 
     # Denoise with the model just trained
     _only(viewer, ())
-    _, den = viewer.window.add_plugin_dock_widget("dwi-workbench", "Denoise")
+    _, den = viewer.window.add_plugin_dock_widget("recon-workbench", "Denoise")
     den.mask_combo.set_layer(MASK_NAME)
     den.run()
     _wait(app, lambda: den.worker is None)
@@ -84,7 +85,7 @@ def main(out: Path) -> None:
 
     # Compare: reconstruction vs reference, noisy and MP-PCA, with metrics
     _only(viewer, ())
-    _, cmp = viewer.window.add_plugin_dock_widget("dwi-workbench", "Compare")
+    _, cmp = viewer.window.add_plugin_dock_widget("recon-workbench", "Compare")
     cmp.recon.set_layer(den.output_layer.name)
     cmp.reference.set_layer(CLEAN_NAME)
     cmp.noisy.set_layer(NOISY_NAME)
@@ -101,7 +102,7 @@ def main(out: Path) -> None:
 
     # Edge maps
     _only(viewer, ())
-    _, edges = viewer.window.add_plugin_dock_widget("dwi-workbench", "Edge maps")
+    _, edges = viewer.window.add_plugin_dock_widget("recon-workbench", "Edge maps")
     edges.input.set_layer(NOISY_NAME)
     edges.prediction.set_layer(den.output_layer.name)
     edges.reference.set_layer(CLEAN_NAME)
@@ -116,7 +117,7 @@ def main(out: Path) -> None:
 
     # Attention overlay on the noisy image
     _only(viewer, ())
-    _, att = viewer.window.add_plugin_dock_widget("dwi-workbench", "Attention maps")
+    _, att = viewer.window.add_plugin_dock_widget("recon-workbench", "Attention maps")
     att.mask_combo.set_layer(MASK_NAME)
     att.compute()
     _wait(app, lambda: att.worker is None)
@@ -127,7 +128,7 @@ def main(out: Path) -> None:
 
     # Blinded review
     _only(viewer, ())
-    _, rev = viewer.window.add_plugin_dock_widget("dwi-workbench", "Clinician review")
+    _, rev = viewer.window.add_plugin_dock_widget("recon-workbench", "Clinician review")
     rev.file_picker.setText(str(Path(tempfile.mkdtemp(prefix="review-shot-")) / "review.json"))
     rev.case_edit.setText("phantom-01")
     rev.set_checked([NOISY_NAME, den.output_layer.name, cmp.baseline.currentText()])
@@ -141,5 +142,37 @@ def main(out: Path) -> None:
     viewer.close()
 
 
+def main_sr(out: Path) -> None:
+    """Soil sample x4: the Predict panel's result beside tricubic and the HR reference, in a grid."""
+    import napari
+    from qtpy.QtWidgets import QApplication
+
+    from napari_plugin._layers import axial_view, grid, show_name
+
+    out.mkdir(parents=True, exist_ok=True)
+    viewer = napari.Viewer(show=True)
+    app = QApplication.instance()
+    viewer.window._qt_window.resize(1500, 980)
+    viewer.open_sample("recon-workbench", "soil_sr")
+    _, panel = viewer.window.add_plugin_dock_widget("recon-workbench", "Predict")
+    panel.run()
+    _wait(app, lambda: panel.worker is None)
+    for layer in viewer.layers:
+        layer.visible = True
+        show_name(layer, True)
+    grid(viewer).enabled = True
+    grid(viewer).shape = (2, 2)
+    axial_view(viewer)
+    viewer.dims.set_current_step(2, viewer.dims.nsteps[2] // 2)
+    viewer.reset_view()
+    _grab(viewer, out / "sr_predict.png", app)
+    viewer.close()
+
+
 if __name__ == "__main__":
-    main(Path(sys.argv[1] if len(sys.argv) > 1 else "screenshots"))
+    target = Path(sys.argv[1] if len(sys.argv) > 1 else "screenshots")
+    if sys.argv[2:] == ["sr"]:
+        main_sr(target)
+    else:
+        main(target)
+        main_sr(target)

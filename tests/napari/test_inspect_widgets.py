@@ -21,7 +21,7 @@ def _add_reconstruction(viewer):
 
 
 def test_denoise_from_checkpoint_file(sample_viewer, qtbot, tiny_checkpoint):
-    _, den = sample_viewer.window.add_plugin_dock_widget("dwi-workbench", "Denoise")
+    _, den = sample_viewer.window.add_plugin_dock_widget("recon-workbench", "Denoise")
     den.source.from_file.setChecked(True)
     den.source.checkpoint.setText(str(tiny_checkpoint))
     den.mask_combo.set_layer(MASK_NAME)
@@ -46,7 +46,7 @@ def test_denoise_from_checkpoint_file(sample_viewer, qtbot, tiny_checkpoint):
 
 
 def test_denoise_without_model_says_what_to_do(sample_viewer):
-    _, den = sample_viewer.window.add_plugin_dock_widget("dwi-workbench", "Denoise")
+    _, den = sample_viewer.window.add_plugin_dock_widget("recon-workbench", "Denoise")
     den.run()
     assert den.worker is None and den.status.is_error and "Train panel" in den.status.text()
     assert any("Train panel" in m for m in error_notifications())
@@ -55,7 +55,7 @@ def test_denoise_without_model_says_what_to_do(sample_viewer):
 def test_compare_view_grid_difference_metrics_follow_volume_and_baseline(sample_viewer, qtbot):
     viewer = sample_viewer
     recon = _add_reconstruction(viewer)
-    _, cmp = viewer.window.add_plugin_dock_widget("dwi-workbench", "Compare")
+    _, cmp = viewer.window.add_plugin_dock_widget("recon-workbench", "Compare")
     # sensible defaults with the sample data: reference, noisy input and mask are filled in
     assert (cmp.reference.currentText(), cmp.noisy.currentText(), cmp.mask.currentText()) == \
         (CLEAN_NAME, NOISY_NAME, MASK_NAME)
@@ -103,7 +103,7 @@ def test_edge_maps_use_the_edge_loss_operator(sample_viewer, qtbot):
 
     viewer = sample_viewer
     recon = _add_reconstruction(viewer)
-    _, edges = viewer.window.add_plugin_dock_widget("dwi-workbench", "Edge maps")
+    _, edges = viewer.window.add_plugin_dock_widget("recon-workbench", "Edge maps")
     edges.input.set_layer(NOISY_NAME)
     edges.prediction.set_layer(recon.name)
     edges.reference.set_layer(CLEAN_NAME)
@@ -126,7 +126,7 @@ def test_attention_overlay_for_current_volume(sample_viewer, qtbot, tiny_checkpo
     from workbench.inference import Denoiser
 
     viewer = sample_viewer
-    _, att = viewer.window.add_plugin_dock_widget("dwi-workbench", "Attention maps")
+    _, att = viewer.window.add_plugin_dock_widget("recon-workbench", "Attention maps")
     att.source.from_file.setChecked(True)
     att.source.checkpoint.setText(str(tiny_checkpoint))
     att.mask_combo.set_layer(MASK_NAME)
@@ -138,7 +138,11 @@ def test_attention_overlay_for_current_volume(sample_viewer, qtbot, tiny_checkpo
     assert blocks == list(att.maps)
     overlay = att.overlay
     assert overlay.data.shape == (32, 32, 16) and 0.0 <= overlay.data.min() and overlay.data.max() <= 1.0
-    assert overlay.blending == "additive" and overlay.metadata["attention_block"] == att.block.currentText()
+    assert overlay.blending == "translucent" and overlay.metadata["attention_block"] == att.block.currentText()
+    # readable: the colour map is transparent at low attention, and only above-median attention is coloured
+    alpha = overlay.colormap.colors[:, 3]
+    assert alpha[0] == 0.0 and alpha[-1] == 1.0 and np.all(np.diff(alpha) >= 0)
+    assert overlay.contrast_limits[0] == pytest.approx(float(np.median(overlay.data)), abs=1e-6)
 
     noisy = viewer.layers[NOISY_NAME]
     den = Denoiser.from_checkpoint(tiny_checkpoint)
@@ -154,4 +158,4 @@ def test_attention_overlay_for_current_volume(sample_viewer, qtbot, tiny_checkpo
         np.testing.assert_allclose(att.overlay.data, expected[blocks[-1]], atol=1e-5)
     att.colormap.setCurrentText("viridis")
     att.opacity.setValue(0.3)
-    assert att.overlay.colormap.name == "viridis" and att.overlay.opacity == pytest.approx(0.3)
+    assert att.overlay.colormap.name == "viridis (fading)" and att.overlay.opacity == pytest.approx(0.3)

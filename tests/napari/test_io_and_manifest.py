@@ -22,15 +22,15 @@ def written_phantom(tmp_path_factory):
 def test_manifest_is_valid_and_lists_every_contribution():
     from npe2 import PluginManifest
 
-    pm = PluginManifest.from_distribution("dwi-workbench")
+    pm = PluginManifest.from_distribution("recon-workbench")
     pm.validate_imports()  # every python_name resolves
     c = pm.contributions
     assert [r.filename_patterns for r in c.readers] == [["*.nii", "*.nii.gz"]]
     assert {tuple(w.layer_types) for w in c.writers} == {("image",), ("labels",)}
-    assert [s.key for s in c.sample_data] == ["dwi_phantom"]
-    assert {w.display_name for w in c.widgets} == {"Train", "Denoise", "Compare", "Edge maps", "Attention maps",
-                                                    "Clinician review"}
-    result = subprocess.run(["npe2", "validate", "dwi-workbench"], capture_output=True, text=True)
+    assert [s.key for s in c.sample_data] == ["dwi_phantom", "soil_sr", "chest_sr"]
+    assert {w.display_name for w in c.widgets} == {"Train", "Denoise", "Predict", "Compare", "Edge maps",
+                                                    "Attention maps", "Clinician review"}
+    result = subprocess.run(["npe2", "validate", "recon-workbench"], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -38,9 +38,9 @@ def test_widgets_are_listed_under_the_plugins_menu(make_napari_viewer):
     viewer = make_napari_viewer()
     menubar = viewer.window._qt_window.menuBar()
     plugins = next(a.menu() for a in menubar.actions() if "Plugins" in a.text())
-    ours = next(a.menu() for a in plugins.actions() if a.text() == "DWI Reconstruction Workbench")
-    assert [a.text() for a in ours.actions()] == ["Train", "Denoise", "Compare", "Edge maps", "Attention maps",
-                                                 "Clinician review"]
+    ours = next(a.menu() for a in plugins.actions() if a.text() == "Reconstruction Workbench")  # task-generic
+    assert [a.text() for a in ours.actions()] == ["Train", "Denoise", "Predict", "Compare", "Edge maps",
+                                                 "Attention maps", "Clinician review"]
     ours.actions()[0].trigger()  # opens the Train panel from the menu
     assert any("Train" in name for name in viewer.window.dock_widgets)
 
@@ -80,11 +80,11 @@ def test_writer_round_trip_keeps_affine_header_and_gradients(written_phantom, tm
 
     p, files = written_phantom
     viewer = make_napari_viewer()
-    layers = viewer.open(str(files["dwi"]), plugin="dwi-workbench")
+    layers = viewer.open(str(files["dwi"]), plugin="recon-workbench")
     (layer,) = layers
     assert viewer.dims.ndim == 4 and layer.data.shape[0] == p.noisy.shape[3]
     out = tmp_path / "copy.nii.gz"
-    written = layer.save(str(out), plugin="dwi-workbench")
+    written = layer.save(str(out), plugin="recon-workbench")
     assert str(out) in written
     img, src = nib.load(str(out)), nib.load(str(files["dwi"]))
     np.testing.assert_allclose(img.affine, src.affine)
@@ -95,9 +95,9 @@ def test_writer_round_trip_keeps_affine_header_and_gradients(written_phantom, tm
     (data, kwargs, _), = read_nifti(str(out))
     np.testing.assert_allclose(kwargs["metadata"]["bvals"], p.bvals)
 
-    mask_layer = viewer.open(str(files["mask"]), plugin="dwi-workbench")[0]
+    mask_layer = viewer.open(str(files["mask"]), plugin="recon-workbench")[0]
     mask_out = tmp_path / "mask_copy.nii.gz"
-    mask_layer.save(str(mask_out), plugin="dwi-workbench")
+    mask_layer.save(str(mask_out), plugin="recon-workbench")
     np.testing.assert_array_equal(np.asarray(nib.load(str(mask_out)).dataobj) > 0, p.mask)
     np.testing.assert_allclose(nib.load(str(mask_out)).affine, p.affine)
 
@@ -111,7 +111,7 @@ def test_sample_data_gives_noisy_clean_and_mask_on_one_grid(make_napari_viewer):
     from napari_plugin._sample_data import CLEAN_NAME, MASK_NAME, NOISY_NAME
 
     viewer = make_napari_viewer()
-    viewer.open_sample("dwi-workbench", "dwi_phantom")
+    viewer.open_sample("recon-workbench", "dwi_phantom")
     noisy, clean, mask = (viewer.layers[n] for n in (NOISY_NAME, CLEAN_NAME, MASK_NAME))
     assert noisy.data.shape == clean.data.shape == (22, 32, 32, 16)
     assert mask.data.shape == (32, 32, 16) and type(mask).__name__ == "Labels"

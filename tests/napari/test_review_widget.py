@@ -14,7 +14,7 @@ from napari_plugin._sample_data import CLEAN_NAME, NOISY_NAME
 
 
 def _review_widget(viewer, path):
-    _, widget = viewer.window.add_plugin_dock_widget("dwi-workbench", "Clinician review")
+    _, widget = viewer.window.add_plugin_dock_widget("recon-workbench", "Clinician review")
     widget.file_picker.setText(str(path))
     widget.case_edit.setText("sub-01")
     widget.reviewer_edit.setText("Dr Test")
@@ -33,7 +33,7 @@ def test_review_blinded_saved_after_each_answer_resumed_and_exported(make_napari
     names = [NOISY_NAME, CLEAN_NAME, "smoothed result"]
 
     viewer = make_napari_viewer()
-    viewer.open_sample("dwi-workbench", "dwi_phantom")
+    viewer.open_sample("recon-workbench", "dwi_phantom")
     _add_third(viewer)
     widget = _review_widget(viewer, path)
     widget.set_checked(names)
@@ -52,6 +52,10 @@ def test_review_blinded_saved_after_each_answer_resumed_and_exported(make_napari
         assert layer.name == f"Image {label}" and layer.data is arrays[name]
         assert layer.metadata == {"review_label": label}
     assert not any(n in viewer.layers for n in names)  # result names are out of sight while blinded
+    # ... but the list still offers them (and no blinded copy), so the reviewer can go back to this case
+    listed = [widget.candidates.item(i).text() for i in range(widget.candidates.count())]
+    assert sorted(listed) == sorted(names)  # no blinded copy ("Image A") among them
+    assert sorted(widget.checked_names()) == sorted(names)
     assert [layer.name for layer in viewer.layers if layer.visible] == ["Image A", "Image B", "Image C"]
     assert grid(viewer).enabled
     assert len({tuple(layer.contrast_limits) for layer in widget.blind_layers.values()}) == 1
@@ -79,7 +83,7 @@ def test_review_blinded_saved_after_each_answer_resumed_and_exported(make_napari
     # closing napari mid-review loses nothing: a new viewer + the same file continues the case
     viewer.close()
     viewer2 = make_napari_viewer()
-    viewer2.open_sample("dwi-workbench", "dwi_phantom")
+    viewer2.open_sample("recon-workbench", "dwi_phantom")
     _add_third(viewer2)
     widget2 = _review_widget(viewer2, path)
     widget2.set_checked(names)
@@ -115,7 +119,7 @@ def test_review_refuses_other_results_for_the_same_case(make_napari_viewer, tmp_
     store = ReviewStore(path)
     store.open_case("sub-01", ["x", "y"], seed=1)
     viewer = make_napari_viewer()
-    viewer.open_sample("dwi-workbench", "dwi_phantom")
+    viewer.open_sample("recon-workbench", "dwi_phantom")
     widget = _review_widget(viewer, path)
     widget.set_checked([NOISY_NAME, CLEAN_NAME])
     widget.start()

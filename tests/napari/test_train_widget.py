@@ -13,7 +13,7 @@ from napari_plugin._sample_data import NOISY_NAME
 
 
 def _train_widget(viewer, run_dir: Path):
-    _, widget = viewer.window.add_plugin_dock_widget("dwi-workbench", "Train")
+    _, widget = viewer.window.add_plugin_dock_widget("recon-workbench", "Train")
     tiny_settings(widget)
     widget.run_dir.setText(str(run_dir))
     assert widget.layer_combo.currentText() == NOISY_NAME
@@ -64,7 +64,7 @@ def test_train_change_weight_stop_resume_then_denoise(sample_viewer, qtbot, tmp_
     assert widget.plot.steps[-1] == stopped_at + 2
 
     # denoise with a snapshot of the model that was just trained
-    _, den = viewer.window.add_plugin_dock_widget("dwi-workbench", "Denoise")
+    _, den = viewer.window.add_plugin_dock_widget("recon-workbench", "Denoise")
     den.run()
     wait_idle(qtbot, den)
     assert den.last_error is None, den.last_error

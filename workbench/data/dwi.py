@@ -84,6 +84,10 @@ def prepare_subject(
     """Normalise a (X, Y, Z, N) series by the 99.5th percentile inside the mask and build its priors."""
     if data.ndim != 4:
         raise InputError(f"expected a 4D series (X, Y, Z, N), got shape {data.shape}")
+    if bvals is not None and bvecs is not None:
+        from workbench.data.nifti import check_gradients
+
+        check_gradients(bvals, bvecs)
     if mask is None:
         mask = compute_mask(data, bvals) if cfg.mask == "auto" else np.ones(data.shape[:3], bool)
     mask = np.asarray(mask).astype(bool)

@@ -74,6 +74,16 @@ def load_volume(path: str | os.PathLike, what: str = "image") -> tuple[np.ndarra
     return data, img.affine.copy(), img.header.copy()
 
 
+def volume_shape(path: str | os.PathLike, what: str = "image") -> tuple[int, ...]:
+    """The array shape from a NIfTI header (no voxel data read)."""
+    path = Path(path)
+    _require_file(path, what)
+    try:
+        return tuple(int(n) for n in nib.load(str(path)).shape)
+    except Exception as exc:
+        raise InputError(f"cannot read {what} {path} as NIfTI ({type(exc).__name__}: {exc})") from exc
+
+
 def find_gradient_files(path: str | os.PathLike) -> tuple[Optional[Path], Optional[Path]]:
     """The ``.bval``/``.bvec`` files beside a NIfTI file (FSL/BIDS naming), or None."""
     stem = strip_nifti_suffix(path)
@@ -102,7 +112,32 @@ def read_bvals_bvecs(bval_path: str | os.PathLike, bvec_path: str | os.PathLike)
         raise InputError(f"{bvec_path} must hold 3 rows (x, y, z) of N columns, got shape {bvecs.shape}")
     if len(bvals) != len(bvecs):
         raise InputError(f"{bval_path.name} has {len(bvals)} b-values but {bvec_path.name} has {len(bvecs)} vectors")
+    check_gradients(bvals, bvecs, f"{bval_path.name}/{bvec_path.name}")
     return bvals, bvecs
+
+
+#: b-vectors of diffusion-weighted volumes may deviate this much from unit length (rounding in files)
+BVEC_NORM_TOLERANCE = 0.1
+B0_MAX = 50.0
+
+
+def check_gradients(bvals, bvecs, where: str = "gradient table") -> None:
+    """Refuse impossible gradient tables before any work: NaN/Inf, negative b-values, and
+    b-vectors far from unit length where b > 50 s/mm^2 (one line naming the volume and the fix)."""
+    bvals, bvecs = np.asarray(bvals, float).reshape(-1), np.asarray(bvecs, float).reshape(len(bvals), -1)
+    bad = np.flatnonzero(~np.isfinite(bvals) | ~np.isfinite(bvecs).all(axis=1))
+    if bad.size:
+        raise InputError(f"{where}: volume {bad[0]} has a NaN/Inf b-value or b-vector ({bad.size} volumes in all): "
+                         "fix the bval/bvec files")
+    neg = np.flatnonzero(bvals < 0)
+    if neg.size:
+        raise InputError(f"{where}: volume {neg[0]} has a negative b-value ({bvals[neg[0]]:g}): b-values are "
+                         "s/mm^2 >= 0; fix the bval file")
+    norms = np.linalg.norm(bvecs, axis=1)
+    off = np.flatnonzero((bvals > B0_MAX) & (np.abs(norms - 1.0) > BVEC_NORM_TOLERANCE))
+    if off.size:
+        raise InputError(f"{where}: volume {off[0]} (b={bvals[off[0]]:g}) has a b-vector of length "
+                         f"{norms[off[0]]:.3g}, not 1: fix the bvec file (rows x, y, z of unit vectors)")
 
 
 def check_finite(data: np.ndarray, nan_to_zero: bool, what: str = "input") -> np.ndarray:

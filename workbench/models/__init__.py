@@ -9,8 +9,9 @@ object with ``name``, ``base_filters``, ``embedding_dim`` and ``use_cbam`` attri
 
 from __future__ import annotations
 
+import inspect
 import math
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -22,38 +23,46 @@ from workbench.models.denoiser import DenoiserNet
 from workbench.models.frequency import FrequencyDomainNet
 from workbench.models.multiscale import MultiScaleDetailNet
 from workbench.models.progressive import ProgressiveDetailNet
+from workbench.models.sr import RRDBSuperResNet
 
 Tensor = torch.Tensor
 
-MODELS: dict[str, type[ConditionedReconNet]] = {
+MODELS: dict[str, type[nn.Module]] = {
     "denoiser": DenoiserNet,
     "multiscale": MultiScaleDetailNet,
     "progressive": ProgressiveDetailNet,
     "frequency": FrequencyDomainNet,
+    "rrdb_sr": RRDBSuperResNet,
 }
 
 __all__ = [
     "MODELS", "build_model", "collect_attention_maps", "model_summary", "ConditionedReconNet",
-    "DenoiserNet", "MultiScaleDetailNet", "ProgressiveDetailNet", "FrequencyDomainNet",
+    "DenoiserNet", "MultiScaleDetailNet", "ProgressiveDetailNet", "FrequencyDomainNet", "RRDBSuperResNet",
 ]
 
 
-def build_model(cfg: Any, *, in_channels: int, out_channels: int = 1, num_conditions: int = 1,
-                residual_channel: Optional[int] = None) -> ConditionedReconNet:
-    """Build ``MODELS[cfg.name]`` from a model config (``name``, ``base_filters``,
-    ``embedding_dim``, ``use_cbam``) and the task's channel counts."""
+def build_model(cfg: Any, **spec: Any) -> nn.Module:
+    """Build ``MODELS[cfg.name]`` from a model config and the task's model spec.
+
+    ``spec`` holds what the task's data decides (``in_channels``, ``out_channels``,
+    ``num_conditions``, ``residual_channel``, ``scale`` ...); the config gives the size
+    (``base_filters``, ``embedding_dim``, ``use_cbam``) and ``cfg.options`` any further
+    constructor arguments. Keys the model's constructor does not take are dropped from
+    the generic settings; an unknown key in ``cfg.options`` is an error naming the known ones.
+    """
     name = str(cfg.name)
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}")
-    return MODELS[name](
-        in_channels=in_channels,
-        out_channels=out_channels,
-        num_conditions=num_conditions,
-        base_filters=int(cfg.base_filters),
-        embedding_dim=int(cfg.embedding_dim),
-        use_cbam=bool(cfg.use_cbam),
-        residual_channel=residual_channel,
-    )
+    cls = MODELS[name]
+    params = inspect.signature(cls).parameters
+    options = dict(getattr(cfg, "options", None) or {})
+    unknown = sorted(set(options) - set(params))
+    if unknown:
+        raise ValueError(f"model {name!r} takes no option(s) {unknown}; its arguments: {', '.join(params)}")
+    generic = {"base_filters": int(cfg.base_filters), "embedding_dim": int(cfg.embedding_dim),
+               "use_cbam": bool(cfg.use_cbam), **spec}
+    kwargs = {k: v for k, v in generic.items() if k in params}
+    return cls(**kwargs, **options)
 
 
 def _to_input_size(m: Tensor, size: tuple[int, int, int]) -> Tensor:

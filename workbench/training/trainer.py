@@ -18,23 +18,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional
 
-import numpy as np
 import torch
 
 from workbench.config import Config, save_config
 from workbench.io_utils import InputError
-from workbench.losses import CompositeLoss, LossWeights, mse
+from workbench.losses import CompositeLoss, LossWeights
 from workbench.training import distributed as wdist
 from workbench.training.checkpoint import (
     capture_rng_state, check_compatible, config_differences, load_checkpoint, restore_rng_state, save_checkpoint)
 from workbench.training.events import Callback, Failed, Finished, StepEnd, Validation, WeightsChanged
 from workbench.training.run_log import RunLog
 from workbench.training.sampling import Batch, PatchSampler
+from workbench.training.steps import StepContext, resolve_step
 from workbench.training.schedules import (
     amp_settings, build_optimizer, build_scheduler, load_scheduler_state, steps_per_iteration)
-
-SLICE_AXIS = -1
-"""Volumes keep the NIfTI (x, y, z) order, so preview slices cut the last axis (middle z)."""
 
 RESUME_KEYS = ("optimizer_state", "scheduler_state", "scaler_state", "rng", "sampler_generator_state",
                "best_loss", "bad_validations", "loss_weights", "loss_weights_history", "val_history")
@@ -84,11 +81,15 @@ class Trainer:
         ``name, in_channels, out_channels, num_conditions, residual_channel``; checked on resume.
     task_meta : dict, optional
         Task-defined data stored in checkpoints (e.g. normalisation scale).
+    step : callable, optional
+        The objective ``step(model, batch, ctx) -> StepOutput``
+        (:mod:`workbench.training.steps`); default: the model's ``objective``, else
+        :func:`~workbench.training.steps.supervised_step`.
     """
 
     def __init__(self, model: torch.nn.Module, sampler: PatchSampler, config: Config, *,
                  out_dir=None, callbacks: Iterable[Callback] = (), loss_weights: Optional[LossWeights] = None,
-                 model_meta: Optional[dict] = None, task_meta: Optional[dict] = None):
+                 model_meta: Optional[dict] = None, task_meta: Optional[dict] = None, step=None):
         tc = config.train
         self.config = config
         if tc.threads:
@@ -105,14 +106,17 @@ class Trainer:
         self.run_dir = None if out_dir is None else Path(out_dir)
         self.writes = self.run_dir is not None and self.dist.is_main
         self.callbacks = list(callbacks)
+        # weights handed in by a front end are the user's: resume keeps them (moved while stopped)
+        self._caller_weights = loss_weights is not None
         self.loss_weights = loss_weights if loss_weights is not None else LossWeights(config.loss.weights)
         # the loss reads a private copy, refreshed at step boundaries: a change takes effect at an exact step
         self._active_weights = LossWeights(self.loss_weights.get())
         self.criterion = CompositeLoss(self._active_weights, charbonnier_eps=config.loss.charbonnier_eps)
+        self.step_fn = resolve_step(self.raw_model, step)
         self.model_meta = dict(model_meta) if model_meta is not None else {
-            "name": config.model.name, **{k: getattr(model, k) for k in
-                                          ("in_channels", "out_channels", "num_conditions", "residual_channel")
-                                          if hasattr(model, k)}}
+            "name": config.model.name if type(model) is _registered(config.model.name) else type(model).__name__,
+            **{k: getattr(model, k) for k in ("in_channels", "out_channels", "num_conditions", "residual_channel")
+               if hasattr(model, k)}}
         self.task_meta = dict(task_meta or {})
         self.optimizer = build_optimizer(self.raw_model.parameters(), tc)
         self.scheduler = build_scheduler(self.optimizer, tc)
@@ -222,10 +226,11 @@ class Trainer:
             last = micro == accum - 1
             batch = self.sampler.sample(self.config.data.batch_size, self.generator).to(self.device)
             sync = self.model.no_sync() if self.dist.distributed and not last else nullcontext()
+            ctx = StepContext(self.criterion, self.generator, True, self.step)
             with sync:
                 with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
-                    pred = self.model(batch.input, batch.cond)
-                loss, terms = self.criterion(pred.float(), batch.target, batch.mask)
+                    out = self.step_fn(self.model, batch, ctx)
+                loss, terms = out.loss.float(), out.terms
                 self.scaler.scale(loss / accum).backward()
             value, stop = self._reduce_loss(loss.detach())
             if not math.isfinite(value):
@@ -256,16 +261,15 @@ class Trainer:
         count, images = 0, {}
         for i in range(self.dist.rank, len(batches), self.dist.world_size):
             b = batches[i].to(self.device)
+            # a fixed generator per batch: a stochastic objective (diffusion) gives a deterministic val loss
+            ctx = StepContext(self.criterion, torch.Generator().manual_seed(tc.seed + 1000 + i), False, self.step)
             with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
-                pred = self._eval_model(b.input, b.cond)
-            pred = pred.float()
-            loss, terms = self.criterion(pred, b.target, b.mask)
-            for k, v in {"loss": float(loss), **terms, "heldout_mse": float(mse(pred, b.target, b.mask))}.items():
+                out = self.step_fn(self._eval_model, b, ctx)
+            for k, v in {"loss": float(out.loss), **out.terms}.items():
                 sums[k] = sums.get(k, 0.0) + v
             count += 1
             if i == 0:
-                images = {name: _middle_slice(t[0, 0]) for name, t in
-                          (("input", b.input), ("prediction", pred), ("target", b.target))}
+                images = dict(out.images)
         self.model.train()
         total: dict[str, float] = {}
         n = 0
@@ -384,12 +388,14 @@ class Trainer:
         self.bad_validations = int(ckpt["bad_validations"])
         self.val_history = [dict(h) for h in ckpt["val_history"]]
         self.weights_history = [dict(h) for h in ckpt["loss_weights_history"]]
-        for weights in (self.loss_weights, self._active_weights):
-            current = weights.get()
-            for name, value in ckpt["loss_weights"].items():
-                if current.get(name) != value:
-                    weights.set(name, value, step=self.step)
-        self._weights_version = self.loss_weights.version
+        # the loss continues with the checkpoint's weights; a front end's weights that differ (moved while
+        # stopped) then take effect at the next step as recorded WeightsChanged events, not silently reset
+        for weights in (self._active_weights,) if self._caller_weights else (self.loss_weights, self._active_weights):
+            current, saved = weights.get(), ckpt["loss_weights"]
+            for name in sorted(set(current) | set(saved)):
+                if float(current.get(name, 0.0)) != float(saved.get(name, 0.0)):
+                    weights.set(name, float(saved.get(name, 0.0)), step=self.step)
+        self._weights_version = -1 if self._caller_weights else self.loss_weights.version
         restore_rng_state(ckpt["rng"])
         self.generator.set_state(ckpt["sampler_generator_state"])
         per_rank = ckpt.get("rank_rng") or []
@@ -401,7 +407,8 @@ class Trainer:
         self._saved_step = self.step
 
 
-def _middle_slice(volume: torch.Tensor) -> np.ndarray:
-    """Middle slice along :data:`SLICE_AXIS` of a (D, H, W) tensor, as float32 numpy."""
-    v = volume.detach().float().cpu()
-    return v.select(SLICE_AXIS, v.shape[SLICE_AXIS] // 2).numpy().astype(np.float32, copy=True)
+
+def _registered(name: str):
+    from workbench.models import MODELS
+
+    return MODELS.get(name)

@@ -1,0 +1,115 @@
+"""Predict panel: apply a task's network (a checkpoint, or the one shipped with the task) to an image layer.
+
+Task-generic: the tasks offered are those with :meth:`~workbench.tasks.base.Task.predict_array`;
+their choices (``Task.predict_choices``, e.g. the scale) become combo boxes. The result
+lands on its own grid (scale and translate from the affine the task returns), so an
+x4 super-resolved volume overlays its LR input and HR reference in world coordinates.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+from qtpy.QtWidgets import QComboBox, QFormLayout, QVBoxLayout, QWidget
+
+from napari_plugin._layers import add_or_update_image, dwi_metadata, layer_affine, spatial_kwargs
+from napari_plugin._widgets._common import (
+    LayerCombo, PathPicker, outer_layout, report_failure, show_error_notification,
+)
+from napari_plugin._widgets._lifecycle import WorkerPanel
+
+
+def _predictable_tasks() -> list:
+    from workbench.tasks import TASKS
+    from workbench.tasks.base import Task
+
+    return [t for t in TASKS.values() if type(t).predict_array is not Task.predict_array]
+
+
+def _is_3d_image(layer) -> bool:
+    return type(getattr(layer, "__wrapped__", layer)).__name__ == "Image" and np.ndim(layer.data) == 3
+
+
+class PredictWidget(WorkerPanel, QWidget):
+    def __init__(self, napari_viewer, parent: Optional[QWidget] = None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.output_layer = None
+        self.last_error: Optional[BaseException] = None
+        content = QWidget()
+        root = QVBoxLayout(content)
+        form = QFormLayout()
+        self.task_combo = QComboBox()
+        self.tasks = {t.label: t for t in _predictable_tasks()}
+        self.task_combo.addItems(list(self.tasks))
+        self.layer_combo = LayerCombo(self.viewer, _is_3d_image,
+                                      prefer=lambda l: l.metadata.get("role") == self.task().view.input_role)
+        self.checkpoint = PathPicker(file_filter="Checkpoints (*.pt)",
+                                     placeholder="empty: the network shipped with the workbench")
+        form.addRow("Task", self.task_combo)
+        form.addRow("Input layer", self.layer_combo)
+        form.addRow("Checkpoint", self.checkpoint)
+        self.choice_boxes: dict[str, QComboBox] = {}
+        self.choice_form = form
+        root.addLayout(form)
+        self.task_combo.currentTextChanged.connect(self._task_changed)
+        self._task_changed()
+        self.add_run_controls(root, "Predict", "Stop", "tile %v of %m",
+                              "Choose a layer (e.g. File > Open Sample > soil), then press Predict.")
+        outer_layout(self, content)
+
+    def task(self):
+        return self.tasks[self.task_combo.currentText()]
+
+    def _task_changed(self, *_):
+        for name, box in list(self.choice_boxes.items()):
+            self.choice_form.removeRow(box)
+        self.choice_boxes = {}
+        for name, values in self.task().predict_choices.items():
+            box = QComboBox()
+            box.addItems([str(v) for v in values])
+            self.choice_form.addRow(name.capitalize(), box)
+            self.choice_boxes[name] = box
+
+    def choices(self) -> dict:
+        task = self.task()
+        return {name: type(task.predict_choices[name][0])(box.currentText())
+                for name, box in self.choice_boxes.items()}
+
+    def run(self) -> None:
+        from napari_plugin._workers import Control, predict_worker
+
+        if self.worker is not None:
+            return
+        layer = self.layer_combo.layer()
+        if layer is None:
+            msg = "Open a 3D image first (File > Open Sample has soil and chest-CT samples)"
+            self.status.error(msg)
+            show_error_notification(msg)
+            return
+        self._input, self.last_error = layer, None
+        self.progress.setValue(0)
+        control = Control()
+        self.start_worker(predict_worker(self.task().name, np.asarray(layer.data, np.float32), layer_affine(layer),
+                                         self.choices(), self.checkpoint.text() or None, control=control), control)
+
+    def _on_returned(self, out) -> None:
+        if out is None:
+            self.status.info("Stopped: no layer was added.")
+            return
+        array, affine = out
+        task, layer = self.task(), self._input
+        spec = {s.role: s for s in task.view.layers}[task.view.output_role]
+        name = f"{layer.name} -> {spec.label}"
+        source = self.checkpoint.text() or "shipped network"
+        meta = {**dwi_metadata(affine, is_4d=False), "role": task.view.output_role, "task": task.name,
+                "input_layer": layer.name, "model": source}
+        kwargs = {"name": name, "axis_labels": ("x", "y", "z"), **spatial_kwargs(affine, 3), "metadata": meta}
+        self.output_layer = add_or_update_image(self.viewer, array, kwargs,
+                                                contrast_limits=tuple(layer.contrast_limits))
+        self.status.info(f"Done: new layer '{name}' {array.shape} ({source}).")
+
+    def _on_error(self, exc: BaseException) -> None:
+        self.last_error = exc
+        report_failure(self.status, "Prediction", exc)

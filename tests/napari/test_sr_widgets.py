@@ -1,0 +1,61 @@
+"""The super-resolution task in napari: samples on their grids, the generic Predict panel, Stop."""
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture
+def soil_viewer(make_napari_viewer):
+    viewer = make_napari_viewer()
+    viewer.open_sample("recon-workbench", "soil_sr")
+    return viewer
+
+
+def _world_centre(layer, index):
+    return np.asarray(layer.data_to_world(np.asarray(index, float)))
+
+
+def test_soil_sample_layers_overlay_in_world_coordinates(soil_viewer):
+    names = [layer.name for layer in soil_viewer.layers]
+    assert names == ["soil LR input", "soil tricubic", "soil HR reference"]
+    lr, hr = soil_viewer.layers["soil LR input"], soil_viewer.layers["soil HR reference"]
+    assert tuple(hr.data.shape) == tuple(4 * s for s in lr.data.shape)
+    # LR voxel (i, j, k) sits at the centre of HR voxels 4i .. 4i+3
+    for idx in ([0, 0, 0], [3, 5, 7]):
+        hr_block_centre = np.asarray(idx) * 4 + 1.5
+        assert np.allclose(_world_centre(lr, idx), _world_centre(hr, hr_block_centre), atol=1e-6)
+    assert np.allclose(soil_viewer.layers["soil tricubic"].scale, hr.scale)
+
+
+def test_predict_panel_adds_sr_on_the_hr_grid(soil_viewer, qtbot):
+    _, panel = soil_viewer.window.add_plugin_dock_widget("recon-workbench", "Predict")
+    assert panel.task().name == "sr" and panel.layer_combo.layer().name == "soil LR input"
+    assert panel.choices() == {"scale": 4}
+    panel.run()
+    qtbot.waitUntil(lambda: panel.worker is None, timeout=120_000)
+    assert panel.last_error is None, panel.last_error
+    out = panel.output_layer
+    hr = soil_viewer.layers["soil HR reference"]
+    assert out.data.shape == hr.data.shape
+    assert np.allclose(out.scale, hr.scale) and np.allclose(out.translate, hr.translate)
+    assert out.metadata["role"] == "sr" and "shipped" in panel.status.text()
+    err_sr = np.abs(out.data - hr.data).mean()
+    err_tri = np.abs(soil_viewer.layers["soil tricubic"].data - hr.data).mean()
+    assert err_sr < err_tri
+
+
+def test_predict_panel_stop_adds_no_layer(soil_viewer, qtbot):
+    _, panel = soil_viewer.window.add_plugin_dock_widget("recon-workbench", "Predict")
+    n = len(soil_viewer.layers)
+    panel.run()
+    panel.cancel()
+    qtbot.waitUntil(lambda: panel.worker is None, timeout=60_000)
+    assert len(soil_viewer.layers) == n and "Stopped" in panel.status.text()
+
+
+def test_predict_panel_refuses_a_checkpoint_of_another_task(soil_viewer, qtbot, tiny_checkpoint):
+    _, panel = soil_viewer.window.add_plugin_dock_widget("recon-workbench", "Predict")
+    panel.checkpoint.setText(str(tiny_checkpoint))
+    panel.run()
+    qtbot.waitUntil(lambda: panel.worker is None, timeout=60_000)
+    assert panel.last_error is not None and "not super-resolution" in panel.status.text()

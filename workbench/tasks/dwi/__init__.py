@@ -1,0 +1,1 @@
+"""The `dwi` task: self-supervised (J-invariant) denoising of diffusion-weighted MRI."""

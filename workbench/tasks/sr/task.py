@@ -1,0 +1,217 @@
+"""The `sr` task: 3D CT super-resolution (seed 003 stage 2), x2 / x4, on the task layer.
+
+The workflow functions live in :mod:`workbench.tasks.sr.workflow`; this module is the
+task's registry face (default config, viewer layout, baselines) and its command line::
+
+    workbench sr simulate OUT_DIR [--kind soil|chest] [--scale 2|4] [--n N] [--size S] [--seed K]
+    workbench sr degrade HR.nii.gz -o LR.nii.gz --scale 4 [--seed K]
+    workbench sr train DATA_DIR ... --out RUN_DIR [--scale 4] [--config cfg.yaml] [--resume]
+    workbench sr predict LR.nii.gz -o SR.nii.gz [--scale 4] [--checkpoint CKPT]
+    workbench sr baseline nearest|trilinear|tricubic LR.nii.gz -o OUT.nii.gz --scale 4
+    workbench sr evaluate SR.nii.gz --reference HR.nii.gz [--json]
+    workbench sr demo [--out DIR]
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Literal
+
+from pydantic import Field
+
+from workbench.tasks.base import LayerSpec, Task, TaskOptions, ViewSpec
+
+SCALES = (2, 4, 8)
+BASELINES = ("nearest", "trilinear", "tricubic")
+
+
+class SrOptions(TaskOptions):
+    """Settings of the super-resolution task (``Config.options``)."""
+
+    scale: Literal[2, 4, 8] = Field(4, description="upscaling factor per axis")
+    inplane: bool = Field(False, description="upscale x and y only; the slice axis keeps its spacing")
+    lr_patch: int = Field(16, ge=4, le=128, description="LR training patch edge (HR patch = lr_patch * scale)")
+    kind: Literal["ct", "soil"] = Field("ct", description="metrics: 'soil' adds porosity and two-point correlation")
+
+
+class SrTask(Task):
+    name = "sr"
+    label = "CT super-resolution"
+    summary = "3D RRDB + PixelShuffle network, x2/x4 on the HR grid, ahead of tricubic (soil micro-CT, chest CT)"
+    options_model = SrOptions
+    baselines = BASELINES
+    models = ("rrdb_sr",)
+    view = ViewSpec(
+        layers=(LayerSpec("lr", "LR input", on_output_grid=False), LayerSpec("tricubic", "tricubic"),
+                LayerSpec("sr", "super-resolved"), LayerSpec("hr", "HR reference")),
+        input_role="lr", output_role="sr", reference_role="hr",
+        metric_labels={"psnr": "PSNR (dB)", "ssim": "SSIM", "porosity_error": "porosity error",
+                       "tpc_error": "two-point corr. error"},
+    )
+
+    def default_config(self, **options):
+        from workbench.config import Config
+
+        if "lr_patch" not in options:  # HR training patches of 32^3 (x2) and 48^3 (x4, x8: 64^3)
+            options = {**options, "lr_patch": {2: 16, 4: 12, 8: 8}[int(options.get("scale", 4))]}
+        opts = SrOptions(**options)
+        steps = 1200
+        return Config.model_validate({
+            "task": "sr",
+            "options": opts.model_dump(),
+            "data": {"batch_size": 4, "augment": True},
+            "model": {"name": "rrdb_sr", "base_filters": 24, "use_cbam": True,
+                      "options": {"growth": 12, "num_blocks": 2}},
+            # seed 003 stage 2 starts from L1 1.0 + edge 0.1 (+ perceptual 0.1 with user weights);
+            # SSIM and multi-scale terms as in its stage 1, smaller so PSNR is not traded away
+            "loss": {"weights": {"l1": 1.0, "edge": 0.1, "ssim": 0.05, "multiscale": 0.1}},
+            "train": {"steps": steps, "lr": 5e-4, "schedule": "onecycle", "val_every": 250,
+                      "checkpoint_every": 250, "grad_clip": 1.0},
+            "inference": {"tile": 24, "overlap": 4},
+        })
+
+    # -- workflow -------------------------------------------------------------------
+    def simulate(self, out_dir, **kw):
+        from workbench.tasks.sr import workflow
+
+        return workflow.simulate(out_dir, **kw)
+
+    def load_training_data(self, data_dirs, config):
+        from workbench.tasks.sr import workflow
+        from workbench.tasks.sr.predictor import scale_tuple
+
+        opts = self.options(config)
+        return workflow.load_training_pairs(data_dirs, scale_tuple(opts.scale, opts.inplane), config.train.seed,
+                                            config.data.nan_to_zero)
+
+    def make_trainer(self, data, out_dir, config, *, callbacks=(), loss_weights=None):
+        from workbench.tasks.sr import workflow
+
+        return workflow.make_trainer(data, out_dir, config, callbacks=callbacks, loss_weights=loss_weights)
+
+    samples = ("soil", "chest")
+    predict_choices = {"scale": (4, 2)}
+
+    def sample_case(self, kind: str = "soil", *, scale: int = 4, size: int = 64, seed: int = 7):
+        """A held-out case: ``{"lr", "tricubic", "hr": (array, affine)}`` (soil seed 10000+, chest top slab)."""
+        from workbench.tasks.sr import workflow
+
+        return workflow.sample_case(kind, scale=scale, size=size, seed=seed)
+
+    def predict_array(self, image, affine, *, checkpoint=None, progress=None, should_stop=None, scale=4):
+        from workbench.tasks.sr import degrade as dg
+        from workbench.tasks.sr.predictor import SRPredictor
+
+        predictor = SRPredictor.from_checkpoint(checkpoint) if checkpoint else SRPredictor.default(int(scale))
+        out = predictor.predict(image, progress=progress, should_stop=should_stop)
+        return out, dg.hr_affine(affine, predictor.scale)
+
+    def evaluate_arrays(self, result, reference, *, kind: str = "ct"):
+        from workbench.tasks.sr.metrics import evaluate_sr
+
+        return evaluate_sr(result, reference, kind=kind)
+
+    # -- command line ---------------------------------------------------------------
+    def add_commands(self, sub):
+        p = sub.add_parser("simulate", help="write HR/LR pairs with ground truth (soil micro-CT or the chest CT)")
+        p.add_argument("out_dir")
+        p.add_argument("--kind", choices=["soil", "chest"], default="soil")
+        p.add_argument("--scale", type=int, choices=SCALES, default=4)
+        p.add_argument("--n", type=int, default=4, help="number of pairs")
+        p.add_argument("--size", type=int, default=64, help="HR edge in voxels")
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--heldout", action="store_true",
+                       help="chest: crop the held-out top 25%% of axial slices (evaluation only)")
+
+        p = sub.add_parser("degrade", help="make an LR volume from any HR volume (PSF blur, area downsampling, noise)")
+        p.add_argument("hr")
+        p.add_argument("-o", "--output", required=True)
+        p.add_argument("--scale", type=int, choices=SCALES, default=4)
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--inplane", action="store_true", help="downsample x and y only")
+
+        p = sub.add_parser("train", help="train the SR network on folders of hr_*/lr_* NIfTI pairs")
+        p.add_argument("data_dirs", nargs="+", metavar="DATA_DIR")
+        p.add_argument("--out", required=True, help="run folder: config.yaml, last.pt, best.pt, metrics.csv")
+        p.add_argument("--scale", type=int, choices=SCALES, help="overrides the config's scale")
+        p.add_argument("--config", help="YAML config (see `workbench config --task sr`)")
+        p.add_argument("--steps", type=int, help="overrides train.steps")
+        p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
+        p.add_argument("--nan-to-zero", action="store_true")
+
+        p = sub.add_parser("predict", help="super-resolve an LR volume onto the HR grid")
+        p.add_argument("lr")
+        p.add_argument("-o", "--output", required=True)
+        p.add_argument("--scale", type=int, choices=SCALES, help="default: the checkpoint's (shipped: x4)")
+        p.add_argument("--checkpoint", help="a best.pt/last.pt of `workbench sr train` (default: the shipped one)")
+        p.add_argument("--device", default="auto")
+        p.add_argument("--nan-to-zero", action="store_true")
+
+        p = sub.add_parser("baseline", help="nearest, trilinear or tricubic interpolation onto the HR grid")
+        p.add_argument("method", choices=BASELINES)
+        p.add_argument("lr")
+        p.add_argument("-o", "--output", required=True)
+        p.add_argument("--scale", type=int, choices=SCALES, default=4)
+        p.add_argument("--inplane", action="store_true")
+
+        p = sub.add_parser("evaluate", help="PSNR and SSIM (and soil structure errors) against an HR reference")
+        p.add_argument("result")
+        p.add_argument("--reference", required=True)
+        p.add_argument("--kind", choices=["ct", "soil"], default="ct")
+        p.add_argument("--json", action="store_true", help="print JSON")
+
+        p = sub.add_parser("demo", help="simulate a held-out soil pair, super-resolve it with the shipped x4 "
+                                        "network and compare with tricubic")
+        p.add_argument("--out", default="sr_demo")
+        p.add_argument("--scale", type=int, choices=(2, 4), default=4)
+        p.add_argument("--size", type=int, default=64)
+        p.add_argument("--seed", type=int, default=2026)
+
+    def run_command(self, args, progress) -> int:
+        from workbench.tasks.sr import workflow
+
+        verb = args.command
+        if verb == "simulate":
+            written = workflow.simulate(args.out_dir, kind=args.kind, scale=args.scale, n=args.n, size=args.size,
+                                        seed=args.seed, heldout=args.heldout,
+                                        progress=progress.stage("simulating", "pair").inference)
+            print(f"wrote {len(written) - 1} files and pairs.json to {args.out_dir}")
+        elif verb == "degrade":
+            info = workflow.degrade_file(args.hr, args.output, scale=args.scale, seed=args.seed, inplane=args.inplane)
+            print(f"wrote {info['output']} (scale {tuple(info['scale'])})")
+        elif verb == "train":
+            config = workflow.resolve_config(args.config, args.scale)
+            if args.steps is not None:
+                config.train.steps = int(args.steps)
+            if args.nan_to_zero:
+                config.data.nan_to_zero = True
+            result = workflow.train(args.data_dirs, args.out, config, resume=args.resume,
+                                    callbacks=[progress.on_event])
+            print(f"{result.steps_done} steps ({result.reason}); best held-out loss {result.best_loss:.5g}; "
+                  f"checkpoints in {args.out}")
+        elif verb == "predict":
+            info = workflow.predict(args.lr, args.output, checkpoint=args.checkpoint, scale=args.scale,
+                                    device=args.device, progress=progress.stage("super-resolving", "tile").inference,
+                                    nan_to_zero=args.nan_to_zero)
+            print(f"wrote {info['output']} {tuple(info['shape'])} (x{info['scale'][0]}, {info['checkpoint']})")
+        elif verb == "baseline":
+            info = workflow.baseline(args.method, args.lr, args.output, scale=args.scale, inplane=args.inplane)
+            print(f"wrote {info['output']} ({args.method}, x{info['scale'][0]})")
+        elif verb == "evaluate":
+            metrics = workflow.evaluate(args.result, args.reference, kind=args.kind)
+            if args.json:
+                print(json.dumps(metrics))
+            else:
+                for k, v in metrics.items():
+                    print(f"{k:>16s}  {v:.4f}")
+        elif verb == "demo":
+            from workbench.tasks.sr.demo import run_demo
+
+            run_demo(args.out, scale=args.scale, size=args.size, seed=args.seed,
+                     progress=progress.stage("super-resolving", "tile").inference)
+        else:  # pragma: no cover - argparse restricts the verbs
+            raise ValueError(verb)
+        return 0
+
+
+TASK = SrTask()

@@ -1,0 +1,1 @@
+"""The `xray2ct` task."""
