@@ -106,8 +106,8 @@ class PredictWidget(WorkerPanel, QWidget):
         meta = {**dwi_metadata(affine, is_4d=False), "role": task.view.output_role, "task": task.name,
                 "input_layer": layer.name, "model": source}
         kwargs = {"name": name, "axis_labels": ("x", "y", "z"), **spatial_kwargs(affine, 3), "metadata": meta}
-        self.output_layer = add_or_update_image(self.viewer, array, kwargs,
-                                                contrast_limits=tuple(layer.contrast_limits))
+        lo, hi = (float(v) for v in np.percentile(array, [0.5, 99.5]))  # its own range: the LR's is narrower
+        self.output_layer = add_or_update_image(self.viewer, array, kwargs, contrast_limits=(lo, max(hi, lo + 1e-6)))
         self.status.info(f"Done: new layer '{name}' {array.shape} ({source}).")
 
     def _on_error(self, exc: BaseException) -> None:

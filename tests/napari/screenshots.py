@@ -37,19 +37,26 @@ def _only(viewer, keep) -> None:
             viewer.window._dock_widgets[name].hide()
 
 
-def main(out: Path) -> None:
+def _viewer_with(out: Path, sample: str):
+    """A 1500x980 viewer with one of the plugin's samples open, and the Qt application."""
     import napari
-    from qtpy.QtWidgets import QApplication, QScrollArea
+    from qtpy.QtWidgets import QApplication
+
+    out.mkdir(parents=True, exist_ok=True)
+    viewer = napari.Viewer(show=True)
+    viewer.window._qt_window.resize(1500, 980)
+    viewer.open_sample("recon-workbench", sample)
+    return viewer, QApplication.instance()
+
+
+def main(out: Path) -> None:
+    from qtpy.QtWidgets import QScrollArea
     from workbench.training.events import StepEnd, WeightsChanged
 
     from napari_plugin._layers import axial_view, grid
     from napari_plugin._sample_data import CLEAN_NAME, MASK_NAME, NOISY_NAME
 
-    out.mkdir(parents=True, exist_ok=True)
-    viewer = napari.Viewer(show=True)
-    app = QApplication.instance()
-    viewer.window._qt_window.resize(1500, 980)
-    viewer.open_sample("recon-workbench", "dwi_phantom")
+    viewer, app = _viewer_with(out, "dwi_phantom")
     axial_view(viewer)
     viewer.dims.set_current_step(0, 4)
     viewer.reset_view()
@@ -144,16 +151,9 @@ def main(out: Path) -> None:
 
 def main_sr(out: Path) -> None:
     """Soil sample x4: the Predict panel's result beside tricubic and the HR reference, in a grid."""
-    import napari
-    from qtpy.QtWidgets import QApplication
-
     from napari_plugin._layers import axial_view, grid, show_name
 
-    out.mkdir(parents=True, exist_ok=True)
-    viewer = napari.Viewer(show=True)
-    app = QApplication.instance()
-    viewer.window._qt_window.resize(1500, 980)
-    viewer.open_sample("recon-workbench", "soil_sr")
+    viewer, app = _viewer_with(out, "soil_sr")
     _, panel = viewer.window.add_plugin_dock_widget("recon-workbench", "Predict")
     panel.run()
     _wait(app, lambda: panel.worker is None)

@@ -9,68 +9,134 @@ two points r apart are both pore) show whether pores and throats were recovered.
 
 from __future__ import annotations
 
+import warnings
 from typing import Optional
 
 import numpy as np
+from scipy import fft
 
 from workbench.io_utils import InputError
 from workbench.metrics import psnr, ssim3d
 
 KINDS = ("ct", "soil")
 
+__all__ = ["KINDS", "segment_three_phase", "porosity", "two_point_correlation", "evaluate_sr"]
 
-def segment_three_phase(vol: np.ndarray, thresholds: Optional[tuple[float, float]] = None):
-    """Labels 0/1/2 (pore, matrix, mineral) and the two thresholds used (multi-Otsu when not given)."""
+
+def segment_three_phase(vol: np.ndarray, thresholds: Optional[tuple[float, float]] = None
+                        ) -> tuple[np.ndarray, tuple[float, float]]:
+    """Three-phase segmentation by two intensity thresholds.
+
+    Parameters
+    ----------
+    vol : ndarray
+        Intensities (any shape).
+    thresholds : (float, float), optional
+        Increasing thresholds ``(t0, t1)``; multi-Otsu (``skimage.filters.threshold_multiotsu``,
+        3 classes) on ``vol`` when not given.
+
+    Returns
+    -------
+    labels : ndarray, uint8
+        0 (pore) below ``t0``, 1 (matrix) in ``[t0, t1)``, 2 (mineral) from ``t1`` up.
+    thresholds : (float, float)
+        The thresholds used.
+    """
+    vol = np.asarray(vol, np.float32)
     if thresholds is None:
         from skimage.filters import threshold_multiotsu
 
-        thresholds = tuple(float(t) for t in threshold_multiotsu(np.asarray(vol, np.float32), classes=3))
-    labels = np.digitize(vol, thresholds).astype(np.uint8)
-    return labels, thresholds
+        try:
+            with warnings.catch_warnings():  # a 3D volume whose last size is 3 or 4 "looks like RGB"
+                warnings.filterwarnings("ignore", message=".*looks like that of an RGB image")
+                thresholds = threshold_multiotsu(vol, classes=3)
+        except ValueError as exc:  # a constant (or two-valued) volume has no three classes
+            raise InputError(f"cannot segment 3 phases: {exc}") from exc
+    t = tuple(float(x) for x in np.asarray(thresholds, np.float64).ravel())
+    if len(t) != 2 or not t[0] <= t[1]:
+        raise InputError(f"thresholds must be two increasing numbers, got {thresholds!r}")
+    return np.digitize(vol, t).astype(np.uint8), t
 
 
 def porosity(labels: np.ndarray) -> float:
     """Fraction of pore voxels (label 0)."""
-    return float(np.mean(labels == 0))
+    return float(np.mean(np.asarray(labels) == 0))
 
 
 def two_point_correlation(binary: np.ndarray, max_r: Optional[int] = None) -> np.ndarray:
-    """S2(r), r = 0 .. max_r voxels, of a binary 3D phase (non-periodic, radially averaged).
+    """Two-point correlation S2(r), r = 0 .. max_r voxels, of a binary 3D phase.
 
-    The autocorrelation comes from one zero-padded FFT; each displacement is normalised by the
-    number of point pairs that fit in the volume at that displacement. S2(0) is the phase fraction.
+    S2(d) is the fraction of point pairs ``(x, x + d)`` inside the volume that are both in the
+    phase (non-periodic: the volume is zero-padded so the FFT autocorrelation does not wrap,
+    and each displacement is divided by its overlap count ``prod(n_i - |d_i|)``). S2(r) is the
+    mean over the displacements with ``round(|d|) == r`` (1-voxel radial bins).
+
+    Parameters
+    ----------
+    binary : ndarray
+        3D; nonzero voxels are the phase.
+    max_r : int, optional
+        Largest distance, ``0 <= max_r < min(shape)``; default ``min(shape) // 4``.
+
+    Returns
+    -------
+    ndarray, float64, shape (max_r + 1,)
+        ``S2[0]`` is the phase fraction; for a random medium S2 decays toward fraction**2.
     """
-    b = np.asarray(binary, np.float64)
+    b = np.asarray(binary).astype(bool)
+    if b.ndim != 3:
+        raise InputError(f"two_point_correlation expects a 3D array, got shape {b.shape}")
     max_r = int(min(b.shape) // 4 if max_r is None else max_r)
-    pad = [2 * s for s in b.shape]
-    fb = np.fft.rfftn(b, pad)
-    auto = np.fft.irfftn(fb * np.conj(fb), pad)
-    ones = np.fft.rfftn(np.ones_like(b), pad)
-    count = np.fft.irfftn(ones * np.conj(ones), pad)
-    # displacements within max_r along each axis (both signs), wrapped FFT indices
-    idx = [np.r_[0: max_r + 1, n - max_r: n] for n in pad]
-    d = [np.r_[0: max_r + 1, -max_r:0] for _ in pad]
-    sub_auto = auto[np.ix_(*idx)]
-    sub_count = count[np.ix_(*idx)]
-    dist = np.sqrt(sum(g**2 for g in np.meshgrid(*d, indexing="ij")))
-    ratio = sub_auto / np.maximum(sub_count, 1.0)
-    bins = np.rint(dist).astype(int)
+    if not 0 <= max_r < min(b.shape):
+        raise InputError(f"max_r must be in [0, {min(b.shape) - 1}] for shape {b.shape}, got {max_r}")
+    # zero-padding each axis to n + max_r is enough (a full 2x pad gives the same values): the
+    # circular lag d then only aliases lag d - pad, which has no overlapping pairs
+    pad = [fft.next_fast_len(n + max_r, real=True) for n in b.shape]
+    fb = fft.rfftn(b.astype(np.float64), pad)
+    auto = fft.irfftn(fb * np.conj(fb), pad)
+    lags = np.r_[0: max_r + 1, -max_r:0]
+    sub = auto[np.ix_(*[lags % n for n in pad])]
+    d = np.meshgrid(*[lags] * 3, indexing="ij")
+    count = np.prod([n - np.abs(g) for n, g in zip(b.shape, d)], axis=0)  # pairs at each lag
+    bins = np.rint(np.sqrt(sum(g.astype(np.float64) ** 2 for g in d))).astype(int)
     ok = bins <= max_r
-    sums = np.bincount(bins[ok], ratio[ok], minlength=max_r + 1)
-    n = np.bincount(bins[ok], minlength=max_r + 1)
-    return sums / np.maximum(n, 1)
+    sums = np.bincount(bins[ok], (sub / count)[ok], minlength=max_r + 1)
+    return sums / np.bincount(bins[ok], minlength=max_r + 1)
 
 
 def evaluate_sr(sr: np.ndarray, hr: np.ndarray, kind: str = "ct") -> dict[str, float]:
-    """PSNR and SSIM (data range of ``hr``); ``kind="soil"`` adds porosity, S2 and phase errors.
+    """Image metrics of a super-resolved volume against the HR reference, on the HR grid.
 
-    Both volumes are expected roughly in [0, 1] (the caller normalises by the reference).
+    Parameters
+    ----------
+    sr, hr : ndarray
+        3D volumes of the same shape, roughly in [0, 1] (the caller normalises both by the
+        reference).
+    kind : {"ct", "soil"}
+        ``"ct"``: ``psnr`` and ``ssim`` only (data range ``hr.max() - hr.min()``, 1 if zero).
+        ``"soil"`` adds structure errors after one 3-phase segmentation (multi-Otsu thresholds
+        of ``hr`` applied to both): ``porosity_error`` (absolute), ``tpc_error`` (mean absolute
+        difference of the pore S2 curves, r = 0 .. min(shape) // 4) and ``phase_accuracy``
+        (fraction of voxels with the same label).
+
+    Returns
+    -------
+    dict of str to float
+
+    Raises
+    ------
+    InputError
+        An unknown kind, shapes that differ, a volume that is not 3D or not finite.
     """
     if kind not in KINDS:
         raise InputError(f"unknown metrics kind {kind!r}; known kinds: {', '.join(KINDS)}")
     sr, hr = np.asarray(sr, np.float32), np.asarray(hr, np.float32)
     if sr.shape != hr.shape:
         raise InputError(f"result {sr.shape} and reference {hr.shape} differ: compare volumes on the same grid")
+    if hr.ndim != 3:
+        raise InputError(f"evaluate_sr expects 3D volumes, got shape {hr.shape}")
+    if not (np.isfinite(sr).all() and np.isfinite(hr).all()):
+        raise InputError("result or reference has NaN or infinite values")
     dr = float(hr.max() - hr.min()) or 1.0
     out = {"psnr": float(psnr(sr, hr, data_range=dr)), "ssim": float(ssim3d(sr, hr, data_range=dr))}
     if kind == "soil":

@@ -3,8 +3,8 @@
 Any shape, any seed, generated on the fly (nothing downloaded). Each seed draws its own
 soil: porosity 0.15-0.45, mean grain radius 2-6 voxels (40-120 um at the default 20 um
 voxel: fine to medium sand), a mineral fraction of the solid, a few root or crack
-channels. Grains are rounded, irregular spheres (a Boolean model with a perturbed
-distance); pores are the low set of a Gaussian random field between the grains (the
+channels. Grains are rounded, irregular spheres with lognormal radii (a Boolean model
+with a perturbed distance, each voxel judged against its nearest centre); pores are the low set of a Gaussian random field between the grains (the
 threshold is chosen by quantile, so the porosity hits its target); the matrix fills the
 rest. The scan then adds per-phase and per-grain attenuation variation, the scanner's
 Gaussian point-spread function, cupping (beam hardening: a radial intensity drop) and
@@ -20,6 +20,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 from scipy import ndimage
+
+from workbench.io_utils import InputError
 
 SOIL_PHASES = ("pore", "matrix", "mineral")
 PHASE_ATTENUATION = (0.10, 0.45, 0.80)
@@ -73,20 +75,37 @@ def simulate_soil(shape: Sequence[int] = (64, 64, 64), seed: int = 0, *, porosit
     seed : int
         All randomness comes from ``np.random.default_rng(seed)``: same seed, same volume.
     porosity : float, optional
-        Target pore fraction (default: drawn in 0.15-0.45); reached within about 0.01.
+        Target pore fraction in [0, 1) (default: drawn in 0.15-0.45); the pore set is the
+        ``round(porosity * size)`` lowest voxels of the pore field, so it is met exactly.
     grain_radius : float, optional
-        Mean mineral grain radius in voxels (default: drawn in 2-6).
+        Median mineral grain radius in voxels (default: drawn in 2-6); radii are
+        lognormal with a log-sd of 0.3.
     voxel_um : float
-        Voxel size, only recorded by callers (the structure is defined in voxels).
+        Voxel size in micrometres (> 0); the structure is defined in voxels, so this is
+        only checked here and recorded by callers (in the NIfTI affine).
 
     Returns
     -------
     volume : ndarray, float32
         Attenuation, about [0, 1] (pore ~0.1, matrix ~0.45, mineral ~0.8), blurred and noisy.
     labels : ndarray, uint8
-        The true phase of each voxel.
+        The true phase of each voxel (index into :data:`SOIL_PHASES`).
+
+    Raises
+    ------
+    InputError
+        A shape that is not three positive sizes, or a porosity, grain radius or voxel
+        size out of range.
     """
     shape = tuple(int(s) for s in shape)
+    if len(shape) != 3 or min(shape) < 1:
+        raise InputError(f"soil shape must be three positive sizes, got {shape}")
+    if porosity is not None and not 0.0 <= porosity < 1.0:
+        raise InputError(f"porosity must be in [0, 1), got {porosity}")
+    if grain_radius is not None and not grain_radius > 0:
+        raise InputError(f"grain_radius must be > 0 voxels, got {grain_radius}")
+    if not voxel_um > 0:
+        raise InputError(f"voxel_um must be > 0, got {voxel_um}")
     rng = np.random.default_rng(seed)
     p = float(rng.uniform(0.15, 0.45) if porosity is None else porosity)
     r = float(rng.uniform(2.0, 6.0) if grain_radius is None else grain_radius)
