@@ -225,6 +225,41 @@ def show_name(layer, on: bool = True) -> None:
             overlay.font_size = 8
 
 
+#: average glyph width of napari's overlay font per character, in font pixels (measured on a screenshot)
+GLYPH_WIDTH = 0.7
+PT_TO_PX = 4 / 3
+
+
+def canvas_width(viewer, default: int = 800) -> int:
+    """The canvas width in screen pixels (``default`` when it cannot be read)."""
+    try:
+        return int(viewer.window._qt_viewer.canvas.native.width()) or default
+    except Exception:  # noqa: BLE001 - private API; the layout still works with the default
+        return default
+
+
+def grid_with_names(viewer, layers, max_columns: int = 2) -> tuple[int, int]:
+    """Grid the shown ``layers`` in at most ``max_columns`` columns, names sized to fit their cell.
+
+    Long layer names in a 3-column grid were cut off; two columns and a font size chosen from
+    the longest name and the cell width keep every title whole (5.5 to 10 pt). Returns (rows, columns).
+    """
+    n = max(1, len(layers))
+    cols = min(max_columns, n)
+    rows = -(-n // cols)
+    g = grid(viewer)
+    g.enabled, g.stride, g.shape = True, 1, (rows, cols)
+    cell_px = canvas_width(viewer) / cols - 12  # a small margin on each side
+    longest = max((len(layer.name) for layer in layers), default=1)
+    size = cell_px / (GLYPH_WIDTH * longest) / PT_TO_PX
+    for layer in layers:
+        show_name(layer, True)
+        overlay = getattr(layer, "name_overlay", None)
+        if overlay is not None:
+            overlay.font_size = float(min(10.0, max(5.5, size)))
+    return rows, cols
+
+
 def difference_colormap():
     """Blue (negative) - black (0) - red (positive): zero stays dark on napari's dark canvas."""
     from napari.utils.colormaps import Colormap

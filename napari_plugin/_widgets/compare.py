@@ -19,6 +19,7 @@ from qtpy.QtWidgets import (
 
 from napari_plugin._layers import (
     add_or_update_image, axial_view, current_volume, derived_kwargs, difference_colormap, fit_view_soon, grid,
+    grid_with_names,
     inputs_fn, is_mask_layer, is_noisy_layer, is_reference_layer, is_result_layer, is_series_layer, mask_array,
     show_name, to_layer_order, unwrap,
 )
@@ -132,14 +133,13 @@ class CompareWidget(QWidget):
         keep = {id(unwrap(layer)) for layer in layers}
         for layer in self.viewer.layers:
             layer.visible = id(unwrap(layer)) in keep
-            show_name(layer, id(unwrap(layer)) in keep)
+            show_name(layer, False)
         limits = tuple((self.reference.layer() or self.noisy.layer() or recon).contrast_limits)
         for layer in images:
             layer.contrast_limits = limits  # the same grey scale on every image
         for layer in layers:  # napari's grid fills from the bottom of the layer list: reconstruction first
             self.viewer.layers.move(self.viewer.layers.index(layer), len(self.viewer.layers))
-        grid(self.viewer).enabled = True
-        grid(self.viewer).stride = 1
+        grid_with_names(self.viewer, layers)
         axial_view(self.viewer)
         fit_view_soon(self.viewer)
         self.active = True

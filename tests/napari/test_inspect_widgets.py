@@ -79,6 +79,15 @@ def test_compare_view_grid_difference_metrics_follow_volume_and_baseline(sample_
     shown = [layer.name for layer in viewer.layers if layer.visible]
     assert set(shown) == {recon.name, CLEAN_NAME, NOISY_NAME, baseline.name, diff.name}
     assert viewer.layers[NOISY_NAME].contrast_limits == viewer.layers[CLEAN_NAME].contrast_limits
+    # titles stay whole: two columns, and the longest name at its font size fits the cell
+    from napari_plugin._layers import GLYPH_WIDTH, PT_TO_PX, canvas_width
+
+    assert tuple(grid(viewer).shape) == (3, 2)
+    cell = canvas_width(viewer) / 2
+    for layer in (layer for layer in viewer.layers if layer.visible):
+        assert layer.name_overlay.visible
+        assert GLYPH_WIDTH * len(layer.name) * layer.name_overlay.font_size * PT_TO_PX <= cell or \
+            layer.name_overlay.font_size == 5.5
 
     qtbot.waitUntil(lambda: cmp.metrics_volume == 3, timeout=30_000)
     from workbench.metrics import psnr, ssim3d

@@ -112,7 +112,6 @@ def read_bvals_bvecs(bval_path: str | os.PathLike, bvec_path: str | os.PathLike)
         raise InputError(f"{bvec_path} must hold 3 rows (x, y, z) of N columns, got shape {bvecs.shape}")
     if len(bvals) != len(bvecs):
         raise InputError(f"{bval_path.name} has {len(bvals)} b-values but {bvec_path.name} has {len(bvecs)} vectors")
-    check_gradients(bvals, bvecs, f"{bval_path.name}/{bvec_path.name}")
     return bvals, bvecs
 
 
@@ -196,6 +195,7 @@ def load_dwi(
                 f"{Path(bval).name} lists {len(bvals)} b-values but {path.name} has {data.shape[3]} volumes: "
                 "pass the matching --bval/--bvec"
             )
+        check_gradients(bvals, bvecs, f"{Path(bval).name}/{Path(bvec).name}")
     elif require_gradients:
         stem = strip_nifti_suffix(path)
         raise InputError(
