@@ -278,6 +278,38 @@ def is_mask_layer(layer) -> bool:
     return is_volume_layer(layer) and not is_map_layer(layer)
 
 
+def is_volume_image(layer) -> bool:
+    """A 3D image a task can take as input (not a map the plugin computed)."""
+    return type(unwrap(layer)).__name__ == "Image" and np.ndim(layer.data) == 3 and not is_map_layer(layer)
+
+
+def accepts(spec):
+    """The layer filter for a task's :class:`~workbench.tasks.base.TrainInput`."""
+    if spec.kind == "labels":
+        return is_mask_layer
+    return is_series_layer if spec.ndim == 4 else is_volume_image
+
+
+def prefers(spec):
+    """Preselect a layer whose metadata role is one the input asks for, else an unlabelled input."""
+    def prefer(layer) -> bool:
+        role = layer.metadata.get("role")
+        return role in spec.roles or (role is None and is_input_layer(layer))
+    return prefer
+
+
+def input_array(layer, spec):
+    """A layer as the core's :class:`~workbench.tasks.base.InputArray` (core axis order, affine, metadata)."""
+    from workbench.tasks.base import InputArray
+
+    if np.ndim(layer.data) != spec.ndim:
+        raise ValueError(f"layer '{layer.name}' is {np.ndim(layer.data)}D; {spec.label} must be {spec.ndim}D")
+    data = to_core_order(layer.data) if spec.ndim == 4 else np.asarray(layer.data)
+    if spec.kind == "image":
+        data = np.ascontiguousarray(data, dtype=np.float32)
+    return InputArray(data, layer_affine(layer), dict(layer.metadata), layer.name)
+
+
 def is_input_layer(layer) -> bool:
     """An opened series that is not a known reference (what one trains on or denoises)."""
     return is_original_layer(layer) and layer.metadata.get("role") != "reference"

@@ -159,22 +159,23 @@ def _pump(fn: Callable[[Callable[[Any], None]], Any], control: Optional[Control]
 
 
 @thread_worker(ignore_errors=True)
-def train_worker(inputs: Callable[[], tuple], config, run_dir: str, *, resume: bool = False,
+def train_worker(task_name: str, inputs: Callable[[], dict], config, run_dir: str, *, resume: bool = False,
                  loss_weights=None, control: Optional[Control] = None):
-    """Prepare the data, build the trainer, run ``fit`` and yield its events; returns a ``TrainResult``.
+    """Prepare the data, build the task's trainer, run ``fit`` and yield its events; returns a ``TrainResult``.
 
-    ``inputs()`` gives ``(DWISeries, mask or None)`` (called here, off the GUI thread).
-    Yields :class:`Status`, then :class:`TrainerReady`, then the trainer's ``StepEnd``,
-    ``Validation``, ``WeightsChanged``, ``Finished`` (or ``Failed``) events.
+    ``inputs()`` gives ``{role: InputArray or None}`` for the task's ``train_inputs`` (called here, off
+    the GUI thread); :meth:`Task.trainer_from_arrays` builds the trainer. Yields :class:`Status`, then
+    :class:`TrainerReady`, then the trainer's ``StepEnd``, ``Validation``, ``WeightsChanged``,
+    ``Finished`` (or ``Failed``) events.
     """
-    from workbench.api import make_trainer
+    from workbench.tasks import get_task
 
     control = control or Control()
     try:
-        yield Status("Preparing the data (normalising, q-space predictions)…")
+        task = get_task(task_name)
+        yield Status(f"Preparing the data for {task.label}…")
         try:
-            series, mask = inputs()
-            trainer = make_trainer([series], run_dir, config, masks=[mask], loss_weights=loss_weights)
+            trainer = task.trainer_from_arrays(inputs(), run_dir, config, loss_weights=loss_weights)
         except Exception as exc:
             raise _as_worker_error(exc) from exc
         yield TrainerReady(trainer, str(trainer.device), bool(trainer.amp), str(run_dir), resume)

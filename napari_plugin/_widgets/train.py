@@ -1,7 +1,9 @@
-"""Train panel: pick the open DWI layer, set the run up, Start / Stop / Resume, watch the losses live.
+"""Train panel: pick a task and its input layers, set the run up, Start / Stop / Resume, watch the losses live.
 
-The widget only marshals values into :class:`workbench.config.Config` and hands
-the work to :func:`napari_plugin._workers.train_worker`. Loss-weight sliders act
+Task-generic: the task's ``train_inputs`` become layer pickers (a DWI series and its mask; an
+LR volume and its HR reference), its ``models`` the model list and its default config the
+starting values. The widget only marshals values into :class:`workbench.config.Config` and hands
+the work to :func:`napari_plugin._workers.train_worker`, which calls ``Task.trainer_from_arrays``. Loss-weight sliders act
 on the trainer's shared ``LossWeights`` while it runs (from the next step on;
 the core records the change and emits ``WeightsChanged``, marked on the plot).
 Stopping, closing the panel or closing napari asks the trainer to stop, which
@@ -22,7 +24,7 @@ from qtpy.QtWidgets import (
 from superqt import QCollapsible, QLabeledDoubleSlider
 
 from napari_plugin import _session
-from napari_plugin._layers import inputs_fn, is_input_layer, is_mask_layer, is_series_layer
+from napari_plugin._layers import accepts, input_array, prefers
 from napari_plugin._widgets._common import (
     LayerCombo, PathPicker, StatusLine, format_duration, notify_exception, outer_layout, show_error_notification,
 )
@@ -37,9 +39,8 @@ from napari_plugin._widgets._train_options import (
 class TrainWidget(StopsOnClose, QWidget):
     def __init__(self, napari_viewer, parent: Optional[QWidget] = None):
         super().__init__(parent)
-        from workbench.config import Config
         from workbench.losses import LOSSES
-        from workbench.models import MODELS
+        from workbench.tasks import TASKS
 
         self.viewer = napari_viewer
         self.worker = None
@@ -51,21 +52,22 @@ class TrainWidget(StopsOnClose, QWidget):
         self._resync_weights = False
         self._pending: dict[str, float] = {}
         self._auto_folder = True
-        defaults = Config()
+        self.tasks = {t.label: t for t in TASKS.values() if t.train_inputs}
+        defaults = next(iter(self.tasks.values())).default_config()
 
         content = QWidget()
         root = QVBoxLayout(content)
         form = QFormLayout()
-        self.layer_combo = LayerCombo(self.viewer, is_series_layer, prefer=is_input_layer)
-        self.layer_combo.setToolTip("The open 4D diffusion series to train on (volumes, x, y, z)")
-        self.mask_combo = LayerCombo(self.viewer, is_mask_layer, allow_none=True,
-                                     none_text="(automatic brain mask)")
+        self.task_combo = QComboBox()
+        for label, task in self.tasks.items():
+            self.task_combo.addItem(label, task.name)
+        self.task_combo.setToolTip("What to train: each task brings its inputs, models, losses and defaults")
+        form.addRow("Task", self.task_combo)
+        self.inputs: dict[str, LayerCombo] = {}
         self.model_combo = QComboBox()
-        for name in MODELS:
-            self.model_combo.addItem(MODEL_LABELS.get(name, name), name)
-        self.model_combo.setCurrentIndex(self.model_combo.findData(defaults.model.name))
-        form.addRow("Image layer", self.layer_combo)
-        form.addRow("Brain mask", self.mask_combo)
+        self.input_form = form
+        root.addLayout(form)
+        form = QFormLayout()
         form.addRow("Model", self.model_combo)
         root.addLayout(form)
 
@@ -77,6 +79,7 @@ class TrainWidget(StopsOnClose, QWidget):
         self.sliders: dict[str, QLabeledDoubleSlider] = {}
         for row, name in enumerate(LOSSES):
             s = QLabeledDoubleSlider()
+            s.setToolTip(TERM_LABELS.get(name, name))
             s.setRange(0.0, 1.0)
             s.setSingleStep(0.01)
             s.setDecimals(2)
@@ -168,12 +171,56 @@ class TrainWidget(StopsOnClose, QWidget):
         self.progress.setFormat("step %v of %m")
         self.progress.setValue(0)
         self.time_left = QLabel("")
-        self.status = StatusLine("Choose a DWI layer and press Start.")
+        self.status = StatusLine("Choose a task and its layers, then press Start.")
         self.plot = LossPlot()
         for w in (self.progress, self.time_left, self.status, self.plot):
             root.addWidget(w)
         outer_layout(self, content)
         self.setMinimumWidth(360)
+        self.task_combo.currentIndexChanged.connect(self._task_changed)
+        self._task_changed()
+
+    # ------------------------------------------------------------------ task
+    def task(self):
+        return self.tasks[self.task_combo.currentText()]
+
+    @property
+    def layer_combo(self) -> LayerCombo:
+        """The picker of the task's first input (the image to train on)."""
+        return next(iter(self.inputs.values()))
+
+    @property
+    def mask_combo(self) -> Optional[LayerCombo]:
+        return self.inputs.get("mask")
+
+    def _task_changed(self, *_) -> None:
+        """Rebuild the input pickers and the model list; reset the settings to the task's defaults."""
+        from workbench.models import MODELS
+
+        task = self.task()
+        for combo in self.inputs.values():
+            combo.disconnect_viewer()
+            self.input_form.removeRow(combo)
+        self.inputs = {}
+        for spec in task.train_inputs:
+            combo = LayerCombo(self.viewer, accepts(spec), allow_none=spec.optional, none_text=spec.none_text,
+                               prefer=None if spec.optional else prefers(spec))
+            combo.setToolTip(spec.hint)
+            self.input_form.addRow(spec.label, combo)
+            self.inputs[spec.role] = combo
+        cfg = task.default_config()
+        self.model_combo.clear()
+        for name in task.models or tuple(MODELS):
+            self.model_combo.addItem(MODEL_LABELS.get(name, name), name)
+        self.model_combo.setCurrentIndex(max(self.model_combo.findData(cfg.model.name), 0))
+        for name, slider in self.sliders.items():
+            slider.setValue(float(cfg.loss.weights.get(name, 0.0)))
+        self.steps.setValue(cfg.train.steps)
+        self.lr.setValue(cfg.train.lr)
+        self.schedule.setCurrentIndex(max(self.schedule.findData(cfg.train.schedule), 0))
+        self.patch.setValue(task.patch_size(cfg))
+        self.batch.setValue(cfg.data.batch_size)
+        self.filters.setValue(cfg.model.base_filters)
         self._update_buttons()
 
     # ------------------------------------------------------------------ config
@@ -182,12 +229,11 @@ class TrainWidget(StopsOnClose, QWidget):
 
     def make_config(self):
         """The run's :class:`workbench.config.Config` from the widget's values."""
-        from workbench.config import Config
-
-        cfg = Config().model_copy(deep=True)
+        task = self.task()
+        cfg = task.default_config().model_copy(deep=True)
         cfg.model.name = self.model_combo.currentData()
         cfg.model.base_filters = self.filters.value()
-        cfg.data.patch_size = self.patch.value()
+        task.set_patch_size(cfg, self.patch.value())
         cfg.data.batch_size = self.batch.value()
         weights = self.weights()
         if not any(weights.values()):
@@ -208,11 +254,16 @@ class TrainWidget(StopsOnClose, QWidget):
         from workbench.config import load_config
 
         cfg = load_config(folder / "config.yaml")  # the run's own config: only steps/device may change
+        index = self.task_combo.findData(cfg.task)
+        if index < 0:
+            raise ValueError(f"the run in {folder} is for task '{cfg.task}', which this panel cannot train")
+        if index != self.task_combo.currentIndex():
+            self.task_combo.setCurrentIndex(index)
         cfg.train.steps = max(self.steps.value(), 1)
         cfg.train.device = self.device.currentData()
         cfg.train.threads = self.threads.value()
         self.model_combo.setCurrentIndex(max(self.model_combo.findData(cfg.model.name), 0))
-        for spin, value in ((self.filters, cfg.model.base_filters), (self.patch, cfg.data.patch_size),
+        for spin, value in ((self.filters, cfg.model.base_filters), (self.patch, self.task().patch_size(cfg)),
                             (self.batch, cfg.data.batch_size)):
             spin.setValue(value)
         return cfg
@@ -229,9 +280,13 @@ class TrainWidget(StopsOnClose, QWidget):
         if self.is_running():
             return
         try:
-            layer = self.layer_combo.layer()
-            if layer is None:
-                raise ValueError("Open a 4D DWI image first (File > Open, or File > Open Sample)")
+            task = self.task()
+            chosen = {}
+            for spec in task.train_inputs:
+                layer = self.inputs[spec.role].layer()
+                if layer is None and not spec.optional:
+                    raise ValueError(f"Choose the {spec.label} first (File > Open, or File > Open Sample)")
+                chosen[spec.role] = (spec, layer)
             folder = Path(self.run_dir.text()).expanduser()
             has_run = (folder / "last.pt").is_file()
             if resume:
@@ -247,7 +302,10 @@ class TrainWidget(StopsOnClose, QWidget):
                     raise ValueError(f"{folder} already holds a run: press Resume, or choose another folder")
                 cfg = self.make_config()
                 self.plot.reset()
-            make_inputs = inputs_fn(layer, self.mask_combo.layer())
+
+            def make_inputs(chosen=chosen):
+                return {role: None if layer is None else input_array(layer, spec)
+                        for role, (spec, layer) in chosen.items()}
         except Exception as exc:  # pydantic errors, bad layers, bad folders: all in plain words
             self._fail(str(exc), exc)
             return
@@ -256,8 +314,8 @@ class TrainWidget(StopsOnClose, QWidget):
         self.result, self.last_error = None, None
         self.progress.setMaximum(cfg.train.steps)
         self.control = Control()
-        self.worker = train_worker(make_inputs, cfg, str(folder), resume=resume, loss_weights=self.loss_weights,
-                                   control=self.control)
+        self.worker = train_worker(task.name, make_inputs, cfg, str(folder), resume=resume,
+                                   loss_weights=self.loss_weights, control=self.control)
         self.control.worker = self.worker
         self.worker.yielded.connect(self._on_event)
         self.worker.returned.connect(self._on_returned)
@@ -314,8 +372,9 @@ class TrainWidget(StopsOnClose, QWidget):
                 self._resync_after_resume(ev.weights)
         elif isinstance(ev, Validation):
             self.plot.add_validation(ev)
-            self.status.info(f"Step {ev.step}: held-out error {ev.terms.get('heldout_mse', ev.loss):.4g} "
-                             "(each volume predicted without seeing it; lower is better)"
+            what = ("held-out error (each volume predicted without seeing it; lower is better)"
+                    if "heldout_mse" in ev.terms else "validation loss (held-out patches; lower is better)")
+            self.status.info(f"Step {ev.step}: {what} {ev.terms.get('heldout_mse', ev.loss):.4g}"
                              + (", best so far" if ev.is_best else ""))
         elif isinstance(ev, WeightsChanged):
             self.plot.mark_weight_change(ev)
@@ -391,7 +450,7 @@ class TrainWidget(StopsOnClose, QWidget):
         self.stop_btn.setEnabled(running)
         folder = Path(self.run_dir.text() or ".")
         self.resume_btn.setEnabled(not running and (folder / "last.pt").is_file())
-        for w in (self.layer_combo, self.mask_combo, self.model_combo, self.patch, self.batch, self.filters,
+        for w in (self.task_combo, *self.inputs.values(), self.model_combo, self.patch, self.batch, self.filters,
                   self.run_dir, self.lr, self.schedule, self.amp, self.device, self.steps, self.threads):
             w.setEnabled(not running)
 

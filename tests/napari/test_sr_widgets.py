@@ -59,3 +59,42 @@ def test_predict_panel_refuses_a_checkpoint_of_another_task(soil_viewer, qtbot, 
     panel.run()
     qtbot.waitUntil(lambda: panel.worker is None, timeout=60_000)
     assert panel.last_error is not None and "not super-resolution" in panel.status.text()
+
+
+def test_train_panel_trains_sr_from_an_lr_hr_pair_of_layers(soil_viewer, qtbot, tmp_path):
+    from napari_helpers import tiny_settings, wait_idle
+
+    from workbench.training.checkpoint import load_checkpoint
+
+    _, train = soil_viewer.window.add_plugin_dock_widget("recon-workbench", "Train")
+    assert train.task().name == "dwi"  # the first task; switching rebuilds the pickers
+    train.task_combo.setCurrentIndex(train.task_combo.findData("sr"))
+    assert list(train.inputs) == ["lr", "hr"] and train.mask_combo is None
+    assert train.inputs["lr"].currentText() == "soil LR input"
+    assert train.inputs["hr"].currentText() == "soil HR reference"
+    assert [train.model_combo.itemData(i) for i in range(train.model_combo.count())] == ["rrdb_sr"]
+    assert train.weights()["l1"] == 1.0 and train.weights()["mse"] == 0.0
+    tiny_settings(train, steps=3)
+    train.run_dir.setText(str(tmp_path / "run"))
+    train.start()
+    wait_idle(qtbot, train)
+    assert train.last_error is None, train.last_error
+    assert train.result.steps_done == 3
+    ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert ckpt["task_meta"]["task"] == "sr" and ckpt["config"]["options"]["lr_patch"] == 8
+
+    # the run's checkpoint, applied by the Predict panel, lands on the HR grid
+    _, panel = soil_viewer.window.add_plugin_dock_widget("recon-workbench", "Predict")
+    panel.checkpoint.setText(str(tmp_path / "run" / "last.pt"))
+    panel.run()
+    qtbot.waitUntil(lambda: panel.worker is None, timeout=120_000)
+    assert panel.last_error is None, panel.last_error
+    assert panel.output_layer.data.shape == soil_viewer.layers["soil HR reference"].data.shape
+
+
+def test_train_panel_says_which_layer_is_missing(make_napari_viewer):
+    viewer = make_napari_viewer()
+    _, train = viewer.window.add_plugin_dock_widget("recon-workbench", "Train")
+    train.task_combo.setCurrentIndex(train.task_combo.findData("sr"))
+    train.start()
+    assert train.status.is_error and "LR volume" in train.status.text() and train.worker is None

@@ -64,6 +64,35 @@ class ViewSpec:
     metric_labels: Mapping[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class TrainInput:
+    """One input a front end asks for to train a task (a napari layer, a notebook array).
+
+    ``ndim`` is the array's dimensionality in the core's order ((X, Y, Z) or (X, Y, Z, N));
+    ``kind`` is ``"image"`` or ``"labels"`` (a mask); ``roles`` are layer-metadata roles to
+    preselect (e.g. a sample's ``"lr"`` layer).
+    """
+
+    role: str
+    label: str
+    ndim: int = 3
+    kind: str = "image"
+    optional: bool = False
+    none_text: str = "(none)"
+    roles: tuple[str, ...] = ()
+    hint: str = ""
+
+
+@dataclass
+class InputArray:
+    """An array handed to a task by a front end: data in the core's axis order, its affine, metadata."""
+
+    data: Any
+    affine: Any
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    name: str = ""
+
+
 class Task:
     """Base class of every task. Subclasses set the class attributes and override methods.
 
@@ -119,6 +148,24 @@ class Task:
     def evaluate_arrays(self, result, reference, **kw: Any) -> dict[str, float]:  # pragma: no cover - abstract
         """Metrics of ``result`` against ``reference`` (arrays on the same grid)."""
         raise NotImplementedError
+
+    # -- training from arrays (napari's Train panel, notebooks) -------------------------
+    #: what a front end asks for to train this task
+    train_inputs: tuple[TrainInput, ...] = ()
+    #: models a front end offers for this task (keys of MODELS)
+    models: tuple[str, ...] = ()
+
+    def trainer_from_arrays(self, inputs: Mapping[str, Optional[InputArray]], out_dir: Optional[PathLike], config,
+                            *, loss_weights=None, callbacks: Sequence = ()):  # pragma: no cover - abstract
+        """A ready trainer for the arrays of :attr:`train_inputs` (``None`` for an optional one left out)."""
+        raise NotImplementedError
+
+    def patch_size(self, config) -> int:
+        """The training patch edge a front end shows (``data.patch_size`` unless the task keeps its own)."""
+        return int(config.data.patch_size)
+
+    def set_patch_size(self, config, size: int) -> None:
+        config.data.patch_size = int(size)
 
     # -- what the viewers call (arrays in, arrays out; no files) -----------------------
     #: sample cases :meth:`sample_case` can make (napari's File > Open Sample, notebooks)

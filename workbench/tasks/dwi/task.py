@@ -8,7 +8,8 @@ this module is the task-layer face of it.
 
 from __future__ import annotations
 
-from workbench.tasks.base import LayerSpec, Task, TaskOptions, ViewSpec
+from workbench.io_utils import InputError
+from workbench.tasks.base import LayerSpec, Task, TaskOptions, TrainInput, ViewSpec
 
 
 class DwiOptions(TaskOptions):
@@ -28,6 +29,31 @@ class DwiTask(Task):
         input_role="noisy", output_role="denoised", reference_role="clean",
         channel_axis_label="diffusion volume",
     )
+
+    models = ("multiscale", "denoiser", "progressive", "frequency")
+    train_inputs = (
+        TrainInput("series", "Image layer", ndim=4, roles=("noisy input",),
+                   hint="The 4D diffusion series to train on (volumes, x, y, z), with its b-values"),
+        TrainInput("mask", "Brain mask", kind="labels", optional=True, none_text="(automatic brain mask)"),
+    )
+
+    def trainer_from_arrays(self, inputs, out_dir, config, *, loss_weights=None, callbacks=()):
+        from workbench import api
+        from workbench.data.nifti import DWISeries
+
+        series = inputs["series"]
+        meta = dict(series.metadata)
+        if meta.get("bvals") is None or meta.get("bvecs") is None:
+            raise InputError(f"layer '{series.name}' has no b-values/b-vectors: open it from a .nii.gz with "
+                             "NAME.bval and NAME.bvec beside it")
+        dwi = DWISeries(series.data, series.affine, header=meta.get("header"), bvals=meta["bvals"],
+                        bvecs=meta["bvecs"])
+        mask = inputs.get("mask")
+        if mask is not None and tuple(mask.data.shape) != dwi.spatial_shape:
+            raise InputError(f"mask '{mask.name}' has shape {tuple(mask.data.shape)}, the series has "
+                             f"{dwi.spatial_shape}")
+        return api.make_trainer([dwi], out_dir, config, masks=[None if mask is None else mask.data > 0],
+                                callbacks=callbacks, loss_weights=loss_weights)
 
     def add_commands(self, sub, legacy: bool = False):
         from workbench.tasks.dwi import cli

@@ -19,7 +19,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from workbench.tasks.base import LayerSpec, Task, TaskOptions, ViewSpec
+from workbench.tasks.base import LayerSpec, Task, TaskOptions, TrainInput, ViewSpec
 
 SCALES = (2, 4, 8)
 BASELINES = ("nearest", "trilinear", "tricubic")
@@ -41,6 +41,32 @@ class SrTask(Task):
     options_model = SrOptions
     baselines = BASELINES
     models = ("rrdb_sr",)
+    train_inputs = (
+        TrainInput("lr", "LR volume", roles=("lr",), hint="The low-resolution volume (3D)"),
+        TrainInput("hr", "HR reference", roles=("hr",),
+                   hint="Its high-resolution reference: the scale times as many voxels per axis, aligned affines"),
+    )
+
+    def trainer_from_arrays(self, inputs, out_dir, config, *, loss_weights=None, callbacks=()):
+        """Train on one LR/HR pair (validation patches come from the same pair: there is no other)."""
+        from workbench.tasks.sr import degrade as dg
+        from workbench.tasks.sr import workflow
+        from workbench.tasks.sr.data import SRPair
+        from workbench.tasks.sr.predictor import scale_tuple
+
+        opts = self.options(config)
+        scale = scale_tuple(opts.scale, opts.inplane)
+        lr, hr = inputs["lr"], inputs["hr"]
+        dg.check_grids(lr.data.shape, lr.affine, hr.data.shape, hr.affine, scale)
+        hr_data = hr.data[tuple(slice(0, d * f) for d, f in zip(lr.data.shape, scale))]
+        pair = SRPair.from_arrays(lr.data, hr_data, scale, hr.name or "hr")
+        return workflow.make_trainer([pair], out_dir, config, callbacks=callbacks, loss_weights=loss_weights)
+
+    def patch_size(self, config) -> int:
+        return int(self.options(config).lr_patch)
+
+    def set_patch_size(self, config, size: int) -> None:
+        config.options = {**config.options, "lr_patch": int(size)}
     view = ViewSpec(
         layers=(LayerSpec("lr", "LR input", on_output_grid=False), LayerSpec("tricubic", "tricubic"),
                 LayerSpec("sr", "super-resolved"), LayerSpec("hr", "HR reference")),
