@@ -12,16 +12,15 @@ writes ``last.pt`` in the run folder.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Optional
 
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
-    QComboBox, QDoubleSpinBox, QFormLayout, QGridLayout, QGroupBox, QHBoxLayout, QLabel,
-    QProgressBar, QPushButton, QSpinBox, QVBoxLayout, QWidget,
+    QComboBox, QFormLayout, QGridLayout, QGroupBox, QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout,
+    QWidget,
 )
-from superqt import QCollapsible, QLabeledDoubleSlider
+from superqt import QLabeledDoubleSlider
 
 from napari_plugin import _session
 from napari_plugin._layers import accepts, input_array, prefers
@@ -31,9 +30,9 @@ from napari_plugin._widgets._common import (
 from napari_plugin._widgets._lifecycle import StopsOnClose
 from napari_plugin._widgets._loss_plot import TERM_LABELS, LossPlot
 from napari_plugin._widgets._train_options import (
-    AMP_CHOICES, DEVICES, MODEL_LABELS, SCHEDULES, UI_REFRESH_MS, WEIGHT_APPLY_MS, cuda_description, default_threads,
-    new_run_folder,
+    MODEL_LABELS, UI_REFRESH_MS, WEIGHT_APPLY_MS, cuda_description, new_run_folder,
 )
+from napari_plugin._widgets._train_settings import add_run_settings
 
 
 class TrainWidget(StopsOnClose, QWidget):
@@ -98,57 +97,7 @@ class TrainWidget(StopsOnClose, QWidget):
         self._ui_timer.setInterval(UI_REFRESH_MS)
         self._ui_timer.timeout.connect(self._show_progress)
 
-        form = QFormLayout()
-        self.steps = QSpinBox()
-        self.steps.setRange(1, 1_000_000)
-        self.steps.setValue(defaults.train.steps)
-        self.lr = QDoubleSpinBox()
-        self.lr.setDecimals(5)
-        self.lr.setRange(1e-5, 1.0)
-        self.lr.setSingleStep(1e-4)
-        self.lr.setValue(defaults.train.lr)
-        self.schedule = QComboBox()
-        for label, value in SCHEDULES:
-            self.schedule.addItem(label, value)
-        self.amp = QComboBox()
-        for label, value in AMP_CHOICES:
-            self.amp.addItem(label, value)
-        self.device = QComboBox()
-        for label, value in DEVICES:
-            self.device.addItem(label, value)
-        self.device_info = QLabel(cuda_description())
-        self.device_info.setWordWrap(True)
-        self.patch = QSpinBox()
-        self.patch.setRange(8, 256)
-        self.patch.setSingleStep(8)
-        self.patch.setValue(defaults.data.patch_size)
-        self.batch = QSpinBox()
-        self.batch.setRange(1, 256)
-        self.batch.setValue(defaults.data.batch_size)
-        self.filters = QSpinBox()
-        self.filters.setRange(4, 256)
-        self.filters.setValue(defaults.model.base_filters)
-        self.threads = QSpinBox()
-        self.threads.setRange(1, max(os.cpu_count() or 1, 1))
-        self.threads.setValue(default_threads())
-        self.threads.setToolTip("CPU threads for training; one core is left free so the viewer stays responsive")
-        form.addRow("Training steps (total)", self.steps)
-        form.addRow("Device", self.device)
-        form.addRow(self.device_info)
-        root.addLayout(form)
-        self.advanced = QCollapsible("More settings (learning rate, precision, patch size)")
-        inner = QWidget()
-        form = QFormLayout(inner)
-        form.setContentsMargins(0, 0, 0, 0)
-        form.addRow("Learning rate", self.lr)
-        form.addRow("Rate schedule", self.schedule)
-        form.addRow("Mixed precision", self.amp)
-        form.addRow("Patch size (voxels)", self.patch)
-        form.addRow("Batch size", self.batch)
-        form.addRow("Network width", self.filters)
-        form.addRow("CPU threads", self.threads)
-        self.advanced.addWidget(inner)
-        root.addWidget(self.advanced)
+        add_run_settings(self, root, defaults)
 
         self.run_dir = PathPicker(new_run_folder(), folder=True)
         self.run_dir.changed.connect(self._folder_edited)
