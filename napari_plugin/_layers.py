@@ -216,13 +216,13 @@ def is_original_layer(layer) -> bool:
     return not is_map_layer(layer) and not any(k in layer.metadata for k in RESULT_KEYS)
 
 
-def show_name(layer, on: bool = True) -> None:
+def show_name(layer, on: bool = True, font_size: float = 8.0) -> None:
     """The layer's name in its grid cell (napari >= 0.6 name overlay; silently absent before)."""
     overlay = getattr(layer, "name_overlay", None)
     if overlay is not None:
-        overlay.visible = on
         if on:
-            overlay.font_size = 8
+            overlay.font_size = float(font_size)  # before it shows: the canvas picks the size up on showing
+        overlay.visible = on
 
 
 #: average glyph width of napari's overlay font per character, in font pixels (measured on a screenshot)
@@ -233,7 +233,7 @@ PT_TO_PX = 4 / 3
 def canvas_width(viewer, default: int = 800) -> int:
     """The canvas width in screen pixels (``default`` when it cannot be read)."""
     try:
-        return int(viewer.window._qt_viewer.canvas.native.width()) or default
+        return int(viewer.window._qt_viewer.canvas.native.width()) or default  # noqa: private, no public API
     except Exception:  # noqa: BLE001 - private API; the layout still works with the default
         return default
 
@@ -253,10 +253,8 @@ def grid_with_names(viewer, layers, max_columns: int = 2) -> tuple[int, int]:
     longest = max((len(layer.name) for layer in layers), default=1)
     size = cell_px / (GLYPH_WIDTH * longest) / PT_TO_PX
     for layer in layers:
-        show_name(layer, True)
-        overlay = getattr(layer, "name_overlay", None)
-        if overlay is not None:
-            overlay.font_size = float(min(10.0, max(5.5, size)))
+        show_name(layer, False)
+        show_name(layer, True, float(min(10.0, max(5.5, size))))
     return rows, cols
 
 
@@ -315,17 +313,50 @@ def is_input_layer(layer) -> bool:
     return is_original_layer(layer) and layer.metadata.get("role") != "reference"
 
 
+def _view_role(layer, which: str) -> bool:
+    """Whether the layer's ``role`` is its task's input, output or reference role (task layers only)."""
+    name = layer.metadata.get("task")
+    if not name:
+        return False
+    try:
+        from workbench.tasks import get_task
+
+        view = get_task(name).view
+    except ValueError:
+        return False
+    return layer.metadata.get("role") == getattr(view, f"{which}_role")
+
+
 def is_reference_layer(layer) -> bool:
-    """A ground-truth series (the sample data marks its clean reference with ``role``)."""
-    return layer.metadata.get("role") == "reference"
+    """A ground truth (the DWI sample marks its clean reference with ``role``; task samples per their view)."""
+    return layer.metadata.get("role") == "reference" or _view_role(layer, "reference")
 
 
 def is_noisy_layer(layer) -> bool:
-    return layer.metadata.get("role") == "noisy input"
+    """The input a result was made from (noisy DWI; a task's input role, e.g. the LR volume)."""
+    return layer.metadata.get("role") == "noisy input" or _view_role(layer, "input")
 
 
 def is_result_layer(layer) -> bool:
-    return any(k in layer.metadata for k in RESULT_KEYS)
+    return any(k in layer.metadata for k in RESULT_KEYS) or _view_role(layer, "output")
+
+
+def is_baseline_layer(layer) -> bool:
+    """A classical baseline: computed here (``baseline`` metadata) or a task sample's (a role in its baselines)."""
+    if "baseline" in layer.metadata:
+        return True
+    name = layer.metadata.get("task")
+    try:
+        from workbench.tasks import get_task
+
+        return bool(name) and layer.metadata.get("role") in get_task(name).baselines
+    except ValueError:
+        return False
+
+
+def is_comparable_layer(layer) -> bool:
+    """What Compare takes: a 4D series or a 3D volume."""
+    return is_series_layer(layer) or is_volume_image(layer)
 
 
 def fit_view_soon(viewer) -> None:

@@ -20,7 +20,8 @@ from qtpy.QtWidgets import (
 from napari_plugin._layers import (
     add_or_update_image, axial_view, current_volume, derived_kwargs, difference_colormap, fit_view_soon, grid,
     grid_with_names,
-    inputs_fn, is_mask_layer, is_noisy_layer, is_reference_layer, is_result_layer, is_series_layer, mask_array,
+    inputs_fn, is_baseline_layer, is_comparable_layer, is_mask_layer, is_noisy_layer, is_reference_layer,
+    is_result_layer, mask_array,
     show_name, to_layer_order, unwrap,
 )
 from napari_plugin._widgets._common import LayerCombo, StatusLine, outer_layout, report_failure, \
@@ -46,15 +47,15 @@ class CompareWidget(QWidget):
         content = QWidget()
         root = QVBoxLayout(content)
         form = QFormLayout()
-        self.recon = LayerCombo(self.viewer, is_series_layer, prefer=is_result_layer)
-        self.reference = LayerCombo(self.viewer, is_series_layer, allow_none=True, prefer=is_reference_layer)
-        self.noisy = LayerCombo(self.viewer, is_series_layer, allow_none=True, prefer=is_noisy_layer)
-        self.baseline = LayerCombo(self.viewer, is_series_layer, allow_none=True)
+        self.recon = LayerCombo(self.viewer, is_comparable_layer, prefer=is_result_layer)
+        self.reference = LayerCombo(self.viewer, is_comparable_layer, allow_none=True, prefer=is_reference_layer)
+        self.noisy = LayerCombo(self.viewer, is_comparable_layer, allow_none=True, prefer=is_noisy_layer)
+        self.baseline = LayerCombo(self.viewer, is_comparable_layer, allow_none=True, prefer=is_baseline_layer)
         self.mask = LayerCombo(self.viewer, is_mask_layer, allow_none=True, none_text="(whole image)",
                                prefer=lambda layer: type(unwrap(layer)).__name__ == "Labels")
         form.addRow("Reconstruction", self.recon)
         form.addRow("Reference (ground truth)", self.reference)
-        form.addRow("Noisy input", self.noisy)
+        form.addRow("Input (noisy, LR)", self.noisy)
         form.addRow("Baseline result", self.baseline)
         form.addRow("Metrics inside", self.mask)
         root.addLayout(form)
@@ -199,7 +200,8 @@ class CompareWidget(QWidget):
         key = (id(unwrap(ref)), id(ref.data), None if mask is None else hash(mask.tobytes()))
         if key not in self._range_cache:
             data = np.asarray(ref.data)
-            self._range_cache = {key: float(np.max(data[:, mask] if mask is not None else data))}
+            inside = data if mask is None else (data[:, mask] if data.ndim == 4 else data[mask])
+            self._range_cache = {key: float(np.max(inside))}
         return self._range_cache[key]
 
     def update_metrics(self) -> None:
@@ -214,20 +216,26 @@ class CompareWidget(QWidget):
         if self.metrics_worker is not None:
             self._metrics_pending = True
             return
-        j = current_volume(self.viewer, ref)
+        series = np.ndim(ref.data) == 4
+        j = current_volume(self.viewer, ref) if series else 0
+        pick = (lambda data: np.asarray(data[j])) if series else np.asarray
+        self.off_grid = []
         try:
-            mask = mask_array(self.mask.layer(), ref.data.shape[1:])
+            mask = mask_array(self.mask.layer(), ref.data.shape[-3:])
             rows = {}
             for layer in (self.recon.layer(), self.noisy.layer(), self.baseline.layer()):
                 if layer is not None and unwrap(layer) is not unwrap(ref) and layer.name not in rows:
                     if layer.data.shape != ref.data.shape:
+                        if np.ndim(layer.data) == 3 and layer is not self.recon.layer():
+                            self.off_grid.append(layer.name)  # e.g. the LR input: another grid, not scored
+                            continue
                         raise ValueError(f"'{layer.name}' and the reference differ in shape")
-                    rows[layer.name] = np.asarray(layer.data[j])
+                    rows[layer.name] = pick(layer.data)
             data_range = self._data_range(ref, mask)
         except Exception as exc:
             self._fail(str(exc))
             return
-        self.metrics_worker = w = metrics_worker(rows, np.asarray(ref.data[j]), mask, data_range, j)
+        self.metrics_worker = w = metrics_worker(rows, pick(ref.data), mask, data_range, j)
         w.returned.connect(self._show_metrics)
         w.errored.connect(lambda exc: report_failure(self.status, "Metrics", exc))
         w.finished.connect(self._metrics_finished)
@@ -240,7 +248,9 @@ class CompareWidget(QWidget):
         bvals = None if ref is None else ref.metadata.get("bvals")
         bval = f" (b = {float(bvals[j]):g} s/mm²)" if bvals is not None and j < len(bvals) else ""
         where = "inside the mask" if self.mask.layer() is not None else "whole image"
-        self.table_title.setText(f"Volume {j}{bval}, vs the reference, {where}")
+        what = f"Volume {j}{bval}" if ref is not None and np.ndim(ref.data) == 4 else "Whole volume"
+        off = f"; not scored (another grid): {', '.join(self.off_grid)}" if getattr(self, "off_grid", None) else ""
+        self.table_title.setText(f"{what}, vs the reference, {where}{off}")
         self.table.setRowCount(len(values))
         self.table.setVerticalHeaderLabels(list(values))
         for row, (p, s) in enumerate(values.values()):

@@ -3,7 +3,7 @@
     QT_API=pyqt6 xvfb-run -a -s "-screen 0 1920x1200x24" python tests/napari/screenshots.py OUT_DIR
 
 Writes train_midrun.png, denoise.png, compare.png, edges.png, attention.png, review.png, and for the
-super-resolution task sr_predict.png (``... screenshots.py OUT_DIR sr`` writes only that one).
+super-resolution task sr_predict.png and sr_compare.png (``... screenshots.py OUT_DIR sr`` writes only that one).
 """
 
 from __future__ import annotations
@@ -166,6 +166,12 @@ def main_sr(out: Path) -> None:
     viewer.dims.set_current_step(2, viewer.dims.nsteps[2] // 2)
     viewer.reset_view()
     _grab(viewer, out / "sr_predict.png", app)
+    grid(viewer).enabled = False
+    _only(viewer, ())
+    _, cmp = viewer.window.add_plugin_dock_widget("recon-workbench", "Compare")
+    cmp.show_side_by_side()
+    _wait(app, lambda: bool(cmp.metrics))
+    _grab(viewer, out / "sr_compare.png", app)
     viewer.close()
 
 

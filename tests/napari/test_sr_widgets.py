@@ -98,3 +98,27 @@ def test_train_panel_says_which_layer_is_missing(make_napari_viewer):
     train.task_combo.setCurrentIndex(train.task_combo.findData("sr"))
     train.start()
     assert train.status.is_error and "LR volume" in train.status.text() and train.worker is None
+
+
+def test_compare_shows_sr_against_hr_with_difference_and_metrics(soil_viewer, qtbot):
+    from napari_plugin._layers import grid
+    from workbench.metrics import psnr
+
+    _, panel = soil_viewer.window.add_plugin_dock_widget("recon-workbench", "Predict")
+    panel.run()
+    qtbot.waitUntil(lambda: panel.worker is None, timeout=120_000)
+    sr = panel.output_layer
+    _, cmp = soil_viewer.window.add_plugin_dock_widget("recon-workbench", "Compare")
+    # the task's roles preselect: SR result, HR reference, LR input, tricubic baseline
+    assert (cmp.recon.currentText(), cmp.reference.currentText(), cmp.noisy.currentText(),
+            cmp.baseline.currentText()) == (sr.name, "soil HR reference", "soil LR input", "soil tricubic")
+    cmp.show_side_by_side()
+    assert grid(soil_viewer).enabled and cmp.diff_layer is not None
+    hr = soil_viewer.layers["soil HR reference"].data
+    np.testing.assert_allclose(cmp.diff_layer.data, sr.data - hr, atol=1e-5)
+    qtbot.waitUntil(lambda: bool(cmp.metrics), timeout=60_000)
+    assert set(cmp.metrics) == {sr.name, "soil tricubic"}  # the LR input is on another grid: not scored
+    assert "soil LR input" in cmp.table_title.text() and "Whole volume" in cmp.table_title.text()
+    dr = float(hr.max())
+    assert cmp.metrics[sr.name][0] == pytest.approx(psnr(sr.data, hr, data_range=dr), rel=1e-5)
+    assert cmp.metrics[sr.name][0] > cmp.metrics["soil tricubic"][0]
