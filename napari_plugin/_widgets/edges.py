@@ -11,7 +11,10 @@ from typing import Optional
 import numpy as np
 from qtpy.QtWidgets import QCheckBox, QFormLayout, QPushButton, QVBoxLayout, QWidget
 
-from napari_plugin._layers import add_or_update_image, current_volume, derived_kwargs, is_series_layer, unwrap
+from napari_plugin._layers import (
+    add_or_update_image, current_volume, derived_kwargs, is_comparable_layer, is_noisy_layer, is_reference_layer,
+    is_result_layer, unwrap,
+)
 from napari_plugin._widgets._common import LayerCombo, StatusLine, outer_layout, report_failure, \
     show_error_notification
 
@@ -29,10 +32,10 @@ class EdgeWidget(QWidget):
         content = QWidget()
         root = QVBoxLayout(content)
         form = QFormLayout()
-        self.input = LayerCombo(self.viewer, is_series_layer, allow_none=True)
-        self.prediction = LayerCombo(self.viewer, is_series_layer, allow_none=True)
-        self.reference = LayerCombo(self.viewer, is_series_layer, allow_none=True)
-        form.addRow("Noisy input", self.input)
+        self.input = LayerCombo(self.viewer, is_comparable_layer, allow_none=True, prefer=is_noisy_layer)
+        self.prediction = LayerCombo(self.viewer, is_comparable_layer, allow_none=True, prefer=is_result_layer)
+        self.reference = LayerCombo(self.viewer, is_comparable_layer, allow_none=True, prefer=is_reference_layer)
+        form.addRow("Input (noisy, LR)", self.input)
         form.addRow("Prediction", self.prediction)
         form.addRow("Reference", self.reference)
         root.addLayout(form)
@@ -66,9 +69,11 @@ class EdgeWidget(QWidget):
             self.status.error(message)
             show_error_notification(message)
             return
-        j = current_volume(self.viewer, sources[0])
-        j = min(j, *(s.data.shape[0] - 1 for s in sources))
-        volumes = {layer.name: np.asarray(layer.data[j]) for layer in sources}
+        series = [s for s in sources if np.ndim(s.data) == 4]
+        j = current_volume(self.viewer, series[0]) if series else 0
+        j = min(j, *(s.data.shape[0] - 1 for s in series)) if series else 0
+        volumes = {layer.name: np.asarray(layer.data[j] if np.ndim(layer.data) == 4 else layer.data)
+                   for layer in sources}
         by_name = {layer.name: layer for layer in sources}
         self.worker = w = edge_worker(volumes)
         w.returned.connect(lambda maps, jj=j, src=by_name: self._show(maps, jj, src))
@@ -83,7 +88,8 @@ class EdgeWidget(QWidget):
             kwargs = derived_kwargs(sources[name], f"{PREFIX}: {name}", {"edge_map_of": name, "volume": j}, ndim=3)
             self.edge_layers[name] = add_or_update_image(self.viewer, edge, kwargs, colormap="magma",
                                                          contrast_limits=(0.0, top))
-        self.status.info(f"Edge maps of volume {j}: {', '.join(maps)} (same colour scale on every map).")
+        which = f"volume {j}" if any(np.ndim(s.data) == 4 for s in sources.values()) else "the volumes"
+        self.status.info(f"Edge maps of {which}: {', '.join(maps)} (same colour scale on every map).")
 
     def _finished(self) -> None:
         self.worker = None

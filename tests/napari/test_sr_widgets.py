@@ -122,3 +122,43 @@ def test_compare_shows_sr_against_hr_with_difference_and_metrics(soil_viewer, qt
     dr = float(hr.max())
     assert cmp.metrics[sr.name][0] == pytest.approx(psnr(sr.data, hr, data_range=dr), rel=1e-5)
     assert cmp.metrics[sr.name][0] > cmp.metrics["soil tricubic"][0]
+
+
+def test_edge_maps_of_lr_sr_and_hr_each_on_its_grid(soil_viewer, qtbot):
+    from workbench.inference import edge_map
+
+    _, panel = soil_viewer.window.add_plugin_dock_widget("recon-workbench", "Predict")
+    panel.run()
+    qtbot.waitUntil(lambda: panel.worker is None, timeout=120_000)
+    sr = panel.output_layer
+    _, edges = soil_viewer.window.add_plugin_dock_widget("recon-workbench", "Edge maps")
+    assert (edges.input.currentText(), edges.prediction.currentText(), edges.reference.currentText()) == \
+        ("soil LR input", sr.name, "soil HR reference")
+    edges.compute()
+    qtbot.waitUntil(lambda: edges.worker is None, timeout=60_000)
+    lr_edges, sr_edges = soil_viewer.layers["edges: soil LR input"], soil_viewer.layers[f"edges: {sr.name}"]
+    np.testing.assert_allclose(sr_edges.data, edge_map(sr.data), rtol=1e-5, atol=1e-5)
+    assert lr_edges.data.shape == soil_viewer.layers["soil LR input"].data.shape
+    assert np.allclose(lr_edges.scale, soil_viewer.layers["soil LR input"].scale)
+    assert np.allclose(sr_edges.scale, soil_viewer.layers["soil HR reference"].scale)
+
+
+def test_blinded_review_of_sr_against_tricubic(soil_viewer, qtbot, tmp_path):
+    import json
+
+    _, panel = soil_viewer.window.add_plugin_dock_widget("recon-workbench", "Predict")
+    panel.run()
+    qtbot.waitUntil(lambda: panel.worker is None, timeout=120_000)
+    names = [panel.output_layer.name, "soil tricubic"]
+    _, rev = soil_viewer.window.add_plugin_dock_widget("recon-workbench", "Clinician review")
+    rev.file_picker.setText(str(tmp_path / "review.json"))
+    rev.case_edit.setText("soil-01")
+    rev.set_checked(names)
+    rev.start()
+    assert not rev.status.is_error, rev.status.text()
+    assert set(rev.blind_layers) == {"A", "B"} and not any(n in soil_viewer.layers for n in names)
+    rev.groups[("A", "sharpness")].button(5).click()
+    saved = json.loads((tmp_path / "review.json").read_text())["cases"]["soil-01"]
+    assert saved["scores"]["A"]["sharpness"] == 5 and sorted(saved["candidates"]) == sorted(names)
+    rev.end()
+    assert all(n in soil_viewer.layers for n in names)
