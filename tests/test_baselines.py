@@ -176,3 +176,57 @@ def test_estimate_sigma_mppca_on_a_thin_real_crop_with_a_border_mask():
     mask = compute_mask(series.data, series.bvals)
     sigma = estimate_sigma_mppca(series.data, mask)
     assert sigma is not None and 0 < sigma < 0.1 * float(np.median(series.data[..., series.bvals < 50]))
+
+
+def test_mppca_in_slabs_equals_the_whole_volume_and_can_be_cancelled():
+    from workbench.baselines import mppca, mppca_slabs
+    from workbench.data.phantoms import simulate_dwi
+    from workbench.tasks.base import Cancelled
+
+    ph = simulate_dwi(shape=(16, 16, 23), scheme="dti", snr=10.0, seed=3)
+    whole = mppca(ph.noisy, ph.bvals)
+    seen = []
+    slabbed = mppca(ph.noisy, ph.bvals, progress=lambda d, t: seen.append((d, t)))
+    np.testing.assert_array_equal(slabbed, whole)  # 2 x patch radius of context: exactly the same
+    slabs = mppca_slabs(23)
+    assert len(slabs) > 1 and seen == [(k + 1, len(slabs)) for k in range(len(slabs))]
+    assert slabs[0][0] == 0 and slabs[-1][1] == 23
+    assert all(a[1] == b[0] for a, b in zip(slabs, slabs[1:]))
+    calls = []
+    with pytest.raises(Cancelled):
+        mppca(ph.noisy, ph.bvals, progress=lambda d, t: calls.append(d), should_stop=lambda: len(calls) >= 2)
+    assert calls == [1, 2]  # stopped between slabs, not after the whole run
+
+
+def test_denoise_reports_and_cancels_its_mppca_blend():
+    from workbench import api
+    from workbench.config import Config
+    from workbench.data.nifti import DWISeries
+    from workbench.data.phantoms import simulate_dwi
+    from workbench.inference import Denoiser
+
+    ph = simulate_dwi(shape=(16, 16, 12), scheme="dti", snr=10.0, seed=0)
+    cfg = Config().model_copy(deep=True)
+    cfg.model.base_filters, cfg.data.patch_size, cfg.data.batch_size = 4, 8, 1
+    cfg.train.steps, cfg.train.val_every = 1, 1
+    series = DWISeries(ph.noisy, ph.affine, bvals=ph.bvals, bvecs=ph.bvecs)
+    trainer = api.make_trainer([series], None, cfg, masks=[ph.mask])
+    trainer.fit()
+    den = Denoiser(trainer.raw_model, cfg, len(ph.bvals), device="cpu")
+    sigma = float(ph.sigma)  # the phantom's own noise level (this small field of view has little air)
+    seen = []
+    den.denoise(ph.noisy, ph.bvals, ph.bvecs, ph.mask, sigma=sigma, progress=lambda d, t: seen.append((d, t)))
+    n = len(ph.bvals)
+    total = seen[0][1]
+    assert total > n and seen[-1] == (total, total) and len({t for _, t in seen}) == 1
+    assert [d for d, _ in seen] == list(range(1, total + 1))
+
+    class Stop(Exception):
+        pass
+
+    def stop_in_mppca(done, total):
+        if done > n + 1:
+            raise Stop
+
+    with pytest.raises(Stop):
+        den.denoise(ph.noisy, ph.bvals, ph.bvecs, ph.mask, sigma=sigma, progress=stop_in_mppca)

@@ -26,7 +26,8 @@ import warnings
 from typing import Callable
 
 import numpy as np
-from scipy import ndimage
+
+from workbench.tasks.base import check_cancel
 
 __all__ = [
     "BASELINES",
@@ -36,6 +37,8 @@ __all__ = [
     "nlmeans",
     "rician_bias_correct",
     "estimate_background_sigma",
+    "estimate_sigma_mppca",
+    "mppca_slabs",
 ]
 
 
@@ -73,7 +76,8 @@ def _finish(out: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
     return out
 
 
-def mppca(data, bvals, mask=None, *, patch_radius: int = 2, blas_threads: int | None = 1, **kw) -> np.ndarray:
+def mppca(data, bvals, mask=None, *, patch_radius: int = 2, blas_threads: int | None = 1, progress=None,
+          should_stop=None, **kw) -> np.ndarray:
     """Marchenko-Pastur PCA denoising (MP-PCA).
 
     Local PCA over (2r+1)^3 patches; components whose eigenvalues fall inside
@@ -95,6 +99,10 @@ def mppca(data, bvals, mask=None, *, patch_radius: int = 2, blas_threads: int | 
         multi-threaded OpenBLAS on a busy 2-core machine made it ~30x slower
         (20x20x12x65 phantom: 1.8 s with 1 thread, 85 s with 2). None leaves
         the BLAS setting alone.
+    progress, should_stop : callable, optional
+        With either, the volume is processed in axial slabs (:func:`mppca_slabs`, the same
+        result): ``progress(done, total)`` after each slab, ``should_stop()`` before each
+        (True raises :class:`workbench.tasks.base.Cancelled`).
     **kw
         Passed to :func:`dipy.denoise.localpca.mppca` (e.g. ``pca_method``).
 
@@ -116,9 +124,34 @@ def mppca(data, bvals, mask=None, *, patch_radius: int = 2, blas_threads: int | 
 
     data, _, mask = _check_inputs(data, bvals, mask)
     kw.setdefault("suppress_warning", True)
+    data = np.asarray(data, dtype=np.float64)
     with _blas_threads(blas_threads), np.errstate(invalid="ignore", divide="ignore"):  # 0/0 outside the mask
-        out = _mppca(np.asarray(data, dtype=np.float64), mask=mask, patch_radius=patch_radius, **kw)
+        if progress is None and should_stop is None:
+            out = _mppca(data, mask=mask, patch_radius=patch_radius, **kw)
+        else:
+            out = np.empty_like(data)
+            slabs = mppca_slabs(data.shape[2], patch_radius)
+            margin = 2 * patch_radius
+            for k, (z0, z1) in enumerate(slabs):
+                check_cancel(should_stop)
+                a, b = max(0, z0 - margin), min(data.shape[2], z1 + margin)
+                part = _mppca(data[:, :, a:b], mask=None if mask is None else mask[:, :, a:b],
+                              patch_radius=patch_radius, **kw)
+                out[:, :, z0:z1] = part[:, :, z0 - a: z1 - a]
+                if progress is not None:
+                    progress(k + 1, len(slabs))
     return _finish(out, mask)
+
+
+def mppca_slabs(nz: int, patch_radius: int = 2, n_slabs: int = 6) -> list[tuple[int, int]]:
+    """Axial slabs ``[z0, z1)`` for MP-PCA with progress and cancel between them.
+
+    Each slab is denoised with ``2 * patch_radius`` extra slices on either side: every
+    output voxel of DIPY's patch-averaged MP-PCA depends only on data within that distance,
+    so the slab-wise result equals the whole-volume one exactly (a test checks it).
+    """
+    size = max(2 * patch_radius + 4, -(-nz // n_slabs))
+    return [(z, min(nz, z + size)) for z in range(0, nz, size)]
 
 
 def patch2self(
@@ -319,119 +352,5 @@ def run_baseline(name: str, data, bvals, mask=None, **kw) -> np.ndarray:
     return fn(data, bvals, mask=mask, **kw)
 
 
-def rician_bias_correct(data, sigma, *, k: float = 2.0) -> np.ndarray:
-    """Remove the Rician bias of magnitude data: ``sqrt(max(S^2 - k sigma^2, 0))``, k = 2.
-
-    For a magnitude ``M = |A + n1 + i n2|`` with n1, n2 ~ N(0, sigma^2),
-    ``E[M^2] = A^2 + 2 sigma^2``, so with the default ``k = 2``,
-    ``S^2 - 2 sigma^2`` is an unbiased estimate of ``A^2`` (the
-    second-moment correction; Gudbjartsson & Patz 1995). ``sigma`` is the
-    standard deviation of *each* Gaussian channel (the phantom's ``sigma``,
-    and what :func:`estimate_background_sigma` returns).
-
-    Convention, 2 sigma^2 vs sigma^2: ``k = 2`` removes the bias of the
-    squared magnitude and is the right choice where the signal is comparable
-    to or below sigma (air: mean 1.25 sigma -> 0.46 sigma). Gudbjartsson &
-    Patz's pixel-wise estimate ``sqrt(|M^2 - sigma^2|)`` (``k = 1``) is
-    first-order unbiased for the *mean* of a single magnitude at moderate SNR
-    (A/sigma >~ 2): on phantom white matter at b=1000, SNR ~2.5, the mean
-    bias is +31 noisy, -2 with k=1 and -34 with k=2. Both reduce the error
-    of a denoiser's output that kept the bias (MP-PCA at SNR 10: RMSE 35.3
-    -> 24.7 with k=1, 24.6 with k=2; mean bias +21 -> +7 / -10).
-
-    Parameters
-    ----------
-    data : array_like
-        Magnitude data (any shape; typically (X, Y, Z, N)).
-    sigma : float or array broadcastable to ``data`` (e.g. (N,) per volume)
-    k : float
-        Multiple of sigma^2 to subtract (2: moment correction, 1: G&P pixel-wise).
-
-    Returns
-    -------
-    float32 array, same shape.
-
-    References
-    ----------
-    Gudbjartsson H, Patz S. The Rician distribution of noisy MRI data.
-    Magnetic Resonance in Medicine 34(6):910-914, 1995.
-    """
-    m = np.asarray(data, dtype=np.float64)
-    s = np.asarray(sigma, dtype=np.float64)
-    out = np.sqrt(np.maximum(m * m - float(k) * s * s, 0.0))
-    return out.astype(np.float32)
-
-
-def estimate_background_sigma(
-    data,
-    mask,
-    *,
-    dilate: int = 3,
-    min_voxels: int = 1000,
-    per_volume: bool = False,
-) -> float | np.ndarray | None:
-    """Rician noise sigma from air voxels outside a dilated brain mask.
-
-    In air the true signal is 0, so the magnitude is Rayleigh distributed
-    with ``E[M^2] = 2 sigma^2``; hence ``sigma = sqrt(mean(M^2) / 2)``.
-    Voxels that are exactly 0 in every volume (zero-filled or scanner-masked
-    background) are ignored.
-
-    Parameters
-    ----------
-    data : (X, Y, Z) or (X, Y, Z, N) array_like
-    mask : (X, Y, Z) bool
-        Brain mask; it is dilated by ``dilate`` voxels to stay clear of
-        partial-volume edges.
-    dilate : int
-    min_voxels : int
-        Fewer usable background voxels than this -> return None.
-    per_volume : bool
-        If True return one sigma per volume (N,), else a single pooled value.
-
-    Returns
-    -------
-    float, (N,) float64 array, or None when there are too few background
-    voxels (e.g. the field of view is cropped to the head); the caller must
-    then use another estimate.
-    """
-    arr = np.asarray(data, dtype=np.float64)
-    if arr.ndim == 3:
-        arr = arr[..., None]
-    if arr.ndim != 4:
-        raise ValueError(f"data must be 3D or 4D, got shape {arr.shape}")
-    mask = np.asarray(mask).astype(bool)
-    if mask.shape != arr.shape[:3]:
-        raise ValueError(f"mask shape {mask.shape} does not match data shape {arr.shape[:3]}")
-    grown = ndimage.binary_dilation(mask, iterations=dilate) if dilate > 0 and mask.any() else mask
-    background = ~grown & np.any(arr != 0, axis=-1)
-    if int(background.sum()) < min_voxels:
-        return None
-    m2 = arr[background] ** 2  # (V, N)
-    if per_volume:
-        return np.sqrt(m2.mean(axis=0) / 2.0)
-    return float(np.sqrt(m2.mean() / 2.0))
-
-
-def estimate_sigma_mppca(data, mask=None, *, patch_radius: int = 2) -> float | None:
-    """Noise sigma from MP-PCA's Marchenko-Pastur fit: the median of DIPY's sigma map in ``mask``.
-
-    The fallback for a field of view without air (where :func:`estimate_background_sigma`
-    returns None). It is the Gaussian sigma of the local noise, close to the Rician
-    sigma where SNR is moderate (Veraart et al. 2016). None if the patches hold
-    fewer voxels than there are volumes' worth of spectrum to fit (fewer than 4 volumes).
-    """
-    from dipy.denoise.localpca import mppca as _mppca
-
-    arr = np.asarray(data, dtype=np.float64)
-    if arr.ndim != 4 or arr.shape[-1] < 4:
-        return None
-    radius = [int(max(1, min(patch_radius, (s - 1) // 2))) for s in arr.shape[:3]]
-    mask = np.ones(arr.shape[:3], bool) if mask is None else np.asarray(mask).astype(bool)
-    # the whole field of view: with a mask DIPY only fits patches centred in it, and on a thin crop a mask
-    # near the border leaves every voxel without a fitted patch (all NaN)
-    with _blas_threads(1), np.errstate(invalid="ignore", divide="ignore"):
-        _, sigma = _mppca(arr, mask=None, patch_radius=np.array(radius), return_sigma=True, suppress_warning=True)
-    good = np.isfinite(sigma) & (sigma > 0)
-    values = sigma[mask & good] if (mask & good).any() else sigma[good]
-    return float(np.median(values)) if values.size else None
+# noise-level helpers moved to workbench.noise_level; kept importable from here for callers and notebooks
+from workbench.noise_level import estimate_background_sigma, estimate_sigma_mppca, rician_bias_correct  # noqa: E402,F401

@@ -190,6 +190,12 @@ class Denoiser:
         n = subject.n_volumes
         brain = subject.mask
         preds = np.empty((n,) + data.shape[:3], dtype=np.float32)
+        # the MP-PCA runs of the blend report on the same bar, so it is known from the start how much is left
+        blend_units = 0
+        if progress is not None and sigma is not None and icfg.mppca_blend and min(data.shape[:3]) >= 5 and n >= 3:
+            from workbench.baselines import mppca_slabs
+
+            blend_units = 2 * len(mppca_slabs(data.shape[2]))
         heldout = np.empty(n)
         # outside the brain mask the prediction is the input (not the priors' extrapolated grey, with a ring at
         # the edge); the MP-PCA blend then replaces it with MP-PCA there, or, without the blend, only the Rician
@@ -200,7 +206,7 @@ class Denoiser:
             heldout[j] = float(((pred - subject.volumes[j])[brain].double() ** 2).mean())
             preds[j] = pred.numpy()
             if progress is not None:
-                progress(j + 1, n)
+                progress(j + 1, n + blend_units)
         raw = np.moveaxis(preds, 0, -1) * np.float32(subject.scale) if keep_raw else None
         sig = None if sigma is None else sigma / subject.scale
         noise_var, bias2 = np.full(n, np.nan), np.full(n, np.nan)
@@ -209,8 +215,12 @@ class Denoiser:
         noisy = subject.volumes.numpy()
         weights, risk = None, None
         if sig is not None and icfg.mppca_blend:
+            mp = None
+            if blend_units:  # MP-PCA's slabs count on the same bar, and a cancel stops it between slabs
+                mp = mppca_with_divergence(noisy, sig, brain.numpy(), subject.bvals,
+                                           progress=lambda done, total: progress(n + done, n + total))
             blended = blend_with_mppca(preds, noisy, noise_var, brain.numpy(), sig, subject.bvals,
-                                       include_noisy=icfg.shrinkage)
+                                       include_noisy=icfg.shrinkage, mppca=mp)
             if blended is not None:
                 preds, weights, risk = blended
         preds, k = post_process(preds, noisy, heldout, noise_var, sig, subject.bvals,
@@ -297,20 +307,26 @@ MIN_SURE_VOXELS = 1000
 
 
 def mppca_with_divergence(noisy: np.ndarray, sigma: float, mask: np.ndarray,
-                          bvals=None) -> tuple[np.ndarray, np.ndarray]:
+                          bvals=None, progress=None) -> tuple[np.ndarray, np.ndarray]:
     """Full-field-of-view MP-PCA of (N, X, Y, Z) volumes and its divergence per volume in ``mask``.
 
     MP-PCA (Veraart et al. 2016) runs twice: on the data, and on the data perturbed
     by 1% of ``sigma`` (:func:`workbench.sure.monte_carlo_divergence`). Returns
-    ``(divergences (N,), denoised (N, X, Y, Z))``.
+    ``(divergences (N,), denoised (N, X, Y, Z))``. ``progress(done, total)`` counts the
+    axial slabs of both runs (:func:`workbench.baselines.mppca_slabs`); it may raise to cancel.
     """
-    from workbench.baselines import mppca
+    from workbench.baselines import mppca, mppca_slabs
     from workbench.sure import monte_carlo_divergence
 
     bvals = np.zeros(len(noisy)) if bvals is None else bvals
+    per_run = len(mppca_slabs(noisy.shape[3]))
+    runs = []
 
     def run(volumes: np.ndarray) -> np.ndarray:
-        return np.moveaxis(mppca(np.moveaxis(volumes, 0, -1), bvals), -1, 0)
+        offset = len(runs) * per_run
+        runs.append(1)
+        report = None if progress is None else (lambda done, _total: progress(offset + done, 2 * per_run))
+        return np.moveaxis(mppca(np.moveaxis(volumes, 0, -1), bvals, progress=report), -1, 0)
 
     return monte_carlo_divergence(run, noisy, eps=0.01 * sigma, mask=mask)
 

@@ -42,7 +42,7 @@ class DenoiseWidget(WorkerPanel, QWidget):
         QVBoxLayout(box).addWidget(source := ModelSource(self.viewer))
         self.source = source
         root.addWidget(box)
-        self.add_run_controls(root, "Denoise", "Cancel", "volume %v of %m",
+        self.add_run_controls(root, "Denoise", "Cancel", "%v of %m (volumes, then MP-PCA slabs)",
                               "Choose a layer and a model, then press Denoise.")
         outer_layout(self, content)
 

@@ -74,7 +74,8 @@ def test_train_change_weight_stop_resume_then_denoise(sample_viewer, qtbot, tmp_
     assert np.allclose(out.metadata["affine"], src.metadata["affine"])
     assert np.allclose(out.metadata["bvals"], src.metadata["bvals"])
     assert out.metadata["denoise"]["heldout_mse"] > 0
-    assert den.progress.value() == den.progress.maximum() == src.data.shape[0]
+    # every volume, then the slabs of the two MP-PCA runs of the blend, on one bar that ends full
+    assert den.progress.value() == den.progress.maximum() > src.data.shape[0]
 
 
 def test_failing_trainer_shows_error_in_widget_and_notifications(sample_viewer, qtbot, tmp_path, monkeypatch):

@@ -112,7 +112,7 @@ def run_command(args: argparse.Namespace, bar) -> int:
             args.dwi, args.output, checkpoint=args.checkpoint, config=args.config, mask=args.mask,
             bval=args.bval, bvec=args.bvec, device=args.device, amp=False if args.no_amp else (True if args.amp else None),
             nan_to_zero=args.nan_to_zero, run_dir=args.run_dir, callbacks=[bar.on_event],
-            progress=bar.inference,
+            progress=bar.stage("denoising (volumes, then MP-PCA slabs)", "step").inference,
         )
         msg = (f"wrote {report.output} ({report.n_volumes} volumes; training {report.train_seconds:.0f} s, "
                f"inference {report.inference_seconds:.0f} s on {report.device}, amp={report.amp})\n"
