@@ -279,3 +279,65 @@ class ModelSource(QWidget):
 
 def same_layer(a, b) -> bool:
     return a is not None and b is not None and unwrap(a) is unwrap(b)
+
+
+class FollowsVolume:
+    """Mixin placed before ``QWidget``: calls ``self._volume_changed`` when the viewer's sliders move,
+    and lets go of the viewer when the panel closes.
+
+    The default ``_volume_changed`` recomputes (``self.compute()``) when the panel's ``follow``
+    check box is on and :meth:`_follow_ready`; ``_finished`` ends a worker and runs a
+    recomputation that was asked for meanwhile (``self._pending``).
+    """
+
+    def follow_volume(self) -> None:
+        self.viewer.dims.events.current_step.connect(self._volume_changed)
+
+    def _follow_ready(self) -> bool:
+        return True
+
+    def _volume_changed(self, *_):
+        if self.follow.isChecked() and self._follow_ready():
+            self.compute()
+
+    def _finished(self) -> None:
+        self.worker = None
+        if self._pending:
+            self._pending = False
+            self.compute()
+
+    def closeEvent(self, event) -> None:
+        try:
+            self.viewer.dims.events.current_step.disconnect(self._volume_changed)
+        except (TypeError, ValueError, RuntimeError):
+            pass
+        super().closeEvent(event)
+
+
+def distinct_layers(combos) -> list:
+    """The layers chosen in ``combos``, each once, in order (None left out)."""
+    out = []
+    for combo in combos:
+        layer = combo.layer()
+        if layer is not None and all(unwrap(layer) is not unwrap(o) for o in out):
+            out.append(layer)
+    return out
+
+
+def series_mask_and_model(panel, root) -> None:
+    """``panel.layer_combo`` (a 4D series, inputs first), ``panel.mask_combo`` (optional) and
+    ``panel.source`` (the model: the Train panel's run or a checkpoint), added to the layout ``root``."""
+    from qtpy.QtWidgets import QFormLayout, QGroupBox
+
+    from napari_plugin._layers import is_input_layer, is_mask_layer, is_series_layer
+
+    form = QFormLayout()
+    panel.layer_combo = LayerCombo(panel.viewer, is_series_layer, prefer=is_input_layer)
+    panel.mask_combo = LayerCombo(panel.viewer, is_mask_layer, allow_none=True, none_text="(automatic brain mask)")
+    form.addRow("Image layer", panel.layer_combo)
+    form.addRow("Brain mask", panel.mask_combo)
+    root.addLayout(form)
+    box = QGroupBox("Model")
+    panel.source = ModelSource(panel.viewer)
+    QVBoxLayout(box).addWidget(panel.source)
+    root.addWidget(box)

@@ -13,15 +13,16 @@ from __future__ import annotations
 from typing import Optional
 
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QCheckBox, QComboBox, QFormLayout, QGroupBox, QPushButton, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QCheckBox, QComboBox, QFormLayout, QPushButton, QVBoxLayout, QWidget
 from superqt import QLabeledDoubleSlider
 
 from napari_plugin._layers import (
-    add_or_update_image, current_volume, derived_kwargs, inputs_fn, is_input_layer, is_mask_layer, is_series_layer,
-    unwrap,
+    add_or_update_image, current_volume, derived_kwargs, inputs_fn, unwrap,
 )
-from napari_plugin._widgets._common import LayerCombo, ModelSource, StatusLine, outer_layout, \
-    report_failure, show_error_notification
+from napari_plugin._widgets._common import (
+    FollowsVolume, StatusLine, outer_layout, report_failure, series_mask_and_model,
+    show_error_notification,
+)
 
 COLORMAPS = ["inferno", "magma", "viridis", "turbo", "red"]
 PREFIX = "attention"
@@ -47,7 +48,7 @@ def overlay_limits(att) -> tuple[float, float]:
     return lo, max(hi, lo + 1e-6)
 
 
-class AttentionWidget(QWidget):
+class AttentionWidget(FollowsVolume, QWidget):
     def __init__(self, napari_viewer, parent: Optional[QWidget] = None):
         super().__init__(parent)
         self.viewer = napari_viewer
@@ -60,17 +61,7 @@ class AttentionWidget(QWidget):
 
         content = QWidget()
         root = QVBoxLayout(content)
-        form = QFormLayout()
-        self.layer_combo = LayerCombo(self.viewer, is_series_layer, prefer=is_input_layer)
-        self.mask_combo = LayerCombo(self.viewer, is_mask_layer, allow_none=True,
-                                     none_text="(automatic brain mask)")
-        form.addRow("Image layer", self.layer_combo)
-        form.addRow("Brain mask", self.mask_combo)
-        root.addLayout(form)
-        box = QGroupBox("Model")
-        QVBoxLayout(box).addWidget(source := ModelSource(self.viewer))
-        self.source = source
-        root.addWidget(box)
+        series_mask_and_model(self, root)
         self.compute_btn = QPushButton("Compute attention for the volume on screen")
         self.compute_btn.clicked.connect(self.compute)
         self.follow = QCheckBox("Update when the volume slider moves")
@@ -96,7 +87,7 @@ class AttentionWidget(QWidget):
         root.addWidget(self.status)
         root.addStretch(1)
         outer_layout(self, content)
-        self.viewer.dims.events.current_step.connect(self._volume_changed)
+        self.follow_volume()
 
     def compute(self) -> None:
         from napari_plugin._workers import attention_worker
@@ -161,19 +152,5 @@ class AttentionWidget(QWidget):
             self.overlay.colormap = fading_colormap(self.colormap.currentText())
             self.overlay.opacity = float(self.opacity.value())
 
-    def _finished(self) -> None:
-        self.worker = None
-        if self._pending:
-            self._pending = False
-            self.compute()
-
-    def _volume_changed(self, *_):
-        if self.follow.isChecked() and self.maps:
-            self.compute()
-
-    def closeEvent(self, event) -> None:
-        try:
-            self.viewer.dims.events.current_step.disconnect(self._volume_changed)
-        except (TypeError, ValueError, RuntimeError):
-            pass
-        super().closeEvent(event)
+    def _follow_ready(self) -> bool:
+        return bool(self.maps)

@@ -19,19 +19,18 @@ from qtpy.QtWidgets import (
 
 from napari_plugin._layers import (
     add_or_update_image, axial_view, current_volume, derived_kwargs, difference_colormap, fit_view_soon, grid,
-    grid_with_names,
-    inputs_fn, is_baseline_layer, is_comparable_layer, is_mask_layer, is_noisy_layer, is_reference_layer,
-    is_result_layer, mask_array,
-    show_name, to_layer_order, unwrap,
+    grid_with_names, inputs_fn, is_baseline_layer, is_comparable_layer, is_mask_layer, is_noisy_layer,
+    is_reference_layer, is_result_layer, mask_array, show_name, to_layer_order, unwrap,
 )
-from napari_plugin._widgets._common import LayerCombo, StatusLine, outer_layout, report_failure, \
-    show_error_notification
+from napari_plugin._widgets._common import (
+    FollowsVolume, LayerCombo, StatusLine, distinct_layers, outer_layout, report_failure, show_error_notification,
+)
 
 BASELINES = [("MP-PCA", "mppca"), ("Patch2Self", "patch2self"), ("Non-local means", "nlmeans")]
 DIFF_PREFIX = "difference"
 
 
-class CompareWidget(QWidget):
+class CompareWidget(FollowsVolume, QWidget):
     def __init__(self, napari_viewer, parent: Optional[QWidget] = None):
         super().__init__(parent)
         self.viewer = napari_viewer
@@ -95,16 +94,11 @@ class CompareWidget(QWidget):
             root.addWidget(w)
         root.addStretch(1)
         outer_layout(self, content)
-        self.viewer.dims.events.current_step.connect(self._volume_changed)
+        self.follow_volume()
 
     # ------------------------------------------------------------------ layers
     def compared_layers(self) -> list:
-        out = []
-        for combo in (self.recon, self.reference, self.noisy, self.baseline):
-            layer = combo.layer()
-            if layer is not None and all(unwrap(layer) is not unwrap(o) for o in out):
-                out.append(layer)
-        return out
+        return distinct_layers((self.recon, self.reference, self.noisy, self.baseline))
 
     def show_side_by_side(self) -> None:
         """Grid view of the compared layers plus the difference map; fills the metrics table."""
@@ -266,10 +260,3 @@ class CompareWidget(QWidget):
     def _fail(self, message: str) -> None:
         self.status.error(message)
         show_error_notification(message)
-
-    def closeEvent(self, event) -> None:
-        try:
-            self.viewer.dims.events.current_step.disconnect(self._volume_changed)
-        except (TypeError, ValueError, RuntimeError):
-            pass
-        super().closeEvent(event)

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 from typing import Optional
 
-from qtpy.QtWidgets import QFormLayout, QGroupBox, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QVBoxLayout, QWidget
 
-from napari_plugin._layers import (
-    add_or_update_image, derived_kwargs, inputs_fn, is_input_layer, is_mask_layer, is_series_layer, to_layer_order,
-)
+from napari_plugin._layers import add_or_update_image, derived_kwargs, inputs_fn, to_layer_order
 from napari_plugin._widgets._common import (
-    LayerCombo, ModelSource, outer_layout, report_failure, show_error_notification,
+    outer_layout, report_failure, series_mask_and_model, show_error_notification,
 )
 from napari_plugin._widgets._lifecycle import WorkerPanel
 
@@ -31,17 +29,7 @@ class DenoiseWidget(WorkerPanel, QWidget):
 
         content = QWidget()
         root = QVBoxLayout(content)
-        form = QFormLayout()
-        self.layer_combo = LayerCombo(self.viewer, is_series_layer, prefer=is_input_layer)
-        self.mask_combo = LayerCombo(self.viewer, is_mask_layer, allow_none=True,
-                                     none_text="(automatic brain mask)")
-        form.addRow("Image layer", self.layer_combo)
-        form.addRow("Brain mask", self.mask_combo)
-        root.addLayout(form)
-        box = QGroupBox("Model")
-        QVBoxLayout(box).addWidget(source := ModelSource(self.viewer))
-        self.source = source
-        root.addWidget(box)
+        series_mask_and_model(self, root)
         self.add_run_controls(root, "Denoise", "Cancel", "%v of %m (volumes, then MP-PCA slabs)",
                               "Choose a layer and a model, then press Denoise.")
         outer_layout(self, content)

@@ -13,15 +13,16 @@ from qtpy.QtWidgets import QCheckBox, QFormLayout, QPushButton, QVBoxLayout, QWi
 
 from napari_plugin._layers import (
     add_or_update_image, current_volume, derived_kwargs, is_comparable_layer, is_noisy_layer, is_reference_layer,
-    is_result_layer, unwrap,
+    is_result_layer,
 )
-from napari_plugin._widgets._common import LayerCombo, StatusLine, outer_layout, report_failure, \
-    show_error_notification
+from napari_plugin._widgets._common import (
+    FollowsVolume, LayerCombo, StatusLine, distinct_layers, outer_layout, report_failure, show_error_notification,
+)
 
 PREFIX = "edges"
 
 
-class EdgeWidget(QWidget):
+class EdgeWidget(FollowsVolume, QWidget):
     def __init__(self, napari_viewer, parent: Optional[QWidget] = None):
         super().__init__(parent)
         self.viewer = napari_viewer
@@ -47,15 +48,10 @@ class EdgeWidget(QWidget):
             root.addWidget(w)
         root.addStretch(1)
         outer_layout(self, content)
-        self.viewer.dims.events.current_step.connect(self._volume_changed)
+        self.follow_volume()
 
     def _sources(self) -> list:
-        out = []
-        for combo in (self.input, self.prediction, self.reference):
-            layer = combo.layer()
-            if layer is not None and all(unwrap(layer) is not unwrap(o) for o in out):
-                out.append(layer)
-        return out
+        return distinct_layers((self.input, self.prediction, self.reference))
 
     def compute(self) -> None:
         from napari_plugin._workers import edge_worker
@@ -90,20 +86,3 @@ class EdgeWidget(QWidget):
                                                          contrast_limits=(0.0, top))
         which = f"volume {j}" if any(np.ndim(s.data) == 4 for s in sources.values()) else "the volumes"
         self.status.info(f"Edge maps of {which}: {', '.join(maps)} (same colour scale on every map).")
-
-    def _finished(self) -> None:
-        self.worker = None
-        if self._pending:
-            self._pending = False
-            self.compute()
-
-    def _volume_changed(self, *_):
-        if self.follow.isChecked():
-            self.compute()
-
-    def closeEvent(self, event) -> None:
-        try:
-            self.viewer.dims.events.current_step.disconnect(self._volume_changed)
-        except (TypeError, ValueError, RuntimeError):
-            pass
-        super().closeEvent(event)

@@ -11,6 +11,14 @@ def soil_viewer(make_napari_viewer):
     return viewer
 
 
+def _predict(viewer, qtbot):
+    """The Predict panel run with its defaults (the shipped x4 network on the soil sample's LR layer)."""
+    _, panel = viewer.window.add_plugin_dock_widget("recon-workbench", "Predict")
+    panel.run()
+    qtbot.waitUntil(lambda: panel.worker is None, timeout=120_000)
+    return panel
+
+
 def _world_centre(layer, index):
     return np.asarray(layer.data_to_world(np.asarray(index, float)))
 
@@ -104,9 +112,7 @@ def test_compare_shows_sr_against_hr_with_difference_and_metrics(soil_viewer, qt
     from napari_plugin._layers import grid
     from workbench.metrics import psnr
 
-    _, panel = soil_viewer.window.add_plugin_dock_widget("recon-workbench", "Predict")
-    panel.run()
-    qtbot.waitUntil(lambda: panel.worker is None, timeout=120_000)
+    panel = _predict(soil_viewer, qtbot)
     sr = panel.output_layer
     _, cmp = soil_viewer.window.add_plugin_dock_widget("recon-workbench", "Compare")
     # the task's roles preselect: SR result, HR reference, LR input, tricubic baseline
@@ -127,9 +133,7 @@ def test_compare_shows_sr_against_hr_with_difference_and_metrics(soil_viewer, qt
 def test_edge_maps_of_lr_sr_and_hr_each_on_its_grid(soil_viewer, qtbot):
     from workbench.inference import edge_map
 
-    _, panel = soil_viewer.window.add_plugin_dock_widget("recon-workbench", "Predict")
-    panel.run()
-    qtbot.waitUntil(lambda: panel.worker is None, timeout=120_000)
+    panel = _predict(soil_viewer, qtbot)
     sr = panel.output_layer
     _, edges = soil_viewer.window.add_plugin_dock_widget("recon-workbench", "Edge maps")
     assert (edges.input.currentText(), edges.prediction.currentText(), edges.reference.currentText()) == \
@@ -146,9 +150,7 @@ def test_edge_maps_of_lr_sr_and_hr_each_on_its_grid(soil_viewer, qtbot):
 def test_blinded_review_of_sr_against_tricubic(soil_viewer, qtbot, tmp_path):
     import json
 
-    _, panel = soil_viewer.window.add_plugin_dock_widget("recon-workbench", "Predict")
-    panel.run()
-    qtbot.waitUntil(lambda: panel.worker is None, timeout=120_000)
+    panel = _predict(soil_viewer, qtbot)
     names = [panel.output_layer.name, "soil tricubic"]
     _, rev = soil_viewer.window.add_plugin_dock_widget("recon-workbench", "Clinician review")
     rev.file_picker.setText(str(tmp_path / "review.json"))
