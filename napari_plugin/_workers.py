@@ -303,8 +303,10 @@ def metrics_worker(rows: dict, reference: np.ndarray, mask: Optional[np.ndarray]
 
 @thread_worker(ignore_errors=True)
 def predict_worker(task_name: str, image: np.ndarray, affine: np.ndarray, choices: dict,
-                   checkpoint: Optional[str] = None, control: Optional[Control] = None):
-    """``Task.predict_array`` of any task; yields :class:`Progress` per tile; returns ``(array, affine)``.
+                   checkpoint: Optional[str] = None, control: Optional[Control] = None, attention: bool = False):
+    """``Task.predict_array`` of any task; yields :class:`Progress` per tile; returns
+    ``(array, affine, attention)`` where ``attention`` is ``Task.attention_array``'s ``(map, affine)``
+    when asked for, else None.
 
     Stop answers within one tile (the core polls ``control.cancelled`` between tiles) and
     returns None.
@@ -317,8 +319,11 @@ def predict_worker(task_name: str, image: np.ndarray, affine: np.ndarray, choice
     yield Status(f"Loading the {task.label} network…")
 
     def run(emit):
-        return task.predict_array(image, affine, checkpoint=checkpoint or None, should_stop=control.cancelled,
-                                  progress=lambda d, t: emit(Progress(d, t, "tiles")), **choices)
+        out, out_affine = task.predict_array(image, affine, checkpoint=checkpoint or None,
+                                             should_stop=control.cancelled,
+                                             progress=lambda d, t: emit(Progress(d, t, "tiles")), **choices)
+        att = task.attention_array(image, affine, checkpoint=checkpoint or None, **choices) if attention else None
+        return out, out_affine, att
 
     try:
         return (yield from _pump(run, control))

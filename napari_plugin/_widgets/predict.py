@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Optional
 
 import numpy as np
-from qtpy.QtWidgets import QComboBox, QFormLayout, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QCheckBox, QComboBox, QFormLayout, QVBoxLayout, QWidget
 
 from napari_plugin._layers import add_or_update_image, dwi_metadata, layer_affine, spatial_kwargs
 from napari_plugin._widgets._common import (
@@ -35,7 +35,7 @@ class PredictWidget(WorkerPanel, QWidget):
     def __init__(self, napari_viewer, parent: Optional[QWidget] = None):
         super().__init__(parent)
         self.viewer = napari_viewer
-        self.output_layer = None
+        self.output_layer = self.attention_layer = None
         self.last_error: Optional[BaseException] = None
         content = QWidget()
         root = QVBoxLayout(content)
@@ -50,6 +50,10 @@ class PredictWidget(WorkerPanel, QWidget):
         form.addRow("Task", self.task_combo)
         form.addRow("Input layer", self.layer_combo)
         form.addRow("Checkpoint", self.checkpoint)
+        self.attention = QCheckBox("Also show the network's attention (on the input's grid)")
+        self.attention.setToolTip("The CBAM spatial attention of the network, as an overlay that fades to "
+                                  "transparent where attention is low")
+        form.addRow(self.attention)
         self.choice_boxes: dict[str, QComboBox] = {}
         self.choice_form = form
         root.addLayout(form)
@@ -63,6 +67,12 @@ class PredictWidget(WorkerPanel, QWidget):
         return self.tasks[self.task_combo.currentText()]
 
     def _task_changed(self, *_):
+        from workbench.tasks.base import Task
+
+        has_attention = type(self.task()).attention_array is not Task.attention_array
+        self.attention.setEnabled(has_attention)
+        if not has_attention:
+            self.attention.setChecked(False)
         for name, box in list(self.choice_boxes.items()):
             self.choice_form.removeRow(box)
         self.choice_boxes = {}
@@ -92,13 +102,14 @@ class PredictWidget(WorkerPanel, QWidget):
         self.progress.setValue(0)
         control = Control()
         self.start_worker(predict_worker(self.task().name, np.asarray(layer.data, np.float32), layer_affine(layer),
-                                         self.choices(), self.checkpoint.text() or None, control=control), control)
+                                         self.choices(), self.checkpoint.text() or None, control=control,
+                                         attention=self.attention.isChecked()), control)
 
     def _on_returned(self, out) -> None:
         if out is None:
             self.status.info("Stopped: no layer was added.")
             return
-        array, affine = out
+        array, affine, attention = out
         task, layer = self.task(), self._input
         spec = {s.role: s for s in task.view.layers}[task.view.output_role]
         name = f"{layer.name} -> {spec.label}"
@@ -108,7 +119,21 @@ class PredictWidget(WorkerPanel, QWidget):
         kwargs = {"name": name, "axis_labels": ("x", "y", "z"), **spatial_kwargs(affine, 3), "metadata": meta}
         lo, hi = (float(v) for v in np.percentile(array, [0.5, 99.5]))  # its own range: the LR's is narrower
         self.output_layer = add_or_update_image(self.viewer, array, kwargs, contrast_limits=(lo, max(hi, lo + 1e-6)))
-        self.status.info(f"Done: new layer '{name}' {array.shape} ({source}).")
+        note = ""
+        if attention is not None and attention[0] is not None:
+            note = f" Attention overlay: '{self._show_attention(layer, *attention).name}'."
+        self.status.info(f"Done: new layer '{name}' {array.shape} ({source}).{note}")
+
+    def _show_attention(self, layer, att, affine):
+        from napari_plugin._widgets.attention import PREFIX, fading_colormap, overlay_limits
+
+        kwargs = {"name": f"{PREFIX}: {layer.name}", "axis_labels": ("x", "y", "z"), **spatial_kwargs(affine, 3),
+                  "metadata": {**dwi_metadata(affine, is_4d=False), "attention_block": "attention",
+                               "input_layer": layer.name}}
+        self.attention_layer = add_or_update_image(self.viewer, att, kwargs, colormap=fading_colormap("inferno"),
+                                                   opacity=0.7, blending="translucent",
+                                                   contrast_limits=overlay_limits(att))
+        return self.attention_layer
 
     def _on_error(self, exc: BaseException) -> None:
         self.last_error = exc

@@ -164,3 +164,20 @@ def test_blinded_review_of_sr_against_tricubic(soil_viewer, qtbot, tmp_path):
     assert saved["scores"]["A"]["sharpness"] == 5 and sorted(saved["candidates"]) == sorted(names)
     rev.end()
     assert all(n in soil_viewer.layers for n in names)
+
+
+def test_predict_panel_shows_the_networks_attention_on_the_lr_grid(soil_viewer, qtbot):
+    from workbench.tasks import get_task
+
+    _, panel = soil_viewer.window.add_plugin_dock_widget("recon-workbench", "Predict")
+    assert panel.attention.isEnabled()
+    panel.attention.setChecked(True)
+    panel.run()
+    qtbot.waitUntil(lambda: panel.worker is None, timeout=120_000)
+    assert panel.last_error is None, panel.last_error
+    att, lr = panel.attention_layer, soil_viewer.layers["soil LR input"]
+    assert att.data.shape == lr.data.shape and np.allclose(att.scale, lr.scale)
+    expected, _ = get_task("sr").attention_array(np.asarray(lr.data), lr.metadata["affine"], scale=4)
+    np.testing.assert_allclose(att.data, expected, atol=1e-5)
+    assert att.blending == "translucent" and att.colormap.colors[0, 3] == 0.0  # low attention is transparent
+    assert "Attention overlay" in panel.status.text()

@@ -77,3 +77,14 @@ def test_attention_maps_come_from_the_cbam_block():
     net = RRDBSuperResNet(scale=2, base_filters=8, growth=4, num_blocks=1)
     maps = collect_attention_maps(net, torch.rand(1, 1, 8, 8, 8), torch.zeros(1, dtype=torch.long))
     assert list(maps) == ["attention"] and maps["attention"].shape == (1, 1, 8, 8, 8)
+
+
+def test_attention_map_of_the_trunk_equals_the_hooked_cbam_map():
+    from workbench.models import collect_attention_maps
+
+    torch.manual_seed(0)
+    net = RRDBSuperResNet(scale=2, base_filters=8, growth=4, num_blocks=1)
+    x = torch.rand(1, 1, 7, 8, 9)
+    hooked = collect_attention_maps(net, x, torch.zeros(1, dtype=torch.long))["attention"]
+    assert torch.allclose(net.attention_map(x), hooked, atol=1e-6)
+    assert RRDBSuperResNet(scale=2, base_filters=8, growth=4, num_blocks=1, use_cbam=False).attention_map(x) is None

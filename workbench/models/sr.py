@@ -146,6 +146,18 @@ class RRDBSuperResNet(nn.Module):
         nn.init.zeros_(self.conv_last.bias)
         self.act = nn.LeakyReLU(0.2, inplace=True)
 
+    @torch.no_grad()
+    def attention_map(self, x: Tensor) -> Optional[Tensor]:
+        """The CBAM spatial attention on the LR grid, (B, 1, X, Y, Z) in [0, 1] (None without CBAM).
+
+        Runs only the trunk (no upsampling), so it is cheap for whole volumes.
+        """
+        if self.attention is None:
+            return None
+        feats = self.conv_first(x)
+        h = feats + self.conv_trunk(self.trunk(feats))
+        return self.attention.spatial_gate(h * self.attention.channel_gate(h)).float()
+
     def forward(self, x: Tensor, cond: Optional[Tensor] = None) -> Tensor:
         """``x`` (B, C, X, Y, Z) on the LR grid -> (B, C_out, sX, sY, sZ); ``cond`` is ignored."""
         if x.dim() != 5 or x.shape[1] != self.in_channels:

@@ -183,5 +183,10 @@ class Task:
         """Apply a checkpoint (default: the shipped one) to ``image``; returns ``(result, result_affine)``."""
         raise NotImplementedError
 
+    def attention_array(self, image, affine, *, checkpoint: Optional[PathLike] = None,
+                        **choices: Any):  # pragma: no cover - abstract
+        """The network's attention map for ``image``: ``(map in [0, 1], its affine)``, or None without one."""
+        raise NotImplementedError
+
     def describe(self) -> str:
         return f"{self.name:<6s} {self.label}: {self.summary}"

@@ -128,3 +128,11 @@ class SRPredictor:
 
         out = sliding_window(net, x, self.tile, overlap=self.overlap, progress=progress, should_stop=should_stop)
         return norm.inverse(out[0, 0].numpy())
+
+    def attention(self, lr: np.ndarray) -> Optional[np.ndarray]:
+        """The network's spatial attention on the LR grid, (X, Y, Z) in [0, 1]; None when it has none."""
+        self.check_input(lr)
+        x = torch.from_numpy(Intensity.of(lr).forward(lr))[None, None].to(self.device)
+        attention_map = getattr(self.model, "attention_map", None)
+        out = attention_map(x) if attention_map is not None else None
+        return None if out is None else out[0, 0].cpu().numpy().astype(np.float32)

@@ -132,6 +132,13 @@ class SrTask(Task):
         out = predictor.predict(image, progress=progress, should_stop=should_stop)
         return out, dg.hr_affine(affine, predictor.scale)
 
+    def attention_array(self, image, affine, *, checkpoint=None, scale=4):
+        """The CBAM spatial attention of the network's trunk, on the LR grid."""
+        from workbench.tasks.sr.predictor import SRPredictor
+
+        predictor = SRPredictor.from_checkpoint(checkpoint) if checkpoint else SRPredictor.default(int(scale))
+        return predictor.attention(image), affine
+
     def evaluate_arrays(self, result, reference, *, kind: str = "ct"):
         from workbench.tasks.sr.metrics import evaluate_sr
 
