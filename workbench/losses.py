@@ -314,9 +314,17 @@ def fft(pred, target, mask=None):
 
 
 # --------------------------------------------------------------------------- registry
+def _perceptual(pred, target, mask=None):
+    from workbench.perceptual import perceptual_unavailable
+
+    return perceptual_unavailable(pred, target, mask)
+
+
 LOSSES: dict[str, Callable[..., torch.Tensor]] = {
     "l1": l1, "mse": mse, "rmse": rmse, "charbonnier": charbonnier, "edge": edge,
     "gradient": gradient, "ssim": ssim, "multiscale": multiscale, "fft": fft,
+    # a stateful term: a task supplies it (CompositeLoss(terms=...)) when the user gives a feature network
+    "perceptual": _perceptual,
 }
 
 
@@ -398,12 +406,15 @@ class CompositeLoss:
     Calling ``loss(pred, target, mask=None)`` returns ``(total, terms)``: ``total`` is
     the float32 tensor ``sum(w * term)``; ``terms`` maps each computed term name to its
     unweighted, detached float value.  Terms with weight 0 are neither computed nor
-    reported.
+    reported. ``terms`` supplies stateful terms by name (a perceptual loss with its feature
+    network), used in place of the registry's entry.
     """
 
-    def __init__(self, weights: LossWeights | Mapping[str, float], charbonnier_eps: float = 1e-3):
+    def __init__(self, weights: LossWeights | Mapping[str, float], charbonnier_eps: float = 1e-3,
+                 terms: Mapping[str, Callable[..., torch.Tensor]] | None = None):
         self.weights = weights if isinstance(weights, LossWeights) else LossWeights(weights)
         self.charbonnier_eps = float(charbonnier_eps)
+        self.terms = dict(terms or {})  # stateful terms that replace a registry entry (e.g. perceptual)
 
     def __call__(self, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None):
         weights = self.weights.get()
@@ -412,7 +423,9 @@ class CompositeLoss:
         for name, w in weights.items():
             if w == 0:
                 continue
-            if name == "charbonnier":
+            if name in self.terms:
+                value = self.terms[name](pred, target, mask)
+            elif name == "charbonnier":
                 value = charbonnier(pred, target, mask, eps=self.charbonnier_eps)
             else:
                 value = LOSSES[name](pred, target, mask)

@@ -76,6 +76,7 @@ class TrainWidget(StopsOnClose, QWidget):
         hint.setWordWrap(True)
         grid.addWidget(hint, len(LOSSES), 0, 1, 2)
         self.sliders: dict[str, QLabeledDoubleSlider] = {}
+        self.slider_labels: dict[str, QLabel] = {}
         for row, name in enumerate(LOSSES):
             s = QLabeledDoubleSlider()
             s.setToolTip(TERM_LABELS.get(name, name))
@@ -84,7 +85,8 @@ class TrainWidget(StopsOnClose, QWidget):
             s.setDecimals(2)
             s.setValue(float(defaults.loss.weights.get(name, 0.0)))
             s.valueChanged.connect(lambda v, n=name: self._weight_moved(n, v))
-            grid.addWidget(QLabel(TERM_LABELS.get(name, name)), row, 0)
+            self.slider_labels[name] = label = QLabel(TERM_LABELS.get(name, name))
+            grid.addWidget(label, row, 0)
             grid.addWidget(s, row, 1)
             self.sliders[name] = s
         root.addWidget(box)
@@ -162,8 +164,13 @@ class TrainWidget(StopsOnClose, QWidget):
         for name in task.models or tuple(MODELS):
             self.model_combo.addItem(MODEL_LABELS.get(name, name), name)
         self.model_combo.setCurrentIndex(max(self.model_combo.findData(cfg.model.name), 0))
+        unavailable = task.unavailable_terms(cfg)
         for name, slider in self.sliders.items():
             slider.setValue(float(cfg.loss.weights.get(name, 0.0)))
+            why = unavailable.get(name)  # off, and the tooltip says why (e.g. no perceptual feature network)
+            slider.setEnabled(why is None)
+            for w in (slider, self.slider_labels[name]):
+                w.setToolTip(f"Off: {why}" if why else TERM_LABELS.get(name, name))
         self.steps.setValue(cfg.train.steps)
         self.lr.setValue(cfg.train.lr)
         self.schedule.setCurrentIndex(max(self.schedule.findData(cfg.train.schedule), 0))

@@ -82,6 +82,9 @@ def test_train_panel_trains_sr_from_an_lr_hr_pair_of_layers(soil_viewer, qtbot, 
     assert train.inputs["hr"].currentText() == "soil HR reference"
     assert [train.model_combo.itemData(i) for i in range(train.model_combo.count())] == ["rrdb_sr"]
     assert train.weights()["l1"] == 1.0 and train.weights()["mse"] == 0.0
+    # no feature network given: the perceptual slider is off and says why
+    assert not train.sliders["perceptual"].isEnabled() and train.sliders["l1"].isEnabled()
+    assert "nothing is downloaded" in train.slider_labels["perceptual"].toolTip()
     tiny_settings(train, steps=3)
     train.run_dir.setText(str(tmp_path / "run"))
     train.start()

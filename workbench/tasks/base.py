@@ -160,6 +160,12 @@ class Task:
         """A ready trainer for the arrays of :attr:`train_inputs` (``None`` for an optional one left out)."""
         raise NotImplementedError
 
+    def unavailable_terms(self, config) -> dict[str, str]:
+        """Loss terms this configuration cannot use, with the reason a front end shows."""
+        from workbench.perceptual import UNAVAILABLE
+
+        return {"perceptual": UNAVAILABLE}
+
     def patch_size(self, config) -> int:
         """The training patch edge a front end shows (``data.patch_size`` unless the task keeps its own)."""
         return int(config.data.patch_size)

@@ -85,11 +85,13 @@ class Trainer:
         The objective ``step(model, batch, ctx) -> StepOutput``
         (:mod:`workbench.training.steps`); default: the model's ``objective``, else
         :func:`~workbench.training.steps.supervised_step`.
+    loss_terms : dict, optional
+        Stateful loss terms by name, in place of the registry's (``CompositeLoss(terms=...)``).
     """
 
     def __init__(self, model: torch.nn.Module, sampler: PatchSampler, config: Config, *,
                  out_dir=None, callbacks: Iterable[Callback] = (), loss_weights: Optional[LossWeights] = None,
-                 model_meta: Optional[dict] = None, task_meta: Optional[dict] = None, step=None):
+                 model_meta: Optional[dict] = None, task_meta: Optional[dict] = None, step=None, loss_terms=None):
         tc = config.train
         self.config = config
         if tc.threads:
@@ -111,7 +113,8 @@ class Trainer:
         self.loss_weights = loss_weights if loss_weights is not None else LossWeights(config.loss.weights)
         # the loss reads a private copy, refreshed at step boundaries: a change takes effect at an exact step
         self._active_weights = LossWeights(self.loss_weights.get())
-        self.criterion = CompositeLoss(self._active_weights, charbonnier_eps=config.loss.charbonnier_eps)
+        self.criterion = CompositeLoss(self._active_weights, charbonnier_eps=config.loss.charbonnier_eps,
+                                       terms=loss_terms)
         self.step_fn = resolve_step(self.raw_model, step)
         self.model_meta = dict(model_meta) if model_meta is not None else {
             "name": config.model.name if type(model) is _registered(config.model.name) else type(model).__name__,

@@ -15,7 +15,7 @@ task's registry face (default config, viewer layout, baselines) and its command 
 from __future__ import annotations
 
 import json
-from typing import Literal
+from typing import Literal, Optional
 
 from pydantic import Field
 
@@ -32,6 +32,9 @@ class SrOptions(TaskOptions):
     inplane: bool = Field(False, description="upscale x and y only; the slice axis keeps its spacing")
     lr_patch: int = Field(16, ge=4, le=128, description="LR training patch edge (HR patch = lr_patch * scale)")
     kind: Literal["ct", "soil"] = Field("ct", description="metrics: 'soil' adds porosity and two-point correlation")
+    perceptual_weights: Optional[str] = Field(
+        None, description="TorchScript feature network for the 'perceptual' loss term (yours: nothing is "
+        "downloaded); without it the term is off")
 
 
 class SrTask(Task):
@@ -61,6 +64,9 @@ class SrTask(Task):
         hr_data = hr.data[tuple(slice(0, d * f) for d, f in zip(lr.data.shape, scale))]
         pair = SRPair.from_arrays(lr.data, hr_data, scale, hr.name or "hr")
         return workflow.make_trainer([pair], out_dir, config, callbacks=callbacks, loss_weights=loss_weights)
+
+    def unavailable_terms(self, config) -> dict[str, str]:
+        return {} if self.options(config).perceptual_weights else super().unavailable_terms(config)
 
     def patch_size(self, config) -> int:
         return int(self.options(config).lr_patch)

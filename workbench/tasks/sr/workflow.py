@@ -154,8 +154,17 @@ def make_trainer(pairs: Sequence[SRPair], out_dir: Optional[PathLike], config, *
     meta = {"name": config.model.name, **spec}
     task_meta = {"task": "sr", "scale": list(scale), "train_cases": [p.name for p in train_pairs],
                  "val_cases": [p.name for p in val_pairs]}
+    terms = None
+    if opts.perceptual_weights:
+        from workbench.perceptual import PerceptualLoss
+
+        terms = {"perceptual": PerceptualLoss(opts.perceptual_weights)}
+    elif config.loss.weights.get("perceptual", 0) > 0:
+        from workbench.perceptual import UNAVAILABLE
+
+        raise InputError(f"loss.weights.perceptual is {config.loss.weights['perceptual']:g} but the term {UNAVAILABLE}")
     return Trainer(model, sampler, config, out_dir=out_dir, callbacks=tuple(callbacks), loss_weights=loss_weights,
-                   model_meta=meta, task_meta=task_meta)
+                   model_meta=meta, task_meta=task_meta, loss_terms=terms)
 
 
 def train(data_dirs: Sequence[PathLike], out_dir: PathLike, config=None, *, scale: Optional[int] = None,
