@@ -230,7 +230,7 @@ class TrainWidget(StopsOnClose, QWidget):
 
     def start(self, resume: bool = False) -> None:
         """Start a new run (or resume the one in the run folder) in a worker thread."""
-        from workbench.losses import LossWeights
+        from workbench.loss_weights import LossWeights
         from napari_plugin._workers import Control, train_worker
 
         if self.is_running():

@@ -20,7 +20,7 @@ from typing import Callable, Optional, Protocol
 import numpy as np
 import torch
 
-from workbench.losses import CompositeLoss
+from workbench.loss_weights import CompositeLoss
 from workbench.training.sampling import Batch
 
 Tensor = torch.Tensor

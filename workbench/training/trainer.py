@@ -22,7 +22,7 @@ import torch
 
 from workbench.config import Config, save_config
 from workbench.io_utils import InputError
-from workbench.losses import CompositeLoss, LossWeights
+from workbench.loss_weights import CompositeLoss, LossWeights
 from workbench.training import distributed as wdist
 from workbench.training.checkpoint import (
     capture_rng_state, check_compatible, config_differences, load_checkpoint, restore_rng_state, save_checkpoint)
