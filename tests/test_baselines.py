@@ -230,3 +230,11 @@ def test_denoise_reports_and_cancels_its_mppca_blend():
 
     with pytest.raises(Stop):
         den.denoise(ph.noisy, ph.bvals, ph.bvecs, ph.mask, sigma=sigma, progress=stop_in_mppca)
+
+
+def test_mppca_slabs_in_parallel_processes_equal_the_whole_volume():
+    from workbench.baselines import mppca
+    from workbench.data.phantoms import simulate_dwi
+
+    ph = simulate_dwi(shape=(12, 12, 20), scheme="dti", snr=10.0, seed=4)
+    np.testing.assert_array_equal(mppca(ph.noisy, ph.bvals, n_jobs=2), mppca(ph.noisy, ph.bvals, n_jobs=1))

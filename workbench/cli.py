@@ -21,7 +21,7 @@ EXIT_INPUT_ERROR = 2
 class _ProgressBar:
     """tqdm bars fed by the trainer's events and by inference progress."""
 
-    def __init__(self, enabled: bool = True, desc: str = "denoising", unit: str = "vol"):
+    def __init__(self, enabled: bool = True, desc: str = "working", unit: str = "step"):
         self.enabled = enabled
         self.bar = None
         self.desc, self.unit = desc, unit

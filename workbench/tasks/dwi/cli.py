@@ -136,7 +136,7 @@ def run_command(args: argparse.Namespace, bar) -> int:
     elif args.command == "demo":
         from workbench.demo import run_demo
 
-        summary = run_demo(Path(args.out), snr=args.snr, seed=args.seed, config=args.config,
-                           callbacks=[bar.on_event], progress=bar.inference)
+        summary = run_demo(Path(args.out), snr=args.snr, seed=args.seed, config=args.config, callbacks=[bar.on_event],
+                           progress=bar.stage("denoising (volumes, then MP-PCA slabs)", "step").inference)
         print(summary)
     return 0
