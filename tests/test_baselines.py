@@ -238,3 +238,6 @@ def test_mppca_slabs_in_parallel_processes_equal_the_whole_volume():
 
     ph = simulate_dwi(shape=(12, 12, 20), scheme="dti", snr=10.0, seed=4)
     np.testing.assert_array_equal(mppca(ph.noisy, ph.bvals, n_jobs=2), mppca(ph.noisy, ph.bvals, n_jobs=1))
+    radius = np.array([2, 2, 1])  # one radius per axis, as the split prior passes for small images
+    np.testing.assert_array_equal(mppca(ph.noisy, ph.bvals, patch_radius=radius, n_jobs=2),
+                                  mppca(ph.noisy, ph.bvals, patch_radius=radius, n_jobs=1))

@@ -139,8 +139,9 @@ def mppca(data, bvals, mask=None, *, patch_radius: int = 2, blas_threads: int | 
         return _finish(out, mask)
     out = np.empty_like(data)
     # with progress or cancel: 6 slabs (a report every sixth of the work); else one slab per worker (less overlap)
-    slabs = mppca_slabs(data.shape[2], patch_radius, 6 if (progress or should_stop) else jobs)
-    margin = 2 * patch_radius
+    radius_z = int(np.atleast_1d(patch_radius)[-1])  # an int, or one radius per axis (x, y, z)
+    slabs = mppca_slabs(data.shape[2], radius_z, 6 if (progress or should_stop) else jobs)
+    margin = 2 * radius_z
     windows = [(max(0, z0 - margin), min(data.shape[2], z1 + margin)) for z0, z1 in slabs]
     tasks = (delayed(_mppca_slab)(data[:, :, a:b], None if mask is None else mask[:, :, a:b], patch_radius,
                                   blas_threads, kw) for a, b in windows)
