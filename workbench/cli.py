@@ -80,11 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
     for name in TASK_MODULES:
         task = get_task(name)
         tp = sub.add_parser(name, help=f"{task.label}: {task.summary}")
-        tp.set_defaults(task=name)
+        tp.set_defaults(task=name, prefix=f"{name} ")
         task.add_commands(tp.add_subparsers(dest="command", required=True))
     # the DWI verbs at the top level, as before the task layer
     for p in dwi_cli.add_commands(sub, legacy=True).values():
-        p.set_defaults(task="dwi")
+        p.set_defaults(task="dwi", prefix="")
     return parser
 
 
@@ -120,7 +120,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.debug:
             raise
         msg = str(exc).replace("\n", "; ")
-        print(f"workbench {args.command}: error: {msg}", file=sys.stderr)
+        print(f"workbench {getattr(args, 'prefix', '')}{args.command}: error: {msg}", file=sys.stderr)
         return EXIT_INPUT_ERROR
     except (KeyboardInterrupt, Cancelled):
         print("interrupted: nothing was written", file=sys.stderr)

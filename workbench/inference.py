@@ -192,7 +192,7 @@ class Denoiser:
         preds = np.empty((n,) + data.shape[:3], dtype=np.float32)
         # the MP-PCA runs of the blend report on the same bar, so it is known from the start how much is left
         blend_units = 0
-        if progress is not None and sigma is not None and icfg.mppca_blend and min(data.shape[:3]) >= 5 and n >= 3:
+        if progress is not None and sigma is not None and icfg.mppca_blend and can_blend(data.shape[:3], n):
             from workbench.baselines import mppca_slabs
 
             blend_units = 2 * len(mppca_slabs(data.shape[2]))
@@ -331,6 +331,11 @@ def mppca_with_divergence(noisy: np.ndarray, sigma: float, mask: np.ndarray,
     return monte_carlo_divergence(run, noisy, eps=0.01 * sigma, mask=mask)
 
 
+def can_blend(spatial_shape, n_volumes: int) -> bool:
+    """Whether the MP-PCA blend can run: MP-PCA's 5x5x5 patches fit and there are 3+ volumes."""
+    return min(spatial_shape) >= 5 and n_volumes >= 3
+
+
 def blend_with_mppca(preds: np.ndarray, noisy: np.ndarray, noise_var: np.ndarray, mask: np.ndarray,
                      sigma: float, bvals=None, include_noisy: bool = True,
                      mppca: Optional[tuple[np.ndarray, np.ndarray]] = None,
@@ -355,7 +360,7 @@ def blend_with_mppca(preds: np.ndarray, noisy: np.ndarray, noise_var: np.ndarray
     """
     from workbench.sure import sure_combine, sure_convex_pair
 
-    if min(noisy.shape[1:]) < 5 or len(noisy) < 3:
+    if not can_blend(noisy.shape[1:], len(noisy)):
         warnings.warn(f"MP-PCA blend skipped: {noisy.shape[1:]} voxels x {len(noisy)} volumes is too small for "
                       "5x5x5 patches; using shrinkage toward the noisy volume instead", stacklevel=3)
         return None

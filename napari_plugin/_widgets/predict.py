@@ -13,7 +13,7 @@ from typing import Optional
 import numpy as np
 from qtpy.QtWidgets import QCheckBox, QComboBox, QFormLayout, QVBoxLayout, QWidget
 
-from napari_plugin._layers import add_or_update_image, dwi_metadata, layer_affine, spatial_kwargs
+from napari_plugin._layers import add_or_update_image, dwi_metadata, is_volume_image, layer_affine, spatial_kwargs
 from napari_plugin._widgets._common import (
     LayerCombo, PathPicker, outer_layout, report_failure, show_error_notification,
 )
@@ -25,10 +25,6 @@ def _predictable_tasks() -> list:
     from workbench.tasks.base import Task
 
     return [t for t in TASKS.values() if type(t).predict_array is not Task.predict_array]
-
-
-def _is_3d_image(layer) -> bool:
-    return type(getattr(layer, "__wrapped__", layer)).__name__ == "Image" and np.ndim(layer.data) == 3
 
 
 class PredictWidget(WorkerPanel, QWidget):
@@ -43,7 +39,7 @@ class PredictWidget(WorkerPanel, QWidget):
         self.task_combo = QComboBox()
         self.tasks = {t.label: t for t in _predictable_tasks()}
         self.task_combo.addItems(list(self.tasks))
-        self.layer_combo = LayerCombo(self.viewer, _is_3d_image,
+        self.layer_combo = LayerCombo(self.viewer, is_volume_image,
                                       prefer=lambda l: l.metadata.get("role") == self.task().view.input_role)
         self.checkpoint = PathPicker(file_filter="Checkpoints (*.pt)",
                                      placeholder="empty: the network shipped with the workbench")

@@ -48,7 +48,6 @@ class TrainWidget(StopsOnClose, QWidget):
         self.loss_weights = None
         self.result = None
         self.last_error: Optional[BaseException] = None
-        self._resync_weights = False
         self._pending: dict[str, float] = {}
         self._auto_folder = True
         self.tasks = {t.label: t for t in TASKS.values() if t.train_inputs}
@@ -265,8 +264,9 @@ class TrainWidget(StopsOnClose, QWidget):
         except Exception as exc:  # pydantic errors, bad layers, bad folders: all in plain words
             self._fail(str(exc), exc)
             return
-        self.loss_weights = None if resume else LossWeights(cfg.loss.weights)
-        self._resync_weights = resume
+        # the sliders' weights, also on resume: the trainer keeps weights moved while stopped (recorded as
+        # WeightsChanged from the resumed step on)
+        self.loss_weights = LossWeights(self.weights() if resume else cfg.loss.weights)
         self.result, self.last_error = None, None
         self.progress.setMaximum(cfg.train.steps)
         self.control = Control()
@@ -324,8 +324,6 @@ class TrainWidget(StopsOnClose, QWidget):
         if isinstance(ev, StepEnd):
             self._latest_step = ev
             self.plot.add_step(ev)
-            if self._resync_weights:
-                self._resync_after_resume(ev.weights)
         elif isinstance(ev, Validation):
             self.plot.add_validation(ev)
             what = ("held-out error (each volume predicted without seeing it; lower is better)"
@@ -363,14 +361,6 @@ class TrainWidget(StopsOnClose, QWidget):
         self.progress.setMaximum(ev.total_steps)
         self.progress.setValue(ev.step)
         self.time_left.setText(f"About {format_duration(ev.eta_s)} left (running for {format_duration(ev.elapsed_s)})")
-
-    def _resync_after_resume(self, active: dict) -> None:
-        """After a resume the core restores the checkpoint's weights; re-apply sliders moved meanwhile."""
-        self._resync_weights = False
-        for name, slider in self.sliders.items():
-            want = round(float(slider.value()), 4)
-            if abs(float(active.get(name, 0.0)) - want) > 1e-9:
-                self.loss_weights.set(name, want)
 
     def _on_returned(self, result) -> None:
         self.result = result

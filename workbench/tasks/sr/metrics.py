@@ -110,8 +110,9 @@ def evaluate_sr(sr: np.ndarray, hr: np.ndarray, kind: str = "ct") -> dict[str, f
     Parameters
     ----------
     sr, hr : ndarray
-        3D volumes of the same shape, roughly in [0, 1] (the caller normalises both by the
-        reference).
+        3D volumes of the same shape, in any units: both are first mapped by the one affine
+        map that takes the reference to [0, 1] (SSIM's luminance term depends on the offset, so
+        every caller - CLI, notebook, benchmark - scores on the same scale).
     kind : {"ct", "soil"}
         ``"ct"``: ``psnr`` and ``ssim`` only (data range ``hr.max() - hr.min()``, 1 if zero).
         ``"soil"`` adds structure errors after one 3-phase segmentation (multi-Otsu thresholds
@@ -137,7 +138,9 @@ def evaluate_sr(sr: np.ndarray, hr: np.ndarray, kind: str = "ct") -> dict[str, f
         raise InputError(f"evaluate_sr expects 3D volumes, got shape {hr.shape}")
     if not (np.isfinite(sr).all() and np.isfinite(hr).all()):
         raise InputError("result or reference has NaN or infinite values")
-    dr = float(hr.max() - hr.min()) or 1.0
+    lo, dr = float(hr.min()), float(hr.max() - hr.min()) or 1.0
+    sr, hr = (sr - lo) / dr, (hr - lo) / dr
+    dr = 1.0
     out = {"psnr": float(psnr(sr, hr, data_range=dr)), "ssim": float(ssim3d(sr, hr, data_range=dr))}
     if kind == "soil":
         hr_lab, th = segment_three_phase(hr)

@@ -264,7 +264,7 @@ def baseline(method: str, lr_path: PathLike, out_path: PathLike, *, scale: int |
 
 def evaluate(sr_path: PathLike, reference_path: PathLike, *, kind: str = "ct") -> dict[str, float]:
     """PSNR and SSIM on the HR grid (data range of the reference); ``kind="soil"`` adds the
-    porosity, two-point-correlation and pore-size errors after one fixed 3-phase segmentation."""
+    porosity, two-point-correlation and phase-agreement scores after one fixed 3-phase segmentation."""
     from workbench.tasks.sr.metrics import evaluate_sr
 
     sr, sr_aff, _ = load_3d(sr_path, "result")
@@ -274,5 +274,4 @@ def evaluate(sr_path: PathLike, reference_path: PathLike, *, kind: str = "ct") -
                          "compare volumes on the same (HR) grid")
     if not np.allclose(np.sqrt((sr_aff[:3, :3] ** 2).sum(0)), np.sqrt((hr_aff[:3, :3] ** 2).sum(0)), rtol=1e-3):
         raise InputError("result and reference have different voxel sizes: compare volumes on the same grid")
-    norm = float(hr.max() - hr.min()) or 1.0
-    return evaluate_sr((sr - hr.min()) / norm, (hr - hr.min()) / norm, kind=kind)
+    return evaluate_sr(sr, hr, kind=kind)
