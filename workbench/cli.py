@@ -125,6 +125,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (KeyboardInterrupt, Cancelled):
         print("interrupted: nothing was written", file=sys.stderr)
         return 130
+    finally:
+        if "workbench.training.distributed" in sys.modules:  # a torchrun rank: leave the process group before
+            from workbench.training.distributed import cleanup  # exit (gloo threads torn down at interpreter
+
+            cleanup()  # shutdown can abort the process: "terminate called without an active exception")
 
 
 if __name__ == "__main__":
