@@ -83,3 +83,8 @@ def make_soil_sr_sample() -> list[tuple]:
 def make_chest_sr_sample() -> list[tuple]:
     """npe2 sample-data hook: a held-out slab of the real chest CT, LR x2 / tricubic / HR."""
     return task_sample_layers("sr", "chest", scale=2, size=96)
+
+
+def make_soil_sr3_sample() -> list[tuple]:
+    """npe2 sample-data hook: soil micro-CT degraded 8x in-plane (16 x 16 slices), bicubic / HR, for SR3."""
+    return task_sample_layers("sr", "soil", scale=8, size=128, inplane=True, depth=8)

@@ -304,12 +304,12 @@ def metrics_worker(rows: dict, reference: np.ndarray, mask: Optional[np.ndarray]
 @thread_worker(ignore_errors=True)
 def predict_worker(task_name: str, image: np.ndarray, affine: np.ndarray, choices: dict,
                    checkpoint: Optional[str] = None, control: Optional[Control] = None, attention: bool = False):
-    """``Task.predict_array`` of any task; yields :class:`Progress` per tile; returns
-    ``(array, affine, attention)`` where ``attention`` is ``Task.attention_array``'s ``(map, affine)``
-    when asked for, else None.
+    """``Task.predict_array`` of any task; yields :class:`Progress` per tile or sampling step; returns
+    ``(array, affine, attention, extras)`` where ``attention`` is ``Task.attention_array``'s
+    ``(map, affine)`` when asked for, else None, and ``extras`` the task's further outputs
+    (:class:`~workbench.tasks.base.ExtraOutput` by name; empty for most tasks).
 
-    Stop answers within one tile (the core polls ``control.cancelled`` between tiles) and
-    returns None.
+    Stop answers within one tile or step (the core polls ``control.cancelled``) and returns None.
     """
     from workbench.tasks import get_task
     from workbench.tasks.base import Cancelled as CoreCancelled
@@ -319,11 +319,11 @@ def predict_worker(task_name: str, image: np.ndarray, affine: np.ndarray, choice
     yield Status(f"Loading the {task.label} network…")
 
     def run(emit):
-        out, out_affine = task.predict_array(image, affine, checkpoint=checkpoint or None,
-                                             should_stop=control.cancelled,
-                                             progress=lambda d, t: emit(Progress(d, t, "tiles")), **choices)
+        out, out_affine, *extras = task.predict_array(image, affine, checkpoint=checkpoint or None,
+                                                      should_stop=control.cancelled,
+                                                      progress=lambda d, t: emit(Progress(d, t, "steps")), **choices)
         att = task.attention_array(image, affine, checkpoint=checkpoint or None, **choices) if attention else None
-        return out, out_affine, att
+        return out, out_affine, att, (extras[0] if extras else {})
 
     try:
         return (yield from _pump(run, control))

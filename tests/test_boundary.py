@@ -11,7 +11,8 @@ def test_import_workbench_pulls_in_no_gui():
         "import sys, workbench, workbench.api, workbench.cli, workbench.inference, workbench.models, "
         "workbench.losses, workbench.metrics, workbench.training.trainer, workbench.baselines, workbench.demo, "
         "workbench.tiling, workbench.resample, workbench.tasks.sr.task, workbench.tasks.sr.workflow, "
-        "workbench.tasks.sr.predictor, workbench.tasks.sr.metrics, workbench.tasks.dwi.task, workbench.tasks.dwi.cli\n"
+        "workbench.tasks.sr.predictor, workbench.tasks.sr.metrics, workbench.tasks.dwi.task, workbench.tasks.dwi.cli, "
+        "workbench.tasks.sr.diffusion, workbench.tasks.sr.sr3_predictor, workbench.models.sr3, workbench.training.ema\n"
         f"bad = [m for m in {GUI_MODULES!r} if m in sys.modules]\n"
         "print(','.join(bad))"
     )

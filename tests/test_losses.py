@@ -9,9 +9,11 @@ from scipy import ndimage
 
 from workbench import losses as L
 
-NAMES = ["l1", "mse", "rmse", "charbonnier", "edge", "gradient", "ssim", "multiscale", "fft", "perceptual"]
-#: the stateless terms (perceptual needs a feature network the user supplies: tests/sr/test_perceptual.py)
-PURE = [n for n in NAMES if n != "perceptual"]
+NAMES = ["l1", "mse", "rmse", "charbonnier", "edge", "gradient", "ssim", "multiscale", "fft", "perceptual",
+         "diffusion"]
+#: the stateless terms (perceptual needs a feature network the user supplies: tests/sr/test_perceptual.py;
+#: diffusion is computed by the SR3 objective: tests/sr/test_sr3.py)
+PURE = [n for n in NAMES if n not in ("perceptual", "diffusion")]
 
 
 def _rand(*shape, seed=0):
@@ -113,6 +115,26 @@ def test_multiscale_known_values_and_small_volumes():
     assert L.multiscale(p6, t6).item() == pytest.approx(manual6, rel=1e-5)
     assert L.multiscale(p[..., :3, :3, :3], t[..., :3, :3, :3]).item() == pytest.approx(
         L.l1(p[..., :3, :3, :3], t[..., :3, :3, :3]).item(), rel=1e-6)
+
+
+def test_multiscale_pools_a_depth_one_slice_in_plane():
+    t = _rand(2, 1, 16, 12, 1)
+    p = t + 0.1 * _rand(2, 1, 16, 12, 1, seed=4)
+    pool = torch.nn.functional.avg_pool3d
+    manual = np.mean([(p - t).abs().mean().item(),
+                      (pool(p, (2, 2, 1)) - pool(t, (2, 2, 1))).abs().mean().item(),
+                      (pool(p, (4, 4, 1)) - pool(t, (4, 4, 1))).abs().mean().item()])
+    assert L.multiscale(p, t).item() == pytest.approx(manual, rel=1e-5)
+
+
+def test_diffusion_term_is_only_computed_by_its_objective():
+    from workbench.loss_weights import CompositeLoss
+
+    t = _rand(1, 1, 4, 4, 4)
+    with pytest.raises(ValueError, match="sr3"):
+        CompositeLoss({"l1": 1.0, "diffusion": 1.0})(t + 1, t)
+    total, terms = CompositeLoss({"l1": 1.0, "diffusion": 1.0})(t + 1, t, skip=("diffusion",))
+    assert terms == {"l1": pytest.approx(1.0)} and total.item() == pytest.approx(1.0)
 
 
 def test_fft_known_value():

@@ -77,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("tasks", help="list the tasks")
     p = sub.add_parser("config", help="print a task's default config as YAML (a starting point for --config)")
     p.add_argument("--task", default="dwi", help="task name (default: dwi)")
+    p.add_argument("--model", help="the defaults for this model of the task (e.g. --task sr --model sr3)")
     for name in TASK_MODULES:
         task = get_task(name)
         tp = sub.add_parser(name, help=f"{task.label}: {task.summary}")
@@ -99,7 +100,13 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "config":
         from workbench.tasks import get_task
 
-        print(get_task(args.task).default_config().to_yaml(), end="")
+        task = get_task(args.task)
+        if args.model and args.model not in (task.models or (args.model,)):
+            from workbench.io_utils import InputError
+
+            raise InputError(f"task {task.name} has no model {args.model!r}; its models: {', '.join(task.models)}")
+        cfg = task.config_for_model(args.model) if args.model else task.default_config()
+        print(cfg.to_yaml(), end="")
         return 0
     from workbench.tasks import get_task
 

@@ -122,6 +122,9 @@ class TrainConfig(_Strict):
     val_batches: int = Field(4, ge=1)
     early_stopping_patience: Optional[int] = Field(None, ge=1, description="validations without improvement")
     checkpoint_every: int = Field(200, ge=1)
+    ema_decay: float = Field(
+        0.0, ge=0.0, lt=1.0, description="exponential moving average of the weights (0: off); validation, best.pt "
+        "and prediction then use the averaged weights, kept in every checkpoint (diffusion models: 0.999)")
     compile: bool = False
     seed: int = 0
     threads: Optional[int] = Field(None, ge=1, description="torch CPU threads; null keeps torch's default")

@@ -138,6 +138,7 @@ class Denoiser:
         """Load a ``best.pt``/``last.pt`` written by the trainer (``weights_only=True``)."""
         from workbench.models import build_model
         from workbench.training.checkpoint import load_checkpoint
+        from workbench.training.ema import model_weights
 
         ckpt = load_checkpoint(path)
         config = Config.model_validate(ckpt["config"])
@@ -148,7 +149,7 @@ class Denoiser:
         model = build_model(config.model, in_channels=meta["in_channels"], out_channels=meta["out_channels"],
                             num_conditions=meta["num_conditions"], residual_channel=meta.get("residual_channel"))
         try:
-            model.load_state_dict(ckpt["model_state"])
+            model.load_state_dict(model_weights(ckpt))
         except RuntimeError as exc:
             raise InputError(f"checkpoint {path} does not match model '{config.model.name}': {exc}") from exc
         return cls(model, config, int(task.get("n_volumes", meta["num_conditions"])), device, amp)

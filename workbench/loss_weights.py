@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import threading
-from typing import Callable, Mapping
+from typing import Callable, Collection, Mapping
 
 import torch
 
@@ -83,10 +83,11 @@ class CompositeLoss:
     charbonnier_eps : float
         ``eps`` of the Charbonnier term.
 
-    Calling ``loss(pred, target, mask=None)`` returns ``(total, terms)``: ``total`` is
+    Calling ``loss(pred, target, mask=None, skip=())`` returns ``(total, terms)``: ``total`` is
     the float32 tensor ``sum(w * term)``; ``terms`` maps each computed term name to its
     unweighted, detached float value.  Terms with weight 0 are neither computed nor
-    reported. ``terms`` supplies stateful terms by name (a perceptual loss with its feature
+    reported, nor are those in ``skip`` (terms an objective computes itself, such as a
+    diffusion model's denoising loss). ``terms`` supplies stateful terms by name (a perceptual loss with its feature
     network), used in place of the registry's entry.
     """
 
@@ -96,12 +97,13 @@ class CompositeLoss:
         self.charbonnier_eps = float(charbonnier_eps)
         self.terms = dict(terms or {})  # stateful terms that replace a registry entry (e.g. perceptual)
 
-    def __call__(self, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None):
+    def __call__(self, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None,
+                 skip: Collection[str] = ()):
         weights = self.weights.get()
         total = None
         terms: dict[str, float] = {}
         for name, w in weights.items():
-            if w == 0:
+            if w == 0 or name in skip:
                 continue
             if name in self.terms:
                 value = self.terms[name](pred, target, mask)

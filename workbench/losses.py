@@ -265,7 +265,8 @@ def ssim(pred, target, mask=None):
 def multiscale(pred, target, mask=None):
     """Mean of the L1 loss at scales 1, 1/2 and 1/4 (``avg_pool3d`` by 2 and 4).
 
-    A scale is skipped when a spatial dimension would fall below 2 (scale 1 is always
+    Each axis is pooled only where it keeps at least 2 voxels (a 2D slice stored with depth 1
+    pools in-plane); a scale that would pool no axis is skipped (scale 1 is always
     used).  With a mask, pooling is masked (``pool(m x) / pool(m)``) and the pooled
     mask weights the L1, so out-of-mask voxels are ignored.
 
@@ -276,17 +277,19 @@ def multiscale(pred, target, mask=None):
     """
     terms = []
     for f in (1, 2, 4):
-        if f > 1 and min(pred.shape[2:]) // f < 2:
+        # pool the axes long enough for it (a 2D slice stored as depth 1 pools in-plane only)
+        k = tuple(f if n // f >= 2 else 1 for n in pred.shape[2:])
+        if f > 1 and k == (1, 1, 1):
             continue
         if f == 1:
             terms.append(_masked_mean((pred - target).abs(), mask))
         elif mask is None:
-            terms.append((F.avg_pool3d(pred, f) - F.avg_pool3d(target, f)).abs().mean())
+            terms.append((F.avg_pool3d(pred, k) - F.avg_pool3d(target, k)).abs().mean())
         else:
             m = mask.expand_as(pred)
-            pm = F.avg_pool3d(m, f)
+            pm = F.avg_pool3d(m, k)
             # sum(pool(m) * |pool(m p)/pool(m) - pool(m t)/pool(m)|) == sum |pool(m (p - t))|
-            num = F.avg_pool3d(m * (pred - target), f).abs().sum()
+            num = F.avg_pool3d(m * (pred - target), k).abs().sum()
             terms.append(num / (pm.sum() + _EPS))
     return torch.stack(terms).mean()
 
@@ -318,11 +321,18 @@ def _perceptual(pred, target, mask=None):
     return perceptual_unavailable(pred, target, mask)
 
 
+def _diffusion(pred, target, mask=None):
+    raise ValueError("the 'diffusion' term is the denoising loss of a diffusion model: only the training step of "
+                     "the sr3 model computes it; set its weight to 0 for other models")
+
+
 LOSSES: dict[str, Callable[..., torch.Tensor]] = {
     "l1": l1, "mse": mse, "rmse": rmse, "charbonnier": charbonnier, "edge": edge,
     "gradient": gradient, "ssim": ssim, "multiscale": multiscale, "fft": fft,
     # a stateful term: a task supplies it (CompositeLoss(terms=...)) when the user gives a feature network
     "perceptual": _perceptual,
+    # the denoising loss of a diffusion model (sr3): its objective computes it, the weight is live like any other
+    "diffusion": _diffusion,
 }
 
 

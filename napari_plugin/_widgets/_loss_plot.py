@@ -18,7 +18,7 @@ BG, FG, GRID = "#262930", "#f0f1f2", "#414851"
 TERM_LABELS = {
     "l1": "L1", "mse": "MSE", "rmse": "RMSE", "charbonnier": "Charbonnier", "edge": "edge (3D Sobel)",
     "gradient": "gradient", "ssim": "SSIM loss", "multiscale": "multi-scale", "fft": "frequency (FFT)",
-    "perceptual": "perceptual (your features)",
+    "perceptual": "perceptual (your features)", "diffusion": "diffusion (denoising)",
 }
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 MODEL_LABELS = {"multiscale": "Multi-scale detail network", "denoiser": "Single-level U-Net (lightest)",
                 "rrdb_sr": "Residual dense network + PixelShuffle (SR)",
+                "sr3": "SR3 diffusion, 8x in-plane (SR, with uncertainty)",
                 "progressive": "Coarse-to-fine network", "frequency": "Frequency band network"}
 SCHEDULES = [("One-cycle (warm up, then decay)", "onecycle"), ("Cosine decay", "cosine"),
              ("Lower when the loss stalls", "plateau"), ("Constant", "none")]

@@ -1,9 +1,13 @@
 """Predict panel: apply a task's network (a checkpoint, or the one shipped with the task) to an image layer.
 
 Task-generic: the tasks offered are those with :meth:`~workbench.tasks.base.Task.predict_array`;
-their choices (``Task.predict_choices``, e.g. the scale) become combo boxes. The result
-lands on its own grid (scale and translate from the affine the task returns), so an
-x4 super-resolved volume overlays its LR input and HR reference in world coordinates.
+their choices (``Task.predict_choices``, e.g. the model and the scale) become combo boxes,
+enabled only where they apply (``Task.predict_choice_requires``). The result lands on its
+own grid (scale and translate from the affine the task returns), so an x4 super-resolved
+volume overlays its LR input and HR reference in world coordinates. Further outputs
+(:class:`~workbench.tasks.base.ExtraOutput`) become layers too: an overlay (SR3's
+uncertainty map, fading to transparent where it is low) and a stack on a slider (SR3's
+K samples, to see what varies from sample to sample).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ class PredictWidget(WorkerPanel, QWidget):
         super().__init__(parent)
         self.viewer = napari_viewer
         self.output_layer = self.attention_layer = None
+        self.extra_layers: list = []
         self.last_error: Optional[BaseException] = None
         content = QWidget()
         root = QVBoxLayout(content)
@@ -55,7 +60,7 @@ class PredictWidget(WorkerPanel, QWidget):
         root.addLayout(form)
         self.task_combo.currentTextChanged.connect(self._task_changed)
         self._task_changed()
-        self.add_run_controls(root, "Predict", "Stop", "tile %v of %m",
+        self.add_run_controls(root, "Predict", "Stop", "%v of %m",
                               "Choose a layer (e.g. File > Open Sample > soil), then press Predict.")
         outer_layout(self, content)
 
@@ -74,14 +79,27 @@ class PredictWidget(WorkerPanel, QWidget):
         self.choice_boxes = {}
         for name, values in self.task().predict_choices.items():
             box = QComboBox()
-            box.addItems([str(v) for v in values])
+            box.addItems(["default" if v is None else str(v) for v in values])
+            box.currentIndexChanged.connect(self._update_choices)
             self.choice_form.addRow(name.capitalize(), box)
             self.choice_boxes[name] = box
+        self._update_choices()
+
+    def _update_choices(self, *_) -> None:
+        """Enable a choice only where it applies (e.g. samples and steps with the SR3 model)."""
+        values = self.choices()
+        for name, (other, wanted) in self.task().predict_choice_requires.items():
+            if name in self.choice_boxes:
+                box = self.choice_boxes[name]
+                box.setEnabled(values.get(other) == wanted)
+                box.setToolTip("" if box.isEnabled() else f"only with {other} {wanted}")
 
     def choices(self) -> dict:
         task = self.task()
-        return {name: type(task.predict_choices[name][0])(box.currentText())
-                for name, box in self.choice_boxes.items()}
+        return {name: task.predict_choices[name][box.currentIndex()] for name, box in self.choice_boxes.items()}
+
+    def set_choice(self, name: str, value) -> None:
+        self.choice_boxes[name].setCurrentIndex(list(self.task().predict_choices[name]).index(value))
 
     def run(self) -> None:
         from napari_plugin._workers import Control, predict_worker
@@ -105,7 +123,7 @@ class PredictWidget(WorkerPanel, QWidget):
         if out is None:
             self.status.info("Stopped: no layer was added.")
             return
-        array, affine, attention = out
+        array, affine, attention, extras = out
         task, layer = self.task(), self._input
         spec = {s.role: s for s in task.view.layers}[task.view.output_role]
         name = f"{layer.name} -> {spec.label}"
@@ -118,7 +136,27 @@ class PredictWidget(WorkerPanel, QWidget):
         note = ""
         if attention is not None and attention[0] is not None:
             note = f" Attention overlay: '{self._show_attention(layer, *attention).name}'."
+        self.extra_layers = [self._show_extra(name, extra, affine, meta) for extra in extras.values()]
+        if self.extra_layers:
+            note += " Also: " + ", ".join(f"'{l.name}'" for l in self.extra_layers) + "."
         self.status.info(f"Done: new layer '{name}' {array.shape} ({source}).{note}")
+
+    def _show_extra(self, name, extra, affine, meta):
+        """An overlay on the result's grid, or a (K, X, Y, Z) stack with K on a slider."""
+        from napari_plugin._widgets.attention import fading_colormap, overlay_limits
+
+        data = np.asarray(extra.data, np.float32)
+        meta = {**meta, "role": extra.role or extra.kind}
+        if extra.kind == "stack":
+            kwargs = {"name": f"{name}: {extra.label}", "axis_labels": ("sample", "x", "y", "z"),
+                      **spatial_kwargs(affine, 4), "metadata": meta}
+            lo, hi = (float(v) for v in np.percentile(data, [0.5, 99.5]))
+            return add_or_update_image(self.viewer, data, kwargs, contrast_limits=(lo, max(hi, lo + 1e-6)),
+                                       visible=False)
+        kwargs = {"name": f"{name}: {extra.label}", "axis_labels": ("x", "y", "z"), **spatial_kwargs(affine, 3),
+                  "metadata": meta}
+        return add_or_update_image(self.viewer, data, kwargs, colormap=fading_colormap("magma"), opacity=0.8,
+                                   blending="translucent", contrast_limits=overlay_limits(data))
 
     def _show_attention(self, layer, att, affine):
         from napari_plugin._widgets.attention import PREFIX, fading_colormap, overlay_limits

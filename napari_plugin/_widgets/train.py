@@ -128,6 +128,7 @@ class TrainWidget(StopsOnClose, QWidget):
         outer_layout(self, content)
         self.setMinimumWidth(360)
         self.task_combo.currentIndexChanged.connect(self._task_changed)
+        self.model_combo.currentIndexChanged.connect(self._model_changed)
         self._task_changed()
 
     # ------------------------------------------------------------------ task
@@ -159,10 +160,22 @@ class TrainWidget(StopsOnClose, QWidget):
             self.input_form.addRow(spec.label, combo)
             self.inputs[spec.role] = combo
         cfg = task.default_config()
+        self.model_combo.blockSignals(True)
         self.model_combo.clear()
         for name in task.models or tuple(MODELS):
             self.model_combo.addItem(MODEL_LABELS.get(name, name), name)
         self.model_combo.setCurrentIndex(max(self.model_combo.findData(cfg.model.name), 0))
+        self.model_combo.blockSignals(False)
+        self._apply_defaults(cfg)
+
+    def _model_changed(self, *_) -> None:
+        """A model with its own defaults (the sr task's SR3: diffusion term, cosine schedule) brings them."""
+        name = self.model_combo.currentData()
+        if name:
+            self._apply_defaults(self.task().config_for_model(name))
+
+    def _apply_defaults(self, cfg) -> None:
+        task = self.task()
         unavailable = task.unavailable_terms(cfg)
         for name, slider in self.sliders.items():
             slider.setValue(float(cfg.loss.weights.get(name, 0.0)))
@@ -185,8 +198,7 @@ class TrainWidget(StopsOnClose, QWidget):
     def make_config(self):
         """The run's :class:`workbench.config.Config` from the widget's values."""
         task = self.task()
-        cfg = task.default_config().model_copy(deep=True)
-        cfg.model.name = self.model_combo.currentData()
+        cfg = task.config_for_model(self.model_combo.currentData()).model_copy(deep=True)
         cfg.model.base_filters = self.filters.value()
         task.set_patch_size(cfg, self.patch.value())
         cfg.data.batch_size = self.batch.value()

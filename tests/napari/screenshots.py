@@ -3,7 +3,8 @@
     QT_API=pyqt6 xvfb-run -a -s "-screen 0 1920x1200x24" python tests/napari/screenshots.py OUT_DIR
 
 Writes train_midrun.png, denoise.png, compare.png, edges.png, attention.png, review.png, and for the
-super-resolution task sr_predict.png and sr_compare.png (``... screenshots.py OUT_DIR sr`` writes only that one).
+super-resolution task sr_predict.png and sr_compare.png (``... screenshots.py OUT_DIR sr`` writes only those),
+and for SR3 sr3_predict.png (``... screenshots.py OUT_DIR sr3``).
 """
 
 from __future__ import annotations
@@ -175,10 +176,41 @@ def main_sr(out: Path) -> None:
     viewer.close()
 
 
+def main_sr3(out: Path) -> None:
+    """Soil 8x in-plane: SR3 mean, its uncertainty overlay and the samples, beside bicubic and the HR reference."""
+    from napari_plugin._layers import axial_view, grid, show_name
+
+    viewer, app = _viewer_with(out, "soil_sr3")
+    _, panel = viewer.window.add_plugin_dock_widget("recon-workbench", "Predict")
+    panel.set_choice("model", "sr3")
+    panel.set_choice("samples", 4)
+    panel.run()
+    _wait(app, lambda: panel.worker is None, timeout=600)
+    std, samples = panel.extra_layers
+    for layer in viewer.layers:
+        layer.visible = layer is not std
+        show_name(layer, True)
+    viewer.layers.move(viewer.layers.index(samples), len(viewer.layers) - 1)
+    grid(viewer).enabled = True
+    grid(viewer).shape = (2, 3)
+    axial_view(viewer)
+    viewer.reset_view()
+    _grab(viewer, out / "sr3_predict.png", app)
+    grid(viewer).enabled = False
+    for layer in viewer.layers:
+        layer.visible = layer in (panel.output_layer, std)
+    viewer.reset_view()
+    _grab(viewer, out / "sr3_uncertainty.png", app)
+    viewer.close()
+
+
 if __name__ == "__main__":
     target = Path(sys.argv[1] if len(sys.argv) > 1 else "screenshots")
     if sys.argv[2:] == ["sr"]:
         main_sr(target)
+    elif sys.argv[2:] == ["sr3"]:
+        main_sr3(target)
     else:
         main(target)
         main_sr(target)
+        main_sr3(target)

@@ -36,7 +36,7 @@ def test_simulate_writes_aligned_pairs(pairs):
     hr, lr = nib.load(pairs / "hr_000.nii.gz"), nib.load(pairs / "lr_000.nii.gz")
     assert hr.shape == (24, 24, 24) and lr.shape == (12, 12, 12)
     assert np.allclose(hr_affine(lr.affine, (2, 2, 2)), hr.affine)
-    assert json.loads((pairs / "pairs.json").read_text())["scale"] == 2
+    assert json.loads((pairs / "pairs.json").read_text())["scale"] == [2, 2, 2]
 
 
 def test_baseline_and_evaluate(pairs, tmp_path, capsys):

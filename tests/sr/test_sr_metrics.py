@@ -86,8 +86,40 @@ def test_s2_starts_at_the_fraction_and_decays_to_its_square():
 def test_s2_rejects_bad_input():
     with pytest.raises(InputError, match="max_r"):
         two_point_correlation(np.ones((6, 6, 6), bool), 6)
-    with pytest.raises(InputError, match="3D"):
-        two_point_correlation(np.ones((6, 6), bool))
+    with pytest.raises(InputError, match="2D or 3D"):
+        two_point_correlation(np.ones((6,), bool))
+
+
+def test_s2_in_2d_matches_brute_force():
+    b = np.random.default_rng(4).random((9, 11)) < 0.4
+    s2 = two_point_correlation(b, 3)
+    for r in range(4):
+        vals = []
+        for dx in range(-r - 1, r + 2):
+            for dy in range(-r - 1, r + 2):
+                if round(np.hypot(dx, dy)) != r:
+                    continue
+                a = b[max(dx, 0):9 + min(dx, 0), max(dy, 0):11 + min(dy, 0)]
+                c = b[max(-dx, 0):9 + min(-dx, 0), max(-dy, 0):11 + min(-dy, 0)]
+                vals.append(np.mean(a & c))
+        assert s2[r] == pytest.approx(np.mean(vals), rel=1e-9)
+
+
+def test_pore_size_curve_of_a_disc_and_slice_metrics():
+    from workbench.tasks.sr.metrics import evaluate_slices, pore_size_curve
+
+    yy, xx = np.mgrid[:40, :40]
+    disc = (yy - 20) ** 2 + (xx - 20) ** 2 <= 36  # radius 6
+    curve = pore_size_curve(disc, 8)
+    assert curve[5] == pytest.approx(1.0) and curve[:6].min() > 0.8 and curve[6] == curve[7] == 0.0
+    rng = np.random.default_rng(0)
+    hr = np.stack([disc * 1.0 + 2.0 * (rng.random((40, 40)) < 0.3) for _ in range(3)], axis=-1).astype(np.float32)
+    perfect = evaluate_slices(hr, hr)
+    assert perfect["ssim"] == pytest.approx(1.0) and perfect["porosity_error"] == 0 and perfect["psd_distance"] == 0
+    from scipy import ndimage
+
+    blurred = evaluate_slices(ndimage.gaussian_filter(hr, (2, 2, 0)), hr)
+    assert blurred["psnr"] < 40 and blurred["tpc_error"] > 0 and blurred["ssim"] < 1
 
 
 # ----------------------------------------------------------------------------- evaluate_sr

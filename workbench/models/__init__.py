@@ -24,6 +24,7 @@ from workbench.models.frequency import FrequencyDomainNet
 from workbench.models.multiscale import MultiScaleDetailNet
 from workbench.models.progressive import ProgressiveDetailNet
 from workbench.models.sr import RRDBSuperResNet
+from workbench.models.sr3 import SR3UNet
 
 Tensor = torch.Tensor
 
@@ -33,11 +34,12 @@ MODELS: dict[str, type[nn.Module]] = {
     "progressive": ProgressiveDetailNet,
     "frequency": FrequencyDomainNet,
     "rrdb_sr": RRDBSuperResNet,
+    "sr3": SR3UNet,
 }
 
 __all__ = [
     "MODELS", "build_model", "collect_attention_maps", "model_summary", "ConditionedReconNet",
-    "DenoiserNet", "MultiScaleDetailNet", "ProgressiveDetailNet", "FrequencyDomainNet", "RRDBSuperResNet",
+    "DenoiserNet", "MultiScaleDetailNet", "ProgressiveDetailNet", "FrequencyDomainNet", "RRDBSuperResNet", "SR3UNet",
 ]
 
 

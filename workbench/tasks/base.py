@@ -93,6 +93,20 @@ class InputArray:
     name: str = ""
 
 
+@dataclass
+class ExtraOutput:
+    """A further result of :meth:`Task.predict_array`, beside the main one and on its grid.
+
+    ``kind`` says how a viewer shows it: ``"overlay"`` (a map such as an uncertainty map,
+    fading over the result) or ``"stack"`` (several results, (K, X, Y, Z), on a slider).
+    """
+
+    data: Any
+    label: str
+    kind: str = "overlay"
+    role: str = ""
+
+
 class Task:
     """Base class of every task. Subclasses set the class attributes and override methods.
 
@@ -121,6 +135,12 @@ class Task:
         from workbench.config import Config
 
         return Config(task=self.name, options=options)
+
+    def config_for_model(self, name: str):
+        """The defaults for training model ``name`` (a task whose models need other settings overrides this)."""
+        cfg = self.default_config()
+        cfg.model.name = name
+        return cfg
 
     def options(self, config) -> TaskOptions:
         """``config.options`` as the task's typed options."""
@@ -164,7 +184,8 @@ class Task:
         """Loss terms this configuration cannot use, with the reason a front end shows."""
         from workbench.perceptual import UNAVAILABLE
 
-        return {"perceptual": UNAVAILABLE}
+        return {"perceptual": UNAVAILABLE,
+                "diffusion": "only a diffusion model (the sr task's sr3) has a denoising term"}
 
     def patch_size(self, config) -> int:
         """The training patch edge a front end shows (``data.patch_size`` unless the task keeps its own)."""
@@ -176,8 +197,10 @@ class Task:
     # -- what the viewers call (arrays in, arrays out; no files) -----------------------
     #: sample cases :meth:`sample_case` can make (napari's File > Open Sample, notebooks)
     samples: tuple[str, ...] = ()
-    #: choices a front end offers for :meth:`predict_array` (``{"scale": (4, 2)}``)
+    #: choices a front end offers for :meth:`predict_array` (``{"scale": (4, 2)}``; None reads "default")
     predict_choices: Mapping[str, tuple] = {}
+    #: choices that only apply with another choice set: ``{"samples": ("model", "sr3")}``
+    predict_choice_requires: Mapping[str, tuple[str, Any]] = {}
 
     def sample_case(self, kind: str, **kw: Any) -> dict[str, tuple[Any, Any]]:  # pragma: no cover - abstract
         """A simulated case with ground truth: ``{role: (array, affine)}`` for the roles in :attr:`view`."""
@@ -186,7 +209,11 @@ class Task:
     def predict_array(self, image, affine, *, checkpoint: Optional[PathLike] = None,
                       progress: Optional[ProgressFn] = None, should_stop: Optional[StopFn] = None,
                       **choices: Any):  # pragma: no cover - abstract
-        """Apply a checkpoint (default: the shipped one) to ``image``; returns ``(result, result_affine)``."""
+        """Apply a checkpoint (default: the shipped one) to ``image``.
+
+        Returns ``(result, result_affine)``, or ``(result, result_affine, extras)`` with
+        ``extras`` a dict of :class:`ExtraOutput` (e.g. an uncertainty map and the samples).
+        """
         raise NotImplementedError
 
     def attention_array(self, image, affine, *, checkpoint: Optional[PathLike] = None,

@@ -26,6 +26,7 @@ from workbench.loss_weights import CompositeLoss, LossWeights
 from workbench.training import distributed as wdist
 from workbench.training.checkpoint import (
     capture_rng_state, check_compatible, config_differences, load_checkpoint, restore_rng_state, save_checkpoint)
+from workbench.training.ema import ema_model
 from workbench.training.events import Callback, Failed, Finished, StepEnd, Validation, WeightsChanged
 from workbench.training.run_log import RunLog
 from workbench.training.sampling import Batch, PatchSampler
@@ -121,6 +122,7 @@ class Trainer:
             **{k: getattr(model, k) for k in ("in_channels", "out_channels", "num_conditions", "residual_channel")
                if hasattr(model, k)}}
         self.task_meta = dict(task_meta or {})
+        self.ema = ema_model(self.raw_model, tc.ema_decay)
         self.optimizer = build_optimizer(self.raw_model.parameters(), tc)
         self.scheduler = build_scheduler(self.optimizer, tc)
         self.amp, self.amp_dtype, use_scaler = amp_settings(tc, self.device)
@@ -250,6 +252,8 @@ class Trainer:
         grad_norm = torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), tc.grad_clip or math.inf)
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        if self.ema is not None:
+            self.ema.update_parameters(self.raw_model)
         lr = float(self.optimizer.param_groups[0]["lr"])
         if steps_per_iteration(self.scheduler):
             self.scheduler.step()
@@ -259,7 +263,8 @@ class Trainer:
     def _validate(self, batches: list[Batch]) -> tuple[float, dict]:
         """Loss on this rank's share of the validation batches, averaged over all ranks."""
         tc = self.config.train
-        self._eval_model.eval()
+        model = self.ema.module if self.ema is not None else self._eval_model  # the weights best.pt is chosen by
+        model.eval()
         sums: dict[str, float] = {}
         count, images = 0, {}
         for i in range(self.dist.rank, len(batches), self.dist.world_size):
@@ -267,7 +272,7 @@ class Trainer:
             # a fixed generator per batch: a stochastic objective (diffusion) gives a deterministic val loss
             ctx = StepContext(self.criterion, torch.Generator().manual_seed(tc.seed + 1000 + i), False, self.step)
             with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
-                out = self.step_fn(self._eval_model, b, ctx)
+                out = self.step_fn(model, b, ctx)
             for k, v in {"loss": float(out.loss), **out.terms}.items():
                 sums[k] = sums.get(k, 0.0) + v
             count += 1
@@ -353,6 +358,7 @@ class Trainer:
         state = {
             "step": self.step, "config": self.config.model_dump(mode="json"),
             "model_state": self.raw_model.state_dict(), "optimizer_state": self.optimizer.state_dict(),
+            "ema_state": self.ema.state_dict() if self.ema is not None else {},
             "scheduler_state": self.scheduler.state_dict() if self.scheduler is not None else {},
             "scaler_state": self.scaler.state_dict(), "rng": capture_rng_state(),
             "sampler_generator_state": self.generator.get_state(), "rank_rng": per_rank,
@@ -384,6 +390,10 @@ class Trainer:
         check_compatible(ckpt, self.model_meta)
         self.raw_model.load_state_dict(ckpt["model_state"])
         self.optimizer.load_state_dict(ckpt["optimizer_state"])
+        if self.ema is not None:
+            if not ckpt.get("ema_state"):
+                raise InputError(f"{path} has no averaged (EMA) weights to resume: start a new run")
+            self.ema.load_state_dict(ckpt["ema_state"])
         load_scheduler_state(self.scheduler, ckpt["scheduler_state"])
         if ckpt["scaler_state"] and self.scaler.is_enabled():
             self.scaler.load_state_dict(ckpt["scaler_state"])

@@ -85,12 +85,23 @@ def find_pairs(data_dirs: Sequence[PathLike]) -> list[tuple[Path, Optional[Path]
 
 @dataclass(frozen=True)
 class PatchParams:
-    """Where and how one training patch is cut (drawn by :meth:`SRPairSampler.sample_params`)."""
+    """Where and how one training patch is cut (drawn by :meth:`SRPairSampler.sample_params`).
+
+    The photometric fields are seed 004's train-only augmentation: Gaussian noise of
+    ``noise_std`` (from ``noise_seed``) and a Gaussian blur of ``blur_sigma`` LR voxels on the
+    LR input (scanners differ in noise and sharpness), and ``v * gain + offset`` on both
+    LR and HR (scanners differ in contrast and brightness; the pair stays consistent).
+    """
 
     pair: int
     corner: tuple[int, int, int]
     flips: tuple[bool, bool, bool]
     rot90: int
+    noise_std: float = 0.0
+    noise_seed: int = 0
+    blur_sigma: float = 0.0
+    gain: float = 1.0
+    offset: float = 0.0
 
 
 def cut_patch(pair: SRPair, params: PatchParams, lr_patch: Sequence[int], scale: Sequence[int]
@@ -104,7 +115,16 @@ def cut_patch(pair: SRPair, params: PatchParams, lr_patch: Sequence[int], scale:
             lr, hr = np.flip(lr, axis), np.flip(hr, axis)
     if params.rot90:
         lr, hr = np.rot90(lr, params.rot90, (0, 1)), np.rot90(hr, params.rot90, (0, 1))
-    return np.ascontiguousarray(lr), np.ascontiguousarray(hr)
+    lr, hr = np.ascontiguousarray(lr), np.ascontiguousarray(hr)
+    if params.gain != 1.0 or params.offset != 0.0:
+        lr, hr = lr * np.float32(params.gain) + np.float32(params.offset), hr * np.float32(params.gain) + np.float32(params.offset)
+    if params.blur_sigma > 0:
+        from scipy import ndimage
+
+        lr = ndimage.gaussian_filter(lr, [params.blur_sigma if f > 1 else 0.0 for f in scale], mode="nearest")
+    if params.noise_std > 0:
+        lr = lr + np.random.default_rng(params.noise_seed).normal(0.0, params.noise_std, lr.shape).astype(np.float32)
+    return lr.astype(np.float32, copy=False), hr.astype(np.float32, copy=False)
 
 
 class SRPairSampler:
@@ -116,21 +136,40 @@ class SRPairSampler:
         Training pairs and held-out validation pairs (never sampled for training).
     scale : tuple of int
         Upscaling per axis.
-    lr_patch : int
+    lr_patch : int or tuple of int
         LR patch edge (the HR patch is ``lr_patch * scale``); clipped to small volumes.
     augment : bool
         Random flips on every axis, and rot90 in the (x, y) plane where scale and patch
         are equal on both axes (voxel sizes along z often differ, so no rotation mixes z in).
+    photometric : bool
+        Also seed 004's noise (30%), blur (20%) and intensity (30%) augmentation (:class:`PatchParams`).
+    slices : bool
+        Cut single axial slices and hand them over as 2D batches (B, 1, X, Y), for 2D models
+        super-resolving in-plane (the scale along z must be 1).
+    context : int
+        With ``slices``: the LR input also holds the ``context`` neighbouring slices on each
+        side, as channels (B, 2 context + 1, X, Y); the target stays the centre HR slice.
     """
 
     def __init__(self, pairs: Sequence[SRPair], val_pairs: Sequence[SRPair], scale: Sequence[int],
-                 lr_patch: int = 16, augment: bool = True, val_patches: int = 4):
+                 lr_patch: int | Sequence[int] = 16, augment: bool = True, val_patches: int = 4,
+                 photometric: bool = False, slices: bool = False, context: int = 0):
         if not pairs:
             raise InputError("no training pairs: give at least one hr_*.nii.gz")
         self.pairs, self.val_pairs = list(pairs), list(val_pairs) or list(pairs)
         self.scale = tuple(int(s) for s in scale)
+        if slices and self.scale[2] != 1:
+            raise InputError(f"slice training needs in-plane scale (s, s, 1), got {self.scale}: set options.inplane")
         smallest = np.min([p.lr.shape for p in self.pairs + self.val_pairs], axis=0)
-        self.lr_patch = tuple(int(min(lr_patch, s)) for s in smallest)
+        want = (lr_patch,) * 3 if np.isscalar(lr_patch) else tuple(lr_patch)
+        self.context = int(context) if slices else 0
+        want = (want[0], want[1], 2 * self.context + 1) if slices else want
+        if slices and min(p.lr.shape[2] for p in self.pairs + self.val_pairs) < want[2]:
+            raise InputError(f"{want[2]} context slices need volumes of at least {want[2]} slices: "
+                             "use fewer context_slices or thicker volumes")
+        self.lr_patch = tuple(int(min(w, s)) for w, s in zip(want, smallest))
+        self.slices = bool(slices)
+        self.photometric = bool(photometric)
         self.augment = augment
         self.val_patches = val_patches
         self._val: Optional[list[Batch]] = None
@@ -143,12 +182,25 @@ class SRPairSampler:
         corner = tuple(randint(s - p + 1) for s, p in zip(pairs[i].lr.shape, self.lr_patch))
         flips = tuple(bool(randint(2)) for _ in range(3)) if self.augment else (False, False, False)
         can_rotate = self.augment and self.scale[0] == self.scale[1] and self.lr_patch[0] == self.lr_patch[1]
-        return PatchParams(i, corner, flips, randint(4) if can_rotate else 0)
+        params = PatchParams(i, corner, flips, randint(4) if can_rotate else 0)
+        if not (self.augment and self.photometric):
+            return params
+
+        def uniform(lo: float, hi: float) -> float:
+            return lo + (hi - lo) * float(torch.rand((), generator=generator))
+
+        noise = uniform(0.01, 0.05) if uniform(0, 1) < 0.3 else 0.0
+        noise_seed = randint(2**31 - 1)
+        blur = uniform(0.3, 0.8) if uniform(0, 1) < 0.2 else 0.0
+        gain, offset = (uniform(0.85, 1.15), uniform(-0.1, 0.1)) if uniform(0, 1) < 0.3 else (1.0, 0.0)
+        return PatchParams(i, corner, flips, params.rot90, noise, noise_seed, blur, gain, offset)
 
     def _batch(self, pairs: Sequence[SRPair], params: Sequence[PatchParams]) -> Batch:
         cut = [cut_patch(pairs[p.pair], p, self.lr_patch, self.scale) for p in params]
         lr = torch.from_numpy(np.stack([c[0] for c in cut])[:, None])
         hr = torch.from_numpy(np.stack([c[1] for c in cut])[:, None])
+        if self.slices:  # (B, 1, X, Y, 2n+1) -> LR (B, 2n+1, X, Y) and the centre HR slice (B, 1, X, Y)
+            lr, hr = lr[:, 0].permute(0, 3, 1, 2).contiguous(), hr[..., self.context].contiguous()
         return Batch(lr, hr, torch.zeros(len(params), dtype=torch.long))
 
     def sample(self, batch_size: int, generator: torch.Generator) -> Batch:

@@ -35,14 +35,20 @@ def scale_tuple(scale: int | Sequence[int], inplane: bool = False) -> tuple[int,
     return (s, s, 1) if inplane else (s, s, s)
 
 
-def default_checkpoint(scale: int) -> Path:
-    """The shipped checkpoint for ``scale`` (``workbench/tasks/sr/weights/sr_x{scale}.pt``)."""
-    path = WEIGHTS_DIR / f"sr_x{int(scale)}.pt"
-    if not path.is_file():
-        shipped = sorted(p.stem.split("_x")[-1] for p in WEIGHTS_DIR.glob("sr_x*.pt"))
-        raise InputError(f"no default checkpoint for scale {scale} (shipped: x{', x'.join(shipped) or 'none'}): "
-                         "pass --scale with a shipped factor or --checkpoint with your own")
-    return path
+def default_checkpoint(scale: int, inplane: Optional[bool] = None) -> Path:
+    """The shipped checkpoint for ``scale``: ``weights/sr_x{scale}.pt`` (3D) or ``sr_x{scale}_inplane.pt``.
+
+    ``inplane=None`` takes the 3D one where it is shipped, else the in-plane one (x8 is in-plane only).
+    """
+    names = {False: f"sr_x{int(scale)}.pt", True: f"sr_x{int(scale)}_inplane.pt"}
+    order = [False, True] if inplane is None else [bool(inplane)]
+    for key in order:
+        if (WEIGHTS_DIR / names[key]).is_file():
+            return WEIGHTS_DIR / names[key]
+    shipped = sorted(p.stem.split("_x")[-1].replace("_", " ") for p in WEIGHTS_DIR.glob("sr_x*.pt"))
+    raise InputError(f"no default checkpoint for scale {scale}{' in-plane' if inplane else ''} (shipped: "
+                     f"x{', x'.join(shipped) or 'none'}): pass --scale with a shipped factor or --checkpoint "
+                     "with your own")
 
 
 class SRPredictor:
@@ -83,6 +89,7 @@ class SRPredictor:
         from workbench.config import Config
         from workbench.models import build_model
         from workbench.training.checkpoint import load_checkpoint
+        from workbench.training.ema import model_weights
 
         ckpt = load_checkpoint(path)
         task = ckpt.get("task_meta") or {}
@@ -95,7 +102,7 @@ class SRPredictor:
         spec = {k: meta[k] for k in ("in_channels", "out_channels", "spatial_dims") if k in meta}
         model = build_model(config.model, **spec, scale=scale)
         try:
-            model.load_state_dict(ckpt["model_state"])
+            model.load_state_dict(model_weights(ckpt))
         except RuntimeError as exc:
             raise InputError(f"checkpoint {path} does not match model '{config.model.name}': "
                              f"{str(exc).splitlines()[0]}") from exc
@@ -103,9 +110,10 @@ class SRPredictor:
                    amp=amp, source=str(path), config=config)
 
     @classmethod
-    def default(cls, scale: int = 4, device: str = "auto", amp: Optional[bool] = None) -> "SRPredictor":
-        """The shipped checkpoint for ``scale`` (x2 and x4; trained on simulated soil and chest CT)."""
-        return cls.from_checkpoint(default_checkpoint(scale), device=device, amp=amp)
+    def default(cls, scale: int = 4, device: str = "auto", amp: Optional[bool] = None,
+                inplane: Optional[bool] = None) -> "SRPredictor":
+        """The shipped checkpoint for ``scale`` (3D x2 and x4 on soil and chest CT; x8 in-plane on soil)."""
+        return cls.from_checkpoint(default_checkpoint(scale, inplane), device=device, amp=amp)
 
     def check_input(self, lr: np.ndarray) -> None:
         if lr.ndim != 3:

