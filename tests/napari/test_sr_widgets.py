@@ -215,9 +215,13 @@ def test_sr3_predict_panel_adds_mean_uncertainty_and_samples(soil8_viewer, qtbot
     np.testing.assert_allclose(mean.data, samples.data.mean(axis=0), atol=1e-4)
     np.testing.assert_allclose(std.data, samples.data.std(axis=0, ddof=1), atol=1e-4)
     assert float(std.data.mean()) > 0
-    # the SR3 mean beats bicubic on this held-out case
-    err = lambda a: float(np.mean((np.asarray(a) - hr.data) ** 2))  # noqa: E731
-    assert err(mean.data) < err(soil8_viewer.layers["soil tricubic"].data)
+    # what SR3 is for: a sample keeps the pore structure that bicubic smears (held-out case)
+    from workbench.tasks.sr.metrics import evaluate_slices
+
+    ref = np.asarray(hr.data)
+    ours = evaluate_slices(np.asarray(samples.data[0]), ref)
+    bicubic = evaluate_slices(np.asarray(soil8_viewer.layers["soil tricubic"].data), ref)
+    assert ours["porosity_error"] < bicubic["porosity_error"] and ours["tpc_error"] < bicubic["tpc_error"]
     _, cmp = soil8_viewer.window.add_plugin_dock_widget("recon-workbench", "Compare")
     assert cmp.recon.currentText() == mean.name  # the mean, not the uncertainty map, is the result
 

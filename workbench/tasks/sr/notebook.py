@@ -85,8 +85,8 @@ class SR3Explorer(_Displayable):
         if v is None or name in ("SR3 std", "HR truth"):
             return None
         z = self.slice.value
-        ref = self.hr[:, :, z]
-        return float(psnr(v[:, :, z], ref, data_range=float(ref.max() - ref.min()) or 1.0))
+        ref = self.hr[:, :, z:z + 1]
+        return float(psnr(v[:, :, z:z + 1], ref, data_range=float(ref.max() - ref.min()) or 1.0))
 
     def update(self) -> None:
         z = self.slice.value
