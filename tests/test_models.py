@@ -261,7 +261,7 @@ def test_eval_mode_determinism(name):
 
 # ----------------------------------------------------------------------------- registry and build
 def test_registry_contents():
-    assert set(MODELS) == {"denoiser", "multiscale", "progressive", "frequency", "rrdb_sr"}
+    assert set(MODELS) == {"denoiser", "multiscale", "progressive", "frequency", "rrdb_sr", "sr3"}
     assert set(NAMES) == {"denoiser", "multiscale", "progressive", "frequency"}
 
 
@@ -269,7 +269,7 @@ def test_unknown_model_lists_known_names():
     cfg = SimpleNamespace(name="unet9000", base_filters=4, embedding_dim=8, use_cbam=True)
     with pytest.raises(ValueError) as info:
         build_model(cfg, in_channels=3)
-    assert str(info.value) == "unknown model 'unet9000'; known models: denoiser, frequency, multiscale, progressive, rrdb_sr"
+    assert str(info.value) == "unknown model 'unet9000'; known models: denoiser, frequency, multiscale, progressive, rrdb_sr, sr3"
 
 
 @pytest.mark.parametrize("name", NAMES)

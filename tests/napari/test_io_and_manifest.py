@@ -27,7 +27,7 @@ def test_manifest_is_valid_and_lists_every_contribution():
     c = pm.contributions
     assert [r.filename_patterns for r in c.readers] == [["*.nii", "*.nii.gz"]]
     assert {tuple(w.layer_types) for w in c.writers} == {("image",), ("labels",)}
-    assert [s.key for s in c.sample_data] == ["dwi_phantom", "soil_sr", "chest_sr"]
+    assert [s.key for s in c.sample_data] == ["dwi_phantom", "soil_sr", "chest_sr", "soil_sr3"]
     assert {w.display_name for w in c.widgets} == {"Train", "Denoise", "Predict", "Compare", "Edge maps",
                                                     "Attention maps", "Clinician review"}
     result = subprocess.run(["npe2", "validate", "recon-workbench"], capture_output=True, text=True)

@@ -9,7 +9,7 @@ from workbench.training.checkpoint import load_checkpoint
 
 @pytest.mark.parametrize("scale, inplane", [(2, False), (4, False), (8, True)])
 def test_shipped_checkpoint_is_small_and_says_how_it_was_made(scale, inplane):
-    path = default_checkpoint(scale)
+    path = default_checkpoint(scale, inplane)
     assert path.parent == WEIGHTS_DIR and path.stat().st_size < 5 * 2**20
     ckpt = load_checkpoint(path)
     meta = ckpt["task_meta"]
@@ -17,7 +17,7 @@ def test_shipped_checkpoint_is_small_and_says_how_it_was_made(scale, inplane):
     assert meta["task"] == "sr" and meta["scale"] == list(expect)
     assert meta["trained_by"] == f"python scripts/train_sr_weights.py --scale {scale}" + (" --inplane" * inplane)
     assert "optimizer_state" not in ckpt  # weights only: a few MB
-    assert SRPredictor.default(scale).scale == expect
+    assert SRPredictor.default(scale, inplane=inplane).scale == expect
 
 
 @pytest.mark.parametrize("scale", [2, 4])

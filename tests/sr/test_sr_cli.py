@@ -108,8 +108,8 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, tmp_path, capsys)
         args = ["sr", "predict", lr, "-o", lr]
         fix = "input"
     else:
-        args += ["--scale", "8"]
-        fix = "shipped"
+        args += ["--scale", "8"]  # only an in-plane x8 network is shipped
+        fix = "add --inplane"
     before = lr.read_bytes()
     assert run(*args) == 2
     err = capsys.readouterr().err.strip()

@@ -35,19 +35,19 @@ def scale_tuple(scale: int | Sequence[int], inplane: bool = False) -> tuple[int,
     return (s, s, 1) if inplane else (s, s, s)
 
 
-def default_checkpoint(scale: int, inplane: Optional[bool] = None) -> Path:
-    """The shipped checkpoint for ``scale``: ``weights/sr_x{scale}.pt`` (3D) or ``sr_x{scale}_inplane.pt``.
-
-    ``inplane=None`` takes the 3D one where it is shipped, else the in-plane one (x8 is in-plane only).
-    """
-    names = {False: f"sr_x{int(scale)}.pt", True: f"sr_x{int(scale)}_inplane.pt"}
-    order = [False, True] if inplane is None else [bool(inplane)]
-    for key in order:
-        if (WEIGHTS_DIR / names[key]).is_file():
-            return WEIGHTS_DIR / names[key]
+def default_checkpoint(scale: int, inplane: Optional[bool] = False) -> Path:
+    """The shipped checkpoint for ``scale``: ``weights/sr_x{scale}.pt`` (3D) or, with ``inplane``,
+    ``sr_x{scale}_inplane.pt`` (x and y only)."""
+    name = f"sr_x{int(scale)}_inplane.pt" if inplane else f"sr_x{int(scale)}.pt"
+    path = WEIGHTS_DIR / name
+    if path.is_file():
+        return path
     shipped = sorted(p.stem.split("_x")[-1].replace("_", " ") for p in WEIGHTS_DIR.glob("sr_x*.pt"))
-    raise InputError(f"no default checkpoint for scale {scale}{' in-plane' if inplane else ''} (shipped: "
-                     f"x{', x'.join(shipped) or 'none'}): pass --scale with a shipped factor or --checkpoint "
+    other = WEIGHTS_DIR / (f"sr_x{int(scale)}.pt" if inplane else f"sr_x{int(scale)}_inplane.pt")
+    hint = (f"; the shipped x{scale} network is {'3D: drop' if inplane else 'in-plane: add'} --inplane"
+            if other.is_file() else "")
+    raise InputError(f"no default {'in-plane' if inplane else '3D'} checkpoint for scale {scale} (shipped: "
+                     f"x{', x'.join(shipped) or 'none'}){hint}: pass --scale with a shipped factor or --checkpoint "
                      "with your own")
 
 
@@ -111,7 +111,7 @@ class SRPredictor:
 
     @classmethod
     def default(cls, scale: int = 4, device: str = "auto", amp: Optional[bool] = None,
-                inplane: Optional[bool] = None) -> "SRPredictor":
+                inplane: bool = False) -> "SRPredictor":
         """The shipped checkpoint for ``scale`` (3D x2 and x4 on soil and chest CT; x8 in-plane on soil)."""
         return cls.from_checkpoint(default_checkpoint(scale, inplane), device=device, amp=amp)
 

@@ -198,18 +198,24 @@ class SrTask(Task):
                                              "uncertainty"),
                           "samples": ExtraOutput(res.samples, f"{samples} SR3 samples", "stack", "samples")}
             return res.mean, dg.hr_affine(affine, sr3.scale), extras
-        predictor = SRPredictor.from_checkpoint(checkpoint) if checkpoint else SRPredictor.default(int(scale or 4))
+        predictor = self._regression(checkpoint, scale)
         out = predictor.predict(image, progress=progress, should_stop=should_stop)
         return out, dg.hr_affine(affine, predictor.scale)
 
     def attention_array(self, image, affine, *, checkpoint=None, scale=None, model="rrdb_sr", **_):
         """The CBAM spatial attention of the regression network's trunk, on the LR grid (SR3: none)."""
-        from workbench.tasks.sr.predictor import SRPredictor
-
         if self._is_sr3(model, checkpoint):
             return None, affine
-        predictor = SRPredictor.from_checkpoint(checkpoint) if checkpoint else SRPredictor.default(int(scale or 4))
-        return predictor.attention(image), affine
+        return self._regression(checkpoint, scale).attention(image), affine
+
+    @staticmethod
+    def _regression(checkpoint, scale):
+        """A checkpoint, or the shipped network for the scale (x2, x4: 3D; x8: in-plane, the only one shipped)."""
+        from workbench.tasks.sr.predictor import SRPredictor
+
+        if checkpoint:
+            return SRPredictor.from_checkpoint(checkpoint)
+        return SRPredictor.default(int(scale or 4), inplane=int(scale or 4) == 8)
 
     def evaluate_arrays(self, result, reference, *, kind: str = "ct"):
         from workbench.tasks.sr.metrics import evaluate_sr

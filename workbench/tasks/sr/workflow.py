@@ -303,7 +303,7 @@ def predict(lr_path: PathLike, out_path: PathLike, *, checkpoint: Optional[PathL
     if samples is not None or steps is not None:
         raise InputError("--samples and --steps are for the diffusion model: add --model sr3")
     predictor = (SRPredictor.from_checkpoint(checkpoint, device=device) if checkpoint is not None
-                 else SRPredictor.default(scale or 4, device=device, inplane=inplane))
+                 else SRPredictor.default(scale or 4, device=device, inplane=bool(inplane)))
     if inplane is not None and predictor.inplane != inplane:
         raise InputError(f"the checkpoint super-resolves {'in-plane' if predictor.inplane else 'in 3D'}: "
                          f"{'add' if predictor.inplane else 'drop'} --inplane or pick another checkpoint")
