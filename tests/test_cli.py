@@ -71,7 +71,11 @@ def test_denoise_self_supervised_without_checkpoint(sim, tmp_path, capsys):
     assert main(["--quiet", "denoise", str(sim / "dwi.nii.gz"), "-o", str(out), "--config",
                  str(sim / "tiny.yaml"), "--no-amp", "--run-dir", str(tmp_path / "keep")]) == 0
     assert out.is_file() and (tmp_path / "keep" / "best.pt").is_file()
-    assert "held-out MSE" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "held-out MSE" in text and "RMS noise of the magnitude data" in text
+    report = json.loads(out.with_name("self.json").read_text())
+    if report["sigma"] is not None and report["sigma"] > report["sigma_upper"]:  # the CLI says why, not "sigma <="
+        assert "Rician" in text
 
 
 def test_baseline_through_same_io(sim, tmp_path):

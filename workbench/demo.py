@@ -114,7 +114,8 @@ def run_demo(out_dir: Path, snr: float = 10.0, seed: int = 0, config=None,
     comparison_figure(out_dir / "comparison.png", images, clean, series.bvals, mask_arr)
     text = (f"# Demo: {shape[0]}x{shape[1]}x{shape[2]} phantom, {series.n_volumes} volumes ({scheme}), "
             f"SNR {snr:g}, seed {seed}\n\n" + markdown_table(rows, seconds) +
-            f"\nHeld-out estimate for ours (no reference used): noise sigma <= {report.sigma_upper:.2f}"
+            f"\nHeld-out estimate for ours (no reference used): RMS noise of the magnitude data <= "
+            f"{report.sigma_upper:.2f}"
             + ("" if report.est_rmse_vs_clean is None else
                f", estimated RMSE to clean {report.est_rmse_vs_clean:.2f}") +
             f"\n\nFigure: {out_dir / 'comparison.png'}\n")

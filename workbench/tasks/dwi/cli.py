@@ -116,11 +116,15 @@ def run_command(args: argparse.Namespace, bar) -> int:
         )
         msg = (f"wrote {report.output} ({report.n_volumes} volumes; training {report.train_seconds:.0f} s, "
                f"inference {report.inference_seconds:.0f} s on {report.device}, amp={report.amp})\n"
-               f"held-out MSE {report.heldout_mse:.4g}: noise sigma <= {report.sigma_upper:.4g}")
+               f"held-out MSE {report.heldout_mse:.4g}: RMS noise of the magnitude data in the mask "
+               f"<= {report.sigma_upper:.4g}")
         if report.sigma is not None:
             source = {"mppca": "MP-PCA"}.get(report.extra.get("sigma_source"), report.extra.get("sigma_source"))
-            msg += (f"; sigma {report.sigma:.4g} ({source}) -> estimated RMSE to clean "
-                    f"{report.est_rmse_vs_clean:.4g}")
+            msg += (f"; Gaussian noise sigma {report.sigma:.4g} ({source}, used)")
+            if report.sigma > report.sigma_upper:  # not a contradiction: Rician statistics
+                msg += (" - above that RMS because magnitude noise is Rician: its spread falls below sigma "
+                        "where the signal is dim (high b)")
+            msg += f" -> estimated RMSE to clean {report.est_rmse_vs_clean:.4g}"
         print(msg)
     elif args.command == "evaluate":
         metrics = api.evaluate(args.result, args.reference, mask=args.mask, bval=args.bval, bvec=args.bvec)
