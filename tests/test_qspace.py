@@ -144,3 +144,22 @@ def test_fitted_priors_ignore_the_voxels_own_value(kind):
     b = qspace_priors(changed, bvals, bvecs, mask, kind)
     assert a[0][v + (j,)] == pytest.approx(b[0][v + (j,)], abs=1e-4)
     assert np.abs(a[0][..., j] - b[0][..., j]).max() > 1e-3  # the weights for the other parity did move
+
+
+def test_split_mppca_prior_reports_progress_cancels_and_gives_the_same_result(small_phantom):
+    """With progress, MP-PCA runs in axial slabs (the same numbers), one report per slab of each fold."""
+    from workbench.baselines import mppca_slabs
+    from workbench.tasks.base import Cancelled
+
+    p = small_phantom
+    whole = split_mppca_prior(p.noisy, p.bvals, p.mask, n_folds=2)
+    calls = []
+    slabbed = split_mppca_prior(p.noisy, p.bvals, p.mask, n_folds=2, progress=lambda d, t: calls.append((d, t)))
+    np.testing.assert_array_equal(slabbed, whole)
+    per_fold = len(mppca_slabs(p.noisy.shape[2]))
+    assert calls == [(k + 1, 2 * per_fold) for k in range(2 * per_fold)]
+    seen = []
+    with pytest.raises(Cancelled):
+        split_mppca_prior(p.noisy, p.bvals, p.mask, n_folds=2, progress=lambda d, t: seen.append(d),
+                          should_stop=lambda: len(seen) >= 3)
+    assert len(seen) == 3

@@ -84,18 +84,23 @@ def make_trainer(
     masks: Optional[Sequence[Optional[np.ndarray]]] = None,
     callbacks: Iterable[Callback] = (),
     loss_weights=None,
+    progress: Optional[Callable[[int, int], None]] = None,
 ):
     """Prepare the data, build the model and return a ready :class:`~workbench.training.trainer.Trainer`.
 
     Front ends that need to stop training or change loss weights while it runs
     keep the returned trainer (``request_stop()``, ``loss_weights.set()``).
+    ``progress(done, total)`` follows the preparation of the q-space priors (MP-PCA slabs per fold).
     """
     from workbench.models import build_model
     from workbench.tasks.dwi.objective import jinvariant_step
     from workbench.training.trainer import Trainer
 
     masks = list(masks) if masks is not None else [None] * len(series)
-    subjects = [prepare_subject(s.data, s.bvals, s.bvecs, config.data, mask=m) for s, m in zip(series, masks)]
+    subjects = []
+    for i, (s, m) in enumerate(zip(series, masks)):
+        part = None if progress is None else (lambda d, t, i=i: progress(i * t + d, len(series) * t))
+        subjects.append(prepare_subject(s.data, s.bvals, s.bvecs, config.data, mask=m, progress=part))
     sampler = DWIPatchSampler(subjects, patch_size=config.data.patch_size, augment=config.data.augment)
     meta = model_meta_for(config, subjects[0])
     torch.manual_seed(config.train.seed)
@@ -123,15 +128,21 @@ def train(
     callbacks: Iterable[Callback] = (),
     mask_paths: Optional[Sequence[Optional[PathLike]]] = None,
     nan_to_zero: bool = False,
+    progress: Optional[Callable[[int, int], None]] = None,
 ):
-    """Train a J-invariant denoiser on one or more DWI series; checkpoints go to ``out_dir``."""
+    """Train a J-invariant denoiser on one or more DWI series; checkpoints go to ``out_dir``.
+
+    ``progress(done, total)`` follows the q-space priors prepared before training starts.
+    """
     config = resolve_config(config)
+    if resume and not (Path(out_dir) / "last.pt").is_file():  # before minutes of data preparation
+        raise InputError(f"no last.pt in {out_dir}: start without --resume")
     if nan_to_zero:
         config.data.nan_to_zero = True
     series = [load_dwi(p, nan_to_zero=config.data.nan_to_zero) for p in dwi_paths]
     masks = [load_mask(m, s.spatial_shape) for s, m in
              zip(series, mask_paths or [None] * len(series))]
-    trainer = make_trainer(series, out_dir, config, masks=masks, callbacks=callbacks)
+    trainer = make_trainer(series, out_dir, config, masks=masks, callbacks=callbacks, progress=progress)
     return trainer.fit(resume=resume)
 
 
@@ -183,8 +194,13 @@ def denoise_series(
     run_dir: Optional[PathLike] = None,
     callbacks: Iterable[Callback] = (),
     progress: Optional[Callable[[int, int], None]] = None,
+    prepare_progress: Optional[Callable[[int, int], None]] = None,
 ) -> tuple[np.ndarray, DenoiseReport]:
-    """Denoise an in-memory series; returns the (X, Y, Z, N) result in input units and a report."""
+    """Denoise an in-memory series; returns the (X, Y, Z, N) result in input units and a report.
+
+    ``prepare_progress`` follows the q-space priors before training, ``progress`` the prediction
+    (with a checkpoint the priors are prepared inside the prediction and count on ``progress``).
+    """
     from workbench.inference import Denoiser
 
     t0 = time.perf_counter()
@@ -201,7 +217,8 @@ def denoise_series(
         if amp is not None:
             cfg.train.amp = amp
         with tempfile.TemporaryDirectory(prefix="workbench-run-") as tmp:
-            trainer = make_trainer([series], run_dir or tmp, cfg, masks=[mask], callbacks=callbacks)
+            trainer = make_trainer([series], run_dir or tmp, cfg, masks=[mask], callbacks=callbacks,
+                                   progress=prepare_progress)
             result = trainer.fit()
             steps = result.steps_done
             best = Path(result.best_checkpoint or result.last_checkpoint)
@@ -211,7 +228,7 @@ def denoise_series(
     sigma, sigma_source = noise_sigma(series, mask, denoiser.config)
     t1 = time.perf_counter()
     out = denoiser.denoise(series.data, series.bvals, series.bvecs, mask, progress=progress, sigma=sigma,
-                           subject=subject)
+                           subject=subject, prepare_progress=prepare_progress)
     t_inf = time.perf_counter() - t1
     report = DenoiseReport(
         output="", n_volumes=series.n_volumes, trained_steps=steps, train_seconds=t_train,
@@ -242,6 +259,7 @@ def denoise(
     run_dir: Optional[PathLike] = None,
     callbacks: Iterable[Callback] = (),
     progress: Optional[Callable[[int, int], None]] = None,
+    prepare_progress: Optional[Callable[[int, int], None]] = None,
 ) -> DenoiseReport:
     """Denoise a 4D DWI file: train on the data itself (no clean data needed) or apply ``checkpoint``.
 
@@ -255,7 +273,8 @@ def denoise(
     series = load_dwi(dwi_path, bval, bvec, nan_to_zero=nan_to_zero)
     mask_arr = load_mask(mask, series.spatial_shape)
     denoised, report = denoise_series(series, checkpoint=checkpoint, config=config, mask=mask_arr, device=device,
-                                      amp=amp, run_dir=run_dir, callbacks=callbacks, progress=progress)
+                                      amp=amp, run_dir=run_dir, callbacks=callbacks, progress=progress,
+                                      prepare_progress=prepare_progress)
     save_dwi(out_path, series, denoised)
     report.output = str(out_path)
     atomic_write_text(strip_nifti_suffix(out_path).with_suffix(".json"), json.dumps(asdict(report), indent=2))

@@ -31,6 +31,14 @@ class _ProgressBar:
         self.desc, self.unit = desc, unit
         return self
 
+    def stage_fn(self, desc: str, unit: str = "it"):
+        """A progress callable that names its own bar (for several stages handed out at once)."""
+        def report(done: int, total: int) -> None:
+            if done == 1 or self.bar is None:
+                self.stage(desc, unit)
+            self.inference(done, total)
+        return report
+
     def on_event(self, event) -> None:
         from tqdm import tqdm
 

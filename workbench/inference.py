@@ -161,9 +161,10 @@ class Denoiser:
                 f"this data has {n_volumes} volumes: train a new model or pick the matching checkpoint"
             )
 
-    def prepare(self, data: np.ndarray, bvals, bvecs, mask: Optional[np.ndarray] = None) -> DWISubject:
+    def prepare(self, data: np.ndarray, bvals, bvecs, mask: Optional[np.ndarray] = None,
+                progress: Optional[ProgressFn] = None) -> DWISubject:
         self.check_series(data.shape[-1])
-        return prepare_subject(data, bvals, bvecs, self.config.data, mask=mask)
+        return prepare_subject(data, bvals, bvecs, self.config.data, mask=mask, progress=progress)
 
     def predict_volume(self, subject: DWISubject, j: int) -> torch.Tensor:
         """Held-out prediction of volume ``j`` (normalised units), (X, Y, Z)."""
@@ -173,7 +174,8 @@ class Denoiser:
 
     def denoise(self, data: np.ndarray, bvals=None, bvecs=None, mask: Optional[np.ndarray] = None,
                 progress: Optional[ProgressFn] = None, sigma: Optional[float] = None,
-                subject: Optional[DWISubject] = None, keep_raw: bool = False) -> DenoiseOutput:
+                subject: Optional[DWISubject] = None, keep_raw: bool = False,
+                prepare_progress: Optional[ProgressFn] = None) -> DenoiseOutput:
         """Denoise every volume of a (X, Y, Z, N) series.
 
         Each volume gets its J-invariant prediction; with a noise ``sigma``
@@ -181,11 +183,12 @@ class Denoiser:
         asks for (shrinkage toward the noisy volume, Rician mean inversion, the
         free-water floor). ``subject`` reuses a series already prepared for
         training (same data); ``keep_raw`` also returns the J-invariant
-        predictions before post-processing (input units, (X, Y, Z, N)).
+        predictions before post-processing (input units, (X, Y, Z, N)). ``prepare_progress``
+        follows the q-space priors when the series is prepared here.
         """
         icfg = self.config.inference
         if subject is None:
-            subject = self.prepare(data, bvals, bvecs, mask)
+            subject = self.prepare(data, bvals, bvecs, mask, progress=prepare_progress)
         else:
             self.check_series(subject.n_volumes)
         n = subject.n_volumes

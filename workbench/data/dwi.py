@@ -80,8 +80,13 @@ def prepare_subject(
     cfg: DataConfig,
     mask: Optional[np.ndarray] = None,
     scale: Optional[float] = None,
+    progress=None,
+    should_stop=None,
 ) -> DWISubject:
-    """Normalise a (X, Y, Z, N) series by the 99.5th percentile inside the mask and build its priors."""
+    """Normalise a (X, Y, Z, N) series by the 99.5th percentile inside the mask and build its priors.
+
+    ``progress(done, total)`` and ``should_stop()`` follow the q-space prior's MP-PCA slabs (the slow part).
+    """
     if data.ndim != 4:
         raise InputError(f"expected a 4D series (X, Y, Z, N), got shape {data.shape}")
     if bvals is not None and bvecs is not None:
@@ -100,7 +105,8 @@ def prepare_subject(
     if not np.isfinite(scale) or scale <= 0:
         raise InputError("the series has no positive signal inside the mask: check the file and the mask")
     norm = (data / scale).astype(np.float32)
-    priors = qspace_priors(norm, bvals, bvecs, mask, cfg.qspace_prior, cfg.sh_order, cfg.prior_folds)
+    priors = qspace_priors(norm, bvals, bvecs, mask, cfg.qspace_prior, cfg.sh_order, cfg.prior_folds,
+                           progress=progress, should_stop=should_stop)
     loss_mask = ndimage.binary_dilation(mask, iterations=2)
     return DWISubject(
         volumes=torch.from_numpy(np.ascontiguousarray(np.moveaxis(norm, -1, 0))),

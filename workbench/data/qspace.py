@@ -166,6 +166,8 @@ def split_mppca_prior(
     n_folds: int = 2,
     patch_radius: int = 2,
     ridge: float = 1e-3,
+    progress=None,
+    should_stop=None,
     fallback: np.ndarray | None = None,
 ) -> np.ndarray:
     """Leave-one-fold-out prediction of every volume from MP-PCA-denoised other volumes.
@@ -186,6 +188,10 @@ def split_mppca_prior(
     n_folds, patch_radius, ridge
     fallback : (X, Y, Z, N), optional
         Used for a fold whose complement has fewer than 4 volumes (MP-PCA needs a spectrum).
+    progress, should_stop : callable, optional
+        ``progress(done, total)`` after each MP-PCA slab of each fold (total: ``n_folds`` x slabs);
+        ``should_stop()`` before each (True raises :class:`workbench.tasks.base.Cancelled`). With
+        either, MP-PCA runs in axial slabs, in parallel processes for large series: the same result.
 
     Returns
     -------
@@ -198,7 +204,7 @@ def split_mppca_prior(
     """
     from scipy import ndimage
 
-    from workbench.baselines import mppca
+    from workbench.baselines import mppca, mppca_slabs
 
     n = data.shape[-1]
     brain = fit_voxels(data, mask, n // max(n_folds, 1) * (n_folds - 1) + 1)
@@ -208,7 +214,13 @@ def split_mppca_prior(
     radius = np.array([min(patch_radius, (d - 1) // 2) for d in data.shape[:3]])  # small images: smaller patch
     targets = data.reshape(-1, n)
     out = np.zeros(data.shape, dtype=np.float32)
+    per_fold = len(mppca_slabs(data.shape[2], int(radius[-1])))  # as mppca cuts them (z radius)
     for k in range(n_folds):
+        fold_progress = None
+        if progress is not None:
+            def fold_progress(done, _total, k=k):
+                progress(k * per_fold + done, n_folds * per_fold)
+
         dst, src = np.flatnonzero(labels == k), np.flatnonzero(labels != k)
         if len(dst) == 0:
             continue
@@ -217,7 +229,8 @@ def split_mppca_prior(
                 raise ValueError(f"fold {k}: only {len(src)} other volumes; MP-PCA needs at least 4")
             out[..., dst] = fallback[..., dst]
             continue
-        den = mppca(data[..., src], np.zeros(len(src)), grown, patch_radius=radius)  # bvals unused
+        den = mppca(data[..., src], np.zeros(len(src)), grown, patch_radius=radius,  # bvals unused
+                    progress=fold_progress, should_stop=should_stop)
         flat = den.reshape(-1, len(src)).astype(np.float64)
         pred = np.empty((flat.shape[0], len(dst)))
         for parity in (0, 1):  # cross-fitting: weights fitted on one parity, applied to the other
@@ -243,13 +256,16 @@ def qspace_priors(
     kind: str = "both",
     sh_order: int = 4,
     n_folds: int = 2,
+    progress=None,
+    should_stop=None,
 ) -> np.ndarray:
     """Leave-one-out predictions, shaped (P, X, Y, Z, N): P = 3 for ``mppca``, 2 for ``both``,
     1 for ``sh``/``regression``, 0 for ``none``.
 
     The order is split MP-PCA (``mppca`` only), regression, SH: the first has the
     lowest error and is the one the network corrects. Without gradient
-    information the SH prior falls back to regression.
+    information the SH prior falls back to regression. ``progress``/``should_stop``
+    report and cancel the split MP-PCA prior (:func:`split_mppca_prior`), the slow part.
     """
     if kind == "none":
         return np.zeros((0,) + data.shape, dtype=np.float32)
@@ -265,7 +281,8 @@ def qspace_priors(
     reg_pred = reg_pred.reshape(data.shape)
     out = []
     if kind == "mppca":
-        out.append(split_mppca_prior(data, bvals, mask, n_folds=n_folds, fallback=reg_pred))
+        out.append(split_mppca_prior(data, bvals, mask, n_folds=n_folds, fallback=reg_pred, progress=progress,
+                                     should_stop=should_stop))
     if kind in ("regression", "both", "mppca"):
         out.append(reg_pred)
     if kind in ("sh", "both", "mppca"):
