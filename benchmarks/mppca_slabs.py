@@ -21,13 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from workbench.baselines import mppca  # noqa: E402
 from workbench.data.phantoms import simulate_dwi  # noqa: E402
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
+from workbench.training.schedules import cpu_model_name  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -37,7 +31,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     ph = simulate_dwi(shape=tuple(args.shape), scheme=args.scheme, snr=10.0, seed=0)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    print(f"CPU: {cpu_name()}, {cores} cores; series {ph.noisy.shape}\n")
+    print(f"CPU: {cpu_model_name()}, {cores} cores; series {ph.noisy.shape}\n")
     print("| run | time s | max abs difference to whole |\n|---|---|---|")
     t = time.perf_counter()
     whole = mppca(ph.noisy, ph.bvals, n_jobs=1)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import subprocess
 import sys
 import time
@@ -33,16 +32,10 @@ from workbench.tasks.sr.metrics import evaluate_sr  # noqa: E402
 from workbench.tasks.sr.predictor import SRPredictor  # noqa: E402
 from workbench.tasks.sr.workflow import sample_case  # noqa: E402
 from workbench.resample import upsample  # noqa: E402
+from workbench.training.schedules import cpu_model_name  # noqa: E402
 
 METHODS = ("nearest", "trilinear", "tricubic", "ours")
 MODES = {"nearest": "nearest", "trilinear": "linear", "tricubic": "cubic"}
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
 
 
 def run_methods(case: dict, scale: int, predictor: SRPredictor, kind: str) -> dict:
@@ -113,7 +106,7 @@ def main(argv=None) -> int:
     n_seeds = args.seeds or (2 if args.quick else 3)
     soil_size = 48 if args.quick else 96
     chest_size = 48 if args.quick else 96  # in-plane crop 2 x size, the held-out slab's depth
-    print(f"CPU: {cpu_name()}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
+    print(f"CPU: {cpu_model_name()}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
           f"bf16 autocast: {SRPredictor.default(4).amp}")
     raw, t0 = {}, time.perf_counter()
     settings = [("soil micro-CT x4", "soil", 4), ("chest CT held-out slab x2", "ct", 2),

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -35,16 +34,10 @@ from workbench.tasks.sr import workflow  # noqa: E402
 from workbench.tasks.sr.metrics import evaluate_slices  # noqa: E402
 from workbench.tasks.sr.predictor import SRPredictor  # noqa: E402
 from workbench.tasks.sr.sr3_predictor import SR3Predictor  # noqa: E402
+from workbench.training.schedules import cpu_model_name  # noqa: E402
 
 METHODS = ("bicubic", "regression", "sr3_sample", "sr3_mean")
 METRICS = ("psnr", "ssim", "porosity_error", "tpc_error", "psd_distance")
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
 
 
 def calibration(mean: np.ndarray, std: np.ndarray, hr: np.ndarray) -> dict[str, float]:
@@ -133,7 +126,7 @@ def main(argv=None) -> int:
     sr3 = SR3Predictor.from_checkpoint(args.checkpoint) if args.checkpoint else SR3Predictor.default()
     regression = (SRPredictor.from_checkpoint(args.regression) if args.regression
                   else SRPredictor.default(8, inplane=True))
-    print(f"CPU: {cpu_name()}; torch threads {torch.get_num_threads()}; SR3 bf16 autocast {sr3.amp}; "
+    print(f"CPU: {cpu_model_name()}; torch threads {torch.get_num_threads()}; SR3 bf16 autocast {sr3.amp}; "
           f"K = {args.samples} samples, {args.steps} DDIM steps; held-out soil seeds "
           f"{[10000 + s for s in args.seeds]}, {args.size}^2 slices x {args.depth}\n")
     per_method = {m: {k: [] for k in METRICS} for m in METHODS}
@@ -168,7 +161,7 @@ def main(argv=None) -> int:
         print(f"\nfigure: {args.figure}")
     if args.json:
         args.json.write_text(json.dumps({"metrics": per_method, "calibration": cal_all, "timing": times,
-                                         "cpu": cpu_name(), "args": {k: str(v) for k, v in vars(args).items()}},
+                                         "cpu": cpu_model_name(), "args": {k: str(v) for k, v in vars(args).items()}},
                                         indent=2))
     return 0
 

@@ -30,6 +30,7 @@ from workbench.tasks.sr import workflow  # noqa: E402
 from workbench.tasks.sr.sr3_predictor import default_sr3_checkpoint  # noqa: E402
 from workbench.training.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from workbench.training.ema import model_weights  # noqa: E402
+from workbench.training.schedules import cpu_model_name  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -62,7 +63,7 @@ def main(argv=None) -> int:
                                                          "sampler_generator_state", "rank_rng", "ema_state")}
     keep["model_state"] = {k: v.half() if v.is_floating_point() else v for k, v in model_weights(ckpt).items()}
     keep["task_meta"] = {**keep.get("task_meta", {}), "trained_by": "python scripts/train_sr3_weights.py",
-                         "train_seconds": round(t_train, 1), "cpu": _cpu_name(), "weights": "EMA, float16",
+                         "train_seconds": round(t_train, 1), "cpu": cpu_model_name(), "weights": "EMA, float16",
                          "data": f"{args.n_soil} soil volumes {args.size}^3 (seeds 0..), x8 in-plane"}
     out.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(out, keep)
@@ -70,16 +71,6 @@ def main(argv=None) -> int:
                       "best_loss": result.best_loss, "steps": result.steps_done,
                       "train_seconds": round(t_train, 1), "data_seconds": round(t_data, 1)}))
     return 0
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ from workbench.tasks import get_task  # noqa: E402
 from workbench.tasks.sr import workflow  # noqa: E402
 from workbench.tasks.sr.predictor import WEIGHTS_DIR  # noqa: E402
 from workbench.training.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from workbench.training.schedules import cpu_model_name  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -77,23 +78,13 @@ def main(argv=None) -> int:
             f"{args.n_soil} soil (seeds 0..) + {args.n_chest} chest crops (training part only)")
     keep["task_meta"] = {**keep.get("task_meta", {}), "trained_by": "python scripts/train_sr_weights.py "
                          f"--scale {args.scale}{' --inplane' if args.inplane else ''}",
-                         "train_seconds": round(t_train, 1), "cpu": _cpu_name(), "data": data}
+                         "train_seconds": round(t_train, 1), "cpu": cpu_model_name(), "data": data}
     out.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(out, keep)
     print(json.dumps({"checkpoint": str(out), "size_mb": round(out.stat().st_size / 2**20, 2),
                       "best_loss": result.best_loss, "steps": result.steps_done,
                       "train_seconds": round(t_train, 1), "data_seconds": round(t_data, 1)}))
     return 0
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 if __name__ == "__main__":

@@ -138,7 +138,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"workbench {getattr(args, 'prefix', '')}{args.command}: error: {msg}", file=sys.stderr)
         return EXIT_INPUT_ERROR
     except (KeyboardInterrupt, Cancelled):
-        print("interrupted: nothing was written", file=sys.stderr)
+        # outputs are written atomically, so none is half-written; a training run keeps the last
+        # checkpoint it wrote (train.checkpoint_every), from which --resume continues
+        print("interrupted: no output was written (a training run keeps its last checkpoint, if any)",
+              file=sys.stderr)
         return 130
     finally:
         if "workbench.training.distributed" in sys.modules:  # a torchrun rank: leave the process group before

@@ -4,11 +4,15 @@ import numpy as np
 import pytest
 
 
+def _viewer_with_sample(make_napari_viewer, key: str):
+    viewer = make_napari_viewer()
+    viewer.open_sample("recon-workbench", key)
+    return viewer
+
+
 @pytest.fixture
 def soil_viewer(make_napari_viewer):
-    viewer = make_napari_viewer()
-    viewer.open_sample("recon-workbench", "soil_sr")
-    return viewer
+    return _viewer_with_sample(make_napari_viewer, "soil_sr")
 
 
 def _predict(viewer, qtbot):
@@ -189,9 +193,7 @@ def test_predict_panel_shows_the_networks_attention_on_the_lr_grid(soil_viewer, 
 
 @pytest.fixture
 def soil8_viewer(make_napari_viewer):
-    viewer = make_napari_viewer()
-    viewer.open_sample("recon-workbench", "soil_sr3")
-    return viewer
+    return _viewer_with_sample(make_napari_viewer, "soil_sr3")
 
 
 def test_sr3_predict_panel_adds_mean_uncertainty_and_samples(soil8_viewer, qtbot):

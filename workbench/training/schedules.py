@@ -72,6 +72,20 @@ def cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def cpu_model_name() -> str:
+    """The CPU's model name from ``/proc/cpuinfo`` (benchmarks and shipped checkpoints record it)."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
 def amp_settings(cfg: TrainConfig, device: torch.device) -> tuple[bool, torch.dtype, bool]:
     """Whether autocast is on, its dtype, and whether a GradScaler is needed.
 

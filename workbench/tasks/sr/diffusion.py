@@ -24,6 +24,7 @@ standard deviation: the spread of plausible HR images given the LR image.
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, Optional
 
 import torch
@@ -63,6 +64,14 @@ def noise_scheduler(model: torch.nn.Module, sampler: str = "ddpm"):
                clip_sample=True, clip_sample_min=-CLIP, clip_sample_max=CLIP)
 
 
+@functools.lru_cache(maxsize=8)
+def _training_schedule(timesteps: int, schedule: str, prediction: str):
+    """The training scheduler of a model's settings, built once (not at every step)."""
+    from monai.networks.schedulers import DDPMScheduler
+
+    return DDPMScheduler(num_train_timesteps=timesteps, schedule=schedule, prediction_type=prediction)
+
+
 def alpha_bar(scheduler, t: Tensor) -> Tensor:
     """The cumulative signal fraction ``alpha_bar_t`` per item, shaped (B, 1, 1, 1)."""
     return scheduler.alphas_cumprod.to(t.device)[t].float().view(-1, 1, 1, 1)
@@ -78,7 +87,7 @@ def clean_estimate(prediction: str, x_t: Tensor, out: Tensor, abar: Tensor) -> T
 def diffusion_step(model, batch, ctx: StepContext) -> StepOutput:
     """One SR3 training (or validation) step on 2D slices: ``batch.input`` LR, ``batch.target`` HR."""
     net = _bare(model)
-    sched = noise_scheduler(net)
+    sched = _training_schedule(net.timesteps, net.noise_schedule, net.prediction)
     hr, lr = to_model_space(batch.target.float()), to_model_space(batch.input.float())
     b = hr.shape[0]
     t = torch.randint(0, net.timesteps, (b,), generator=ctx.generator).to(hr.device)

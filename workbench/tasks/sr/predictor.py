@@ -51,6 +51,33 @@ def default_checkpoint(scale: int, inplane: Optional[bool] = False) -> Path:
                      "with your own")
 
 
+def load_sr_network(ckpt: dict, source: str) -> tuple[torch.nn.Module, object, tuple[int, int, int]]:
+    """``(model, config, scale)`` of a loaded ``sr`` checkpoint, with its averaged (EMA) weights when it has them.
+
+    Refuses (one line) a checkpoint of another task or one that does not match its own model.
+    """
+    from workbench.config import Config
+    from workbench.models import build_model
+    from workbench.training.ema import model_weights
+
+    task = ckpt.get("task_meta") or {}
+    if task.get("task") != "sr":
+        raise InputError(f"checkpoint {source} is for task '{task.get('task', 'dwi')}', not super-resolution: "
+                         "pick a checkpoint written by `workbench sr train`")
+    config = Config.model_validate(ckpt["config"])
+    meta = ckpt["model_meta"]
+    scale = tuple(int(s) for s in np.atleast_1d(task.get("scale", meta.get("scale"))))
+    scale = scale * 3 if len(scale) == 1 else scale
+    spec = {k: meta[k] for k in ("in_channels", "out_channels", "spatial_dims") if k in meta}
+    model = build_model(config.model, **spec, scale=scale)
+    try:  # float16 shipped weights are copied into the float32 parameters
+        model.load_state_dict(model_weights(ckpt))
+    except RuntimeError as exc:
+        raise InputError(f"checkpoint {source} does not match model '{config.model.name}': "
+                         f"{str(exc).splitlines()[0]}") from exc
+    return model, config, scale  # type: ignore[return-value]
+
+
 class SRPredictor:
     """A super-resolution network bound to a device, with its scale and tiling settings.
 
@@ -86,28 +113,17 @@ class SRPredictor:
     @classmethod
     def from_checkpoint(cls, path: PathLike, device: str = "auto", amp: Optional[bool] = None) -> "SRPredictor":
         """Load a ``best.pt``/``last.pt`` of an ``sr`` run (or a shipped default)."""
-        from workbench.config import Config
-        from workbench.models import build_model
         from workbench.training.checkpoint import load_checkpoint
-        from workbench.training.ema import model_weights
 
-        ckpt = load_checkpoint(path)
-        task = ckpt.get("task_meta") or {}
-        if task.get("task") != "sr":
-            raise InputError(f"checkpoint {path} is for task '{task.get('task', 'dwi')}', not super-resolution: "
-                             "pick a checkpoint written by `workbench sr train`")
-        config = Config.model_validate(ckpt["config"])
-        meta = ckpt["model_meta"]
-        scale = tuple(int(s) for s in task.get("scale", meta.get("scale")))
-        spec = {k: meta[k] for k in ("in_channels", "out_channels", "spatial_dims") if k in meta}
-        model = build_model(config.model, **spec, scale=scale)
-        try:
-            model.load_state_dict(model_weights(ckpt))
-        except RuntimeError as exc:
-            raise InputError(f"checkpoint {path} does not match model '{config.model.name}': "
-                             f"{str(exc).splitlines()[0]}") from exc
+        return cls.from_loaded(load_checkpoint(path), str(path), device=device, amp=amp)
+
+    @classmethod
+    def from_loaded(cls, ckpt: dict, source: str, device: str = "auto", amp: Optional[bool] = None
+                    ) -> "SRPredictor":
+        """The same from a checkpoint already loaded (``source``: its path, for messages)."""
+        model, config, scale = load_sr_network(ckpt, source)
         return cls(model, scale, tile=config.inference.tile, overlap=config.inference.overlap, device=device,
-                   amp=amp, source=str(path), config=config)
+                   amp=amp, source=source, config=config)
 
     @classmethod
     def default(cls, scale: int = 4, device: str = "auto", amp: Optional[bool] = None,

@@ -74,25 +74,22 @@ class SR3Predictor:
 
     @classmethod
     def from_checkpoint(cls, path: PathLike, device: str = "auto", amp: Optional[bool] = None) -> "SR3Predictor":
-        from workbench.config import Config
-        from workbench.models import build_model
         from workbench.training.checkpoint import load_checkpoint
-        from workbench.training.ema import model_weights
 
-        ckpt = load_checkpoint(path)
-        task = ckpt.get("task_meta") or {}
-        config = Config.model_validate(ckpt["config"])
-        if task.get("task") != "sr" or config.model.name != "sr3":
-            raise InputError(f"checkpoint {path} is not an SR3 model of the sr task (task '{task.get('task', 'dwi')}',"
-                             f" model '{config.model.name}'): pick one written by `workbench sr train --model sr3`")
-        meta = ckpt["model_meta"]
-        model = build_model(config.model, in_channels=meta["in_channels"], out_channels=meta["out_channels"],
-                            scale=meta["scale"])
-        try:
-            model.load_state_dict({k: v.float() for k, v in model_weights(ckpt).items()})
-        except RuntimeError as exc:
-            raise InputError(f"checkpoint {path} does not match model 'sr3': {str(exc).splitlines()[0]}") from exc
-        return cls(model, device=device, amp=amp, source=str(path), config=config)
+        return cls.from_loaded(load_checkpoint(path), str(path), device=device, amp=amp)
+
+    @classmethod
+    def from_loaded(cls, ckpt: dict, source: str, device: str = "auto", amp: Optional[bool] = None
+                    ) -> "SR3Predictor":
+        """An SR3 checkpoint already loaded (``source``: its path, for messages)."""
+        from workbench.tasks.sr.predictor import load_sr_network
+
+        name = ckpt.get("config", {}).get("model", {}).get("name")
+        if name != "sr3":
+            raise InputError(f"checkpoint {source} holds model '{name}', not SR3: pick one written by "
+                             "`workbench sr train --model sr3`")
+        model, config, _ = load_sr_network(ckpt, source)
+        return cls(model, device=device, amp=amp, source=source, config=config)
 
     @classmethod
     def default(cls, device: str = "auto", amp: Optional[bool] = None) -> "SR3Predictor":

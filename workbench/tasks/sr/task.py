@@ -170,52 +170,42 @@ class SrTask(Task):
 
         return workflow.sample_case(kind, scale=scale, size=size, seed=seed, inplane=inplane, depth=depth)
 
-    def _is_sr3(self, model, checkpoint) -> bool:
+    @staticmethod
+    def _predictor(checkpoint, model, scale):
+        """A checkpoint (its own model decides), or the shipped network: SR3, or the regression one for the
+        scale (x2, x4: 3D; x8: in-plane, the only x8 shipped)."""
         from workbench.tasks.sr import workflow
 
-        return (workflow.checkpoint_model(checkpoint) if checkpoint else model) == "sr3"
+        if checkpoint:
+            return workflow.open_predictor(checkpoint, scale=scale)
+        inplane = None if model == "sr3" else int(scale or 4) == 8
+        return workflow.open_predictor(model=model, scale=scale, inplane=inplane)
 
     def predict_array(self, image, affine, *, checkpoint=None, progress=None, should_stop=None, scale=None,
                       model="rrdb_sr", samples=4, steps=20, seed=0):
         """The regression network (tiles) or SR3 (slices; K > 1 adds the std map and the K samples)."""
         from workbench.tasks.base import ExtraOutput
         from workbench.tasks.sr import degrade as dg
-        from workbench.tasks.sr.predictor import SRPredictor
+        from workbench.tasks.sr.sr3_predictor import SR3Predictor
 
-        if self._is_sr3(model, checkpoint):
-            from workbench.io_utils import InputError
-            from workbench.tasks.sr.sr3_predictor import SR3Predictor
-
-            sr3 = SR3Predictor.from_checkpoint(checkpoint) if checkpoint else SR3Predictor.default()
-            if scale is not None and int(scale) != sr3.scale[0]:
-                raise InputError(f"the SR3 network super-resolves x{sr3.scale[0]} in-plane, not x{scale}: "
-                                 f"choose scale {sr3.scale[0]} (or the default)")
-            res = sr3.predict(image, steps=int(steps), samples=int(samples), seed=int(seed),
-                              keep_samples=int(samples) > 1, progress=progress, should_stop=should_stop)
-            extras = {}
-            if int(samples) > 1:
-                extras = {"std": ExtraOutput(res.std, f"uncertainty (std of {samples} samples)", "overlay",
-                                             "uncertainty"),
-                          "samples": ExtraOutput(res.samples, f"{samples} SR3 samples", "stack", "samples")}
-            return res.mean, dg.hr_affine(affine, sr3.scale), extras
-        predictor = self._regression(checkpoint, scale)
-        out = predictor.predict(image, progress=progress, should_stop=should_stop)
-        return out, dg.hr_affine(affine, predictor.scale)
+        predictor = self._predictor(checkpoint, model, scale)
+        if not isinstance(predictor, SR3Predictor):
+            out = predictor.predict(image, progress=progress, should_stop=should_stop)
+            return out, dg.hr_affine(affine, predictor.scale)
+        samples = int(samples)
+        res = predictor.predict(image, steps=int(steps), samples=samples, seed=int(seed), keep_samples=samples > 1,
+                                progress=progress, should_stop=should_stop)
+        extras = {}
+        if samples > 1:
+            extras = {"std": ExtraOutput(res.std, f"uncertainty (std of {samples} samples)", "overlay", "uncertainty"),
+                      "samples": ExtraOutput(res.samples, f"{samples} SR3 samples", "stack", "samples")}
+        return res.mean, dg.hr_affine(affine, predictor.scale), extras
 
     def attention_array(self, image, affine, *, checkpoint=None, scale=None, model="rrdb_sr", **_):
         """The CBAM spatial attention of the regression network's trunk, on the LR grid (SR3: none)."""
-        if self._is_sr3(model, checkpoint):
-            return None, affine
-        return self._regression(checkpoint, scale).attention(image), affine
-
-    @staticmethod
-    def _regression(checkpoint, scale):
-        """A checkpoint, or the shipped network for the scale (x2, x4: 3D; x8: in-plane, the only one shipped)."""
-        from workbench.tasks.sr.predictor import SRPredictor
-
-        if checkpoint:
-            return SRPredictor.from_checkpoint(checkpoint)
-        return SRPredictor.default(int(scale or 4), inplane=int(scale or 4) == 8)
+        predictor = self._predictor(checkpoint, model, scale)
+        attention = getattr(predictor, "attention", None)
+        return (attention(image) if attention is not None else None), affine
 
     def evaluate_arrays(self, result, reference, *, kind: str = "ct"):
         from workbench.tasks.sr.metrics import evaluate_sr

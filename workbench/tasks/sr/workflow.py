@@ -260,11 +260,41 @@ def _shift(*voxels: float) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- predict / baselines / evaluate
-def checkpoint_model(path: PathLike) -> str:
-    """The model name a checkpoint was trained with."""
+def open_predictor(checkpoint: Optional[PathLike] = None, *, model: Optional[str] = None,
+                   scale: Optional[int] = None, inplane: Optional[bool] = None, device: str = "auto"):
+    """The network to predict with: a checkpoint (loaded once; the model it holds decides the kind) or a
+    shipped one (``model="sr3"``: the SR3 checkpoint; else the regression network for ``scale``/``inplane``).
+
+    Returns an :class:`SRPredictor` or an :class:`~workbench.tasks.sr.sr3_predictor.SR3Predictor`;
+    refuses (one line) a ``model``, ``scale`` or ``inplane`` the network does not fit.
+    """
+    from workbench.tasks import get_task
+    from workbench.tasks.sr.sr3_predictor import SR3Predictor
     from workbench.training.checkpoint import load_checkpoint
 
-    return str(load_checkpoint(path)["config"]["model"]["name"])
+    known = get_task("sr").models
+    if model is not None and model not in known:
+        raise InputError(f"unknown sr model {model!r}; known models: {', '.join(known)}")
+    if checkpoint is not None:
+        ckpt = load_checkpoint(checkpoint)
+        found = str(ckpt["config"]["model"]["name"])
+        if model is not None and found != model:
+            raise InputError(f"checkpoint {checkpoint} holds model {found!r}, not {model!r}: drop --model or pick "
+                             f"a checkpoint of `workbench sr train --model {model}`")
+        kind = SR3Predictor if found == "sr3" else SRPredictor
+        predictor = kind.from_loaded(ckpt, str(checkpoint), device=device)
+    elif model == "sr3":
+        predictor = SR3Predictor.default(device=device)
+    else:
+        predictor = SRPredictor.default(scale or 4, device=device, inplane=bool(inplane))
+    where = "in-plane" if predictor.inplane else "in 3D"
+    if inplane is not None and predictor.inplane != inplane:
+        raise InputError(f"the network super-resolves {where}: {'add' if predictor.inplane else 'drop'} --inplane "
+                         "or pick another checkpoint")
+    if scale is not None and predictor.scale != scale_tuple(scale, predictor.inplane):
+        raise InputError(f"the network super-resolves x{predictor.scale[0]} {where}, not x{scale}: pass "
+                         f"--scale {predictor.scale[0]} or a checkpoint trained for x{scale}")
+    return predictor
 
 
 def std_path(out_path: PathLike) -> Path:
@@ -288,49 +318,23 @@ def predict(lr_path: PathLike, out_path: PathLike, *, checkpoint: Optional[PathL
     (:func:`std_path`).
     """
     from workbench.tasks.sr import degrade as dg
+    from workbench.tasks.sr.sr3_predictor import DEFAULT_SAMPLES, DEFAULT_STEPS, SR3Predictor
 
     out_path = ensure_distinct_output(out_path, lr_path, checkpoint)
     lr, aff, _ = load_3d(lr_path, "LR volume", nan_to_zero)  # the input's problems first, before loading a model
-    if model is not None and model not in ("rrdb_sr", "sr3"):
-        raise InputError(f"unknown sr model {model!r}; known models: rrdb_sr, sr3")
-    found = checkpoint_model(checkpoint) if checkpoint is not None else model
-    if model is not None and found != model:
-        raise InputError(f"checkpoint {checkpoint} holds model {found!r}, not {model!r}: drop --model or pick "
-                         f"a checkpoint of `workbench sr train --model {model}`")
-    if found == "sr3":
-        return _predict_sr3(lr, aff, out_path, lr_path=lr_path, checkpoint=checkpoint, scale=scale, samples=samples,
-                            steps=steps, seed=seed, device=device, progress=progress, should_stop=should_stop)
-    if samples is not None or steps is not None:
-        raise InputError("--samples and --steps are for the diffusion model: add --model sr3")
-    predictor = (SRPredictor.from_checkpoint(checkpoint, device=device) if checkpoint is not None
-                 else SRPredictor.default(scale or 4, device=device, inplane=bool(inplane)))
-    if inplane is not None and predictor.inplane != inplane:
-        raise InputError(f"the checkpoint super-resolves {'in-plane' if predictor.inplane else 'in 3D'}: "
-                         f"{'add' if predictor.inplane else 'drop'} --inplane or pick another checkpoint")
-    if scale is not None and predictor.scale != scale_tuple(scale, predictor.inplane):
-        raise InputError(f"the checkpoint was trained for scale {predictor.scale[0]}, not {scale}: pass "
-                         f"--scale {predictor.scale[0]} or a checkpoint trained for x{scale}")
-    sr = predictor.predict(lr, progress=progress, should_stop=should_stop)
-    save_volume(out_path, sr, dg.hr_affine(aff, predictor.scale))
-    return {"output": str(out_path), "scale": list(predictor.scale), "checkpoint": predictor.source,
-            "shape": list(sr.shape)}
-
-
-def _predict_sr3(lr, aff, out_path: Path, *, lr_path, checkpoint, scale, samples, steps, seed, device, progress,
-                 should_stop) -> dict:
-    from workbench.tasks.sr import degrade as dg
-    from workbench.tasks.sr.sr3_predictor import DEFAULT_SAMPLES, DEFAULT_STEPS, SR3Predictor
-
+    if (samples is not None and samples < 1) or (steps is not None and steps < 1):
+        raise InputError(f"--samples and --steps must be at least 1, got {samples} and {steps}")
+    predictor = open_predictor(checkpoint, model=model, scale=scale, inplane=inplane, device=device)
+    if not isinstance(predictor, SR3Predictor):
+        if samples is not None or steps is not None:
+            raise InputError("--samples and --steps are for the diffusion model: add --model sr3")
+        sr = predictor.predict(lr, progress=progress, should_stop=should_stop)
+        save_volume(out_path, sr, dg.hr_affine(aff, predictor.scale))
+        return {"output": str(out_path), "scale": list(predictor.scale), "checkpoint": predictor.source,
+                "shape": list(sr.shape)}
     samples = DEFAULT_SAMPLES if samples is None else int(samples)
     steps = DEFAULT_STEPS if steps is None else int(steps)
-    if samples < 1 or steps < 1:
-        raise InputError(f"--samples and --steps must be at least 1, got {samples} and {steps}")
     std_out = ensure_distinct_output(std_path(out_path), lr_path, checkpoint) if samples > 1 else None
-    predictor = (SR3Predictor.from_checkpoint(checkpoint, device=device) if checkpoint is not None
-                 else SR3Predictor.default(device=device))
-    if scale is not None and int(scale) != predictor.scale[0]:
-        raise InputError(f"the SR3 checkpoint super-resolves x{predictor.scale[0]} in-plane, not x{scale}: pass "
-                         f"--scale {predictor.scale[0]} or a checkpoint trained for x{scale}")
     result = predictor.predict(lr, steps=steps, samples=samples, seed=seed, progress=progress,
                                should_stop=should_stop)
     hr_aff = dg.hr_affine(aff, predictor.scale)
