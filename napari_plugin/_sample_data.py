@@ -88,3 +88,82 @@ def make_chest_sr_sample() -> list[tuple]:
 def make_soil_sr3_sample() -> list[tuple]:
     """npe2 sample-data hook: soil micro-CT degraded 8x in-plane (16 x 16 slices), bicubic / HR, for SR3."""
     return task_sample_layers("sr", "soil", scale=8, size=128, inplane=True, depth=8)
+
+
+# --------------------------------------------------------------------------- NIR diffuse optical tomography
+DOT_SEED = 900_000_001
+DOT_GRID = 32
+DOT_CHANNELS = (("mu_a", "mu_a", "magma"), ("mu_s", "mu_s'", "viridis"))  # (channel key, shown name, colormap)
+SOURCE_COLOR, DETECTOR_COLOR = "red", "cyan"
+
+
+@functools.lru_cache(maxsize=2)
+def _dot_case(grid: int, seed: int) -> dict:
+    from workbench.tasks import get_task
+    from workbench.tasks.dot.baselines import serial_blas
+
+    with serial_blas():  # sparse LU: a multi-threaded BLAS only slows it down (ten-fold on a busy machine)
+        return get_task("dot").sample_case("phantom", seed=seed, grid=grid)
+
+
+def dot_case_id(grid: int, seed: int) -> str:
+    return f"dot phantom {seed} grid {grid}"
+
+
+def optode_points(positions_mm, affine, name: str, color, symbol: str, size_mm: float, metadata: dict):
+    """``(data, kwargs)`` of a Points layer at mm positions, on the image layers' grid.
+
+    The data are in voxel units with the images' scale and translate (world coordinates stay mm),
+    so napari slices the points like the images: a point shows on the slices within half a voxel
+    of it, and within the viewer's slab where thick slicing is on (shrinking with the distance).
+    """
+    where = spatial_kwargs(affine, 3)
+    data = (np.asarray(positions_mm, float) - where["translate"]) / where["scale"]
+    kwargs = {"name": name, "face_color": color, "border_color": "white", "border_width": 0.1, "symbol": symbol,
+              "size": size_mm / float(np.mean(where["scale"])), "projection_mode": "all",
+              "axis_labels": ("x", "y", "z"), **where, "metadata": metadata}
+    return data, kwargs
+
+
+def dot_sample_layers(grid: int = DOT_GRID, seed: int = DOT_SEED) -> list[tuple]:
+    """A held-out DOT phantom: mu_a and mu_s' (ground truth, one layer each), its body and inclusion masks,
+    the sources and detectors as Points on the body surface, and the noisy boundary data on the sources layer.
+
+    Every layer sits on the geometry's mm grid (napari world coordinates = mm); the measurements
+    (``dot_data``, complex (2, S, D): CW and the modulation frequency) travel in the metadata of
+    the ``sources`` layer (``role`` ``"measurements"``), with the geometry they were taken with.
+    """
+    case = _dot_case(int(grid), int(seed))
+    g = case["geometry"]
+    aff = g.affine()
+    case_id = dot_case_id(grid, seed)
+    where = f"NIR-DOT phantom (seed {seed}, {grid}^3 grid of {g.voxel_mm:g} mm; held out from training)"
+
+    def meta(**kw) -> dict:
+        return {**dwi_metadata(aff, is_4d=False), "task": "dot", "case": case_id, "origin": where, **kw}
+
+    common = {"axis_labels": ("x", "y", "z"), **spatial_kwargs(aff, 3)}
+    out = []
+    for c, (key, shown, cmap) in enumerate(DOT_CHANNELS):
+        vol = np.asarray(case["mu"][c], np.float32)
+        inside = vol[g.body_mask]
+        out.append((vol, {"name": f"phantom {shown}", **common, "colormap": cmap, "visible": c == 0,
+                          "contrast_limits": (float(inside.min()), float(inside.max())),
+                          "metadata": meta(role="reference", channel=key, units="1/mm")}, "image"))
+    out.append((g.body_mask.astype(np.int32), {"name": "body", **common, "opacity": 0.3, "visible": False,
+                                                "metadata": meta(role="body")}, "labels"))
+    out.append((np.asarray(case["labels"], np.int32), {"name": "inclusions", **common, "opacity": 0.5,
+                                                       "visible": False, "metadata": meta(role="inclusions")},
+                "labels"))
+    size = 2.0 * g.voxel_mm
+    measurements = meta(role="measurements", dot_data=np.asarray(case["data"]), dot_mask=None,
+                        geometry=g.to_dict(), frequencies_hz=(0.0, float(g.frequency_hz)))
+    out.append((*optode_points(g.sources_mm, aff, "sources", SOURCE_COLOR, "disc", size, measurements), "points"))
+    out.append((*optode_points(g.detectors_mm, aff, "detectors", DETECTOR_COLOR, "square", size,
+                               meta(role="detectors")), "points"))
+    return out
+
+
+def make_dot_sample() -> list[tuple]:
+    """npe2 sample-data hook: a held-out NIR-DOT phantom with its optodes and noisy boundary data."""
+    return dot_sample_layers()

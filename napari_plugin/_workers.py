@@ -160,11 +160,13 @@ def _pump(fn: Callable[[Callable[[Any], None]], Any], control: Optional[Control]
 
 @thread_worker(ignore_errors=True)
 def train_worker(task_name: str, inputs: Callable[[], dict], config, run_dir: str, *, resume: bool = False,
-                 loss_weights=None, control: Optional[Control] = None):
+                 loss_weights=None, control: Optional[Control] = None, data_dir: Optional[str] = None):
     """Prepare the data, build the task's trainer, run ``fit`` and yield its events; returns a ``TrainResult``.
 
     ``inputs()`` gives ``{role: InputArray or None}`` for the task's ``train_inputs`` (called here, off
-    the GUI thread); :meth:`Task.trainer_from_arrays` builds the trainer. Yields :class:`Status`, then
+    the GUI thread); :meth:`Task.trainer_from_arrays` builds the trainer. A task that trains from a
+    folder of simulated cases instead (no ``train_inputs``, e.g. dot) gets ``data_dir``:
+    ``Task.load_training_data`` then ``Task.make_trainer``. Yields :class:`Status`, then
     :class:`TrainerReady`, then the trainer's ``StepEnd``, ``Validation``, ``WeightsChanged``,
     ``Finished`` (or ``Failed``) events.
     """
@@ -175,7 +177,11 @@ def train_worker(task_name: str, inputs: Callable[[], dict], config, run_dir: st
         task = get_task(task_name)
         yield Status(f"Preparing the data for {task.label}…")
         try:
-            trainer = task.trainer_from_arrays(inputs(), run_dir, config, loss_weights=loss_weights)
+            if data_dir is not None:
+                trainer = task.make_trainer(task.load_training_data(data_dir, config), run_dir, config,
+                                            loss_weights=loss_weights)
+            else:
+                trainer = task.trainer_from_arrays(inputs(), run_dir, config, loss_weights=loss_weights)
         except Exception as exc:
             raise _as_worker_error(exc) from exc
         yield TrainerReady(trainer, str(trainer.device), bool(trainer.amp), str(run_dir), resume)

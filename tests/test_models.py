@@ -18,7 +18,7 @@ from workbench.models import (MODELS, ConditionedReconNet, FrequencyDomainNet, b
 from workbench.models.blocks import (CBAM3d, AdaptiveSkip, FactorizedConv3d, FiLM, GatedBlock, SinusoidalEncoding,
                                      UpBlock, crop_to, pad_to_multiple)
 
-#: the conditioned reconstruction networks of docs/CONTRIBUTING_CORE.md (the SR network has its own tests)
+#: the conditioned reconstruction networks of docs/CONTRIBUTING_CORE.md (the SR and DOT networks have their own tests)
 NAMES = sorted(n for n, cls in MODELS.items() if issubclass(cls, ConditionedReconNet))
 SMALL = dict(base_filters=4, embedding_dim=8)
 
@@ -261,7 +261,7 @@ def test_eval_mode_determinism(name):
 
 # ----------------------------------------------------------------------------- registry and build
 def test_registry_contents():
-    assert set(MODELS) == {"denoiser", "multiscale", "progressive", "frequency", "rrdb_sr", "sr3"}
+    assert set(MODELS) == {"denoiser", "multiscale", "progressive", "frequency", "rrdb_sr", "sr3", "dot_net"}
     assert set(NAMES) == {"denoiser", "multiscale", "progressive", "frequency"}
 
 
@@ -269,7 +269,8 @@ def test_unknown_model_lists_known_names():
     cfg = SimpleNamespace(name="unet9000", base_filters=4, embedding_dim=8, use_cbam=True)
     with pytest.raises(ValueError) as info:
         build_model(cfg, in_channels=3)
-    assert str(info.value) == "unknown model 'unet9000'; known models: denoiser, frequency, multiscale, progressive, rrdb_sr, sr3"
+    assert str(info.value) == ("unknown model 'unet9000'; known models: "
+                               "denoiser, dot_net, frequency, multiscale, progressive, rrdb_sr, sr3")
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -107,6 +107,9 @@ class TrainConfig(_Strict):
     lr: float = Field(1e-3, gt=0, le=1.0)
     optimizer: Literal["adam", "adamw"] = "adamw"
     weight_decay: float = Field(1e-4, ge=0)
+    betas: tuple[float, float] = Field((0.9, 0.999), description="Adam/AdamW momentum coefficients (beta1, beta2)")
+    warmup_fraction: float = Field(0.3, gt=0.0, lt=1.0, description="onecycle: fraction of the steps spent "
+                                   "raising the lr to its peak (OneCycleLR pct_start)")
     schedule: Literal["onecycle", "cosine", "plateau", "none"] = "onecycle"
     grad_clip: Optional[float] = Field(1.0, gt=0, description="max gradient norm; null disables clipping")
     accumulation_steps: int = Field(1, ge=1, le=1024)

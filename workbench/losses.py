@@ -208,17 +208,27 @@ def gradient(pred, target, mask=None):
 
 # --------------------------------------------------------------------------- SSIM
 def _gaussian_blur3d(x: torch.Tensor, sizes: tuple[int, int, int], sigma: float = 1.5) -> torch.Tensor:
-    """Separable Gaussian filter of (N, 1, D, H, W) with zero padding ('same' size)."""
+    """Separable Gaussian filter of (N, C, D, H, W) with zero padding ('same' size).
+
+    Each axis is a weighted sum of ``k`` shifted views of the padded volume: on CPU this
+    is ~5x faster (forward + backward) than a 1-channel ``conv3d`` per axis, which oneDNN
+    runs poorly, and equal to it within float rounding.
+    """
     for axis, k in enumerate(sizes):
         if k <= 1:
             continue
-        r = torch.arange(k, device=x.device, dtype=x.dtype) - (k - 1) / 2
+        r = torch.arange(k, dtype=torch.float64) - (k - 1) / 2
         g = torch.exp(-r.pow(2) / (2 * sigma * sigma))
-        shape = [1, 1, 1, 1, 1]
-        shape[2 + axis] = k
-        pad = [0, 0, 0]
-        pad[axis] = k // 2
-        x = F.conv3d(x, (g / g.sum()).view(shape), padding=tuple(pad))
+        g = (g / g.sum()).tolist()
+        dim = 2 + axis
+        pad = [0] * 6
+        pad[2 * (4 - dim)] = pad[2 * (4 - dim) + 1] = k // 2   # F.pad lists the last axis first
+        xp = F.pad(x, pad)
+        n = x.shape[dim]
+        out = g[0] * xp.narrow(dim, 0, n)
+        for i in range(1, k):
+            out = out + g[i] * xp.narrow(dim, i, n)
+        x = out
     return x
 
 

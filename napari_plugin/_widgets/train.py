@@ -1,9 +1,11 @@
 """Train panel: pick a task and its input layers, set the run up, Start / Stop / Resume, watch the losses live.
 
 Task-generic: the task's ``train_inputs`` become layer pickers (a DWI series and its mask; an
-LR volume and its HR reference), its ``models`` the model list and its default config the
-starting values. The widget only marshals values into :class:`workbench.config.Config` and hands
-the work to :func:`napari_plugin._workers.train_worker`, which calls ``Task.trainer_from_arrays``. Loss-weight sliders act
+LR volume and its HR reference), or a folder picker for a task that trains on a folder of
+simulated cases (no ``train_inputs`` but a ``load_training_data``: dot); its ``models`` the model
+list and its default config the starting values. The widget only marshals values into
+:class:`workbench.config.Config` and hands the work to :func:`napari_plugin._workers.train_worker`,
+which calls ``Task.trainer_from_arrays`` (or ``Task.make_trainer`` on the folder). Loss-weight sliders act
 on the trainer's shared ``LossWeights`` while it runs (from the next step on;
 the core records the change and emits ``WeightsChanged``, marked on the plot).
 Stopping, closing the panel or closing napari asks the trainer to stop, which
@@ -35,6 +37,11 @@ from napari_plugin._widgets._train_options import (
 from napari_plugin._widgets._train_settings import add_run_settings
 
 
+def trains_from_folder(task) -> bool:
+    """A task trained on a folder of simulated cases rather than on layers (e.g. dot)."""
+    return not task.train_inputs and callable(getattr(task, "load_training_data", None))
+
+
 class TrainWidget(StopsOnClose, QWidget):
     def __init__(self, napari_viewer, parent: Optional[QWidget] = None):
         super().__init__(parent)
@@ -50,7 +57,10 @@ class TrainWidget(StopsOnClose, QWidget):
         self.last_error: Optional[BaseException] = None
         self._pending: dict[str, float] = {}
         self._auto_folder = True
-        self.tasks = {t.label: t for t in TASKS.values() if t.train_inputs}
+        self.tasks = {t.label: t for t in TASKS.values() if t.train_inputs or trains_from_folder(t)}
+        self.data_dir: Optional[PathPicker] = None
+        #: the task's own config options a panel sets for the data it prepared (dot: {"grid": 16})
+        self.task_options: dict = {}
         defaults = next(iter(self.tasks.values())).default_config()
 
         content = QWidget()
@@ -153,6 +163,14 @@ class TrainWidget(StopsOnClose, QWidget):
             combo.disconnect_viewer()
             self.input_form.removeRow(combo)
         self.inputs = {}
+        self.task_options = {}
+        if self.data_dir is not None:
+            self.input_form.removeRow(self.data_dir)
+            self.data_dir = None
+        if trains_from_folder(task):
+            self.data_dir = PathPicker(folder=True, placeholder="a folder of simulated cases")
+            self.data_dir.setToolTip(f"Cases written by `workbench {task.name} simulate` (or a panel's Simulate)")
+            self.input_form.addRow("Training data folder", self.data_dir)
         for spec in task.train_inputs:
             combo = LayerCombo(self.viewer, accepts(spec), allow_none=spec.optional, none_text=spec.none_text,
                                prefer=None if spec.optional else prefers(spec))
@@ -199,6 +217,8 @@ class TrainWidget(StopsOnClose, QWidget):
         """The run's :class:`workbench.config.Config` from the widget's values."""
         task = self.task()
         cfg = task.config_for_model(self.model_combo.currentData()).model_copy(deep=True)
+        if self.task_options:
+            cfg.options = {**cfg.options, **self.task_options}
         cfg.model.base_filters = self.filters.value()
         task.set_patch_size(cfg, self.patch.value())
         cfg.data.batch_size = self.batch.value()
@@ -254,6 +274,12 @@ class TrainWidget(StopsOnClose, QWidget):
                 if layer is None and not spec.optional:
                     raise ValueError(f"Choose the {spec.label} first (File > Open, or File > Open Sample)")
                 chosen[spec.role] = (spec, layer)
+            data_dir = None
+            if self.data_dir is not None:
+                data_dir = self.data_dir.text()
+                if not data_dir or not Path(data_dir).expanduser().is_dir():
+                    raise ValueError("Choose the training data folder (simulated cases) first")
+                data_dir = str(Path(data_dir).expanduser())
             folder = Path(self.run_dir.text()).expanduser()
             has_run = (folder / "last.pt").is_file()
             if resume:
@@ -283,7 +309,7 @@ class TrainWidget(StopsOnClose, QWidget):
         self.progress.setMaximum(cfg.train.steps)
         self.control = Control()
         self.worker = train_worker(task.name, make_inputs, cfg, str(folder), resume=resume,
-                                   loss_weights=self.loss_weights, control=self.control)
+                                   loss_weights=self.loss_weights, control=self.control, data_dir=data_dir)
         self.control.worker = self.worker
         self.worker.yielded.connect(self._on_event)
         self.worker.returned.connect(self._on_returned)
@@ -361,7 +387,8 @@ class TrainWidget(StopsOnClose, QWidget):
             amp = "on" if ev.amp else "off"
             self.device_info.setText(f"Running on {ev.device.upper()} (mixed precision {amp}). {cuda_description()}")
             _session.set_run(self.viewer, _session.RunInfo(trainer=ev.trainer, run_dir=ev.run_dir,
-                                                           layer_name=self.layer_combo.currentText(), running=True))
+                                                           layer_name=self.layer_combo.currentText()
+                                                           if self.inputs else None, running=True))
             self.status.info("Resuming from last.pt…" if ev.resume else "Training…")
         elif isinstance(ev, Status):
             self.status.info(ev.text)
@@ -408,8 +435,9 @@ class TrainWidget(StopsOnClose, QWidget):
         self.stop_btn.setEnabled(running)
         folder = Path(self.run_dir.text() or ".")
         self.resume_btn.setEnabled(not running and (folder / "last.pt").is_file())
-        for w in (self.task_combo, *self.inputs.values(), self.model_combo, self.patch, self.batch, self.filters,
-                  self.run_dir, self.lr, self.schedule, self.amp, self.device, self.steps, self.threads):
+        folder_picker = [self.data_dir] if self.data_dir is not None else []
+        for w in (self.task_combo, *self.inputs.values(), *folder_picker, self.model_combo, self.patch, self.batch,
+                  self.filters, self.run_dir, self.lr, self.schedule, self.amp, self.device, self.steps, self.threads):
             w.setEnabled(not running)
 
     def on_window_closed(self) -> None:

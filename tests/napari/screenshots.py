@@ -4,7 +4,8 @@
 
 Writes train_midrun.png, denoise.png, compare.png, edges.png, attention.png, review.png, and for the
 super-resolution task sr_predict.png and sr_compare.png (``... screenshots.py OUT_DIR sr`` writes only those),
-and for SR3 sr3_predict.png (``... screenshots.py OUT_DIR sr3``).
+and for SR3 sr3_predict.png (``... screenshots.py OUT_DIR sr3``), and for NIR diffuse optical tomography
+dot_reconstruct.png (``... screenshots.py OUT_DIR dot``).
 """
 
 from __future__ import annotations
@@ -204,13 +205,30 @@ def main_sr3(out: Path) -> None:
     viewer.close()
 
 
+def main_dot(out: Path) -> None:
+    """NIR-DOT phantom: the shipped network's mu_a and mu_s' beside the phantom, with the optodes, sliced through the
+    inclusions; the panel shows the fit to the boundary data and the metrics."""
+    viewer, app = _viewer_with(out, "dot_phantom")
+    _, panel = viewer.window.add_plugin_dock_widget("recon-workbench", "Reconstruct NIR-DOT")
+    panel.run()
+    _wait(app, lambda: panel.worker is None, timeout=900)
+    if panel.last_error is not None:
+        raise panel.last_error
+    panel.show_beside_phantom()
+    _grab(viewer, out / "dot_reconstruct.png", app)
+    viewer.close()
+
+
 if __name__ == "__main__":
     target = Path(sys.argv[1] if len(sys.argv) > 1 else "screenshots")
     if sys.argv[2:] == ["sr"]:
         main_sr(target)
     elif sys.argv[2:] == ["sr3"]:
         main_sr3(target)
+    elif sys.argv[2:] == ["dot"]:
+        main_dot(target)
     else:
         main(target)
         main_sr(target)
         main_sr3(target)
+        main_dot(target)

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from workbench.models.base import ConditionedReconNet
 from workbench.models.blocks import CBAM3d
 from workbench.models.denoiser import DenoiserNet
+from workbench.models.dot import DotNet
 from workbench.models.frequency import FrequencyDomainNet
 from workbench.models.multiscale import MultiScaleDetailNet
 from workbench.models.progressive import ProgressiveDetailNet
@@ -35,11 +36,13 @@ MODELS: dict[str, type[nn.Module]] = {
     "frequency": FrequencyDomainNet,
     "rrdb_sr": RRDBSuperResNet,
     "sr3": SR3UNet,
+    "dot_net": DotNet,
 }
 
 __all__ = [
     "MODELS", "build_model", "collect_attention_maps", "model_summary", "ConditionedReconNet",
     "DenoiserNet", "MultiScaleDetailNet", "ProgressiveDetailNet", "FrequencyDomainNet", "RRDBSuperResNet", "SR3UNet",
+    "DotNet",
 ]
 
 

@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # pragma: no cover
 TASK_MODULES: dict[str, str] = {
     "dwi": "workbench.tasks.dwi.task:TASK",
     "sr": "workbench.tasks.sr.task:TASK",
+    "dot": "workbench.tasks.dot.task:TASK",
 }
 
 #: older names still accepted (configs and checkpoints written before the task layer)

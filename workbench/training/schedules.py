@@ -15,9 +15,9 @@ _HORIZON_KEYS = ("total_steps", "_schedule_phases", "T_max")
 
 
 def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
-    """Adam or AdamW with ``cfg.lr`` and ``cfg.weight_decay``."""
+    """Adam or AdamW (Loshchilov & Hutter 2019) with ``cfg.lr``, ``cfg.betas`` and ``cfg.weight_decay``."""
     cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-    return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return cls(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig):
@@ -26,14 +26,15 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig):
     Returns
     -------
     torch.optim.lr_scheduler.LRScheduler or ReduceLROnPlateau or None
-        ``onecycle``: OneCycleLR(max_lr=lr, total_steps=steps), stepped per
+        ``onecycle``: OneCycleLR(max_lr=lr, total_steps=steps, pct_start=warmup_fraction)
+        (Smith & Topin 2019), stepped per
         optimizer step. ``cosine``: CosineAnnealingLR(T_max=steps), per step.
         ``plateau``: ReduceLROnPlateau on the validation loss, stepped at each
         validation. ``none``: None (constant lr).
     """
     sched = torch.optim.lr_scheduler
     if cfg.schedule == "onecycle":
-        return sched.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=cfg.steps)
+        return sched.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=cfg.warmup_fraction)
     if cfg.schedule == "cosine":
         return sched.CosineAnnealingLR(optimizer, T_max=cfg.steps)
     if cfg.schedule == "plateau":
