@@ -100,7 +100,7 @@ SOURCE_COLOR, DETECTOR_COLOR = "red", "cyan"
 @functools.lru_cache(maxsize=2)
 def _dot_case(grid: int, seed: int) -> dict:
     from workbench.tasks import get_task
-    from workbench.tasks.dot.baselines import serial_blas
+    from workbench.tasks.dot.physics import serial_blas
 
     with serial_blas():  # sparse LU: a multi-threaded BLAS only slows it down (ten-fold on a busy machine)
         return get_task("dot").sample_case("phantom", seed=seed, grid=grid)

@@ -13,14 +13,14 @@ CORE = Path(__file__).resolve().parents[1] / "workbench"
 
 
 def test_registry_lists_tasks_and_unknown_names_list_the_known_ones():
-    assert list(TASKS) == ["dwi", "sr"]
+    assert list(TASKS) == ["dwi", "sr", "dot"]
     assert all(isinstance(t, Task) and t.name == n for n, t in TASKS.items())
-    with pytest.raises(ValueError, match="unknown task 'ct'; known tasks: dwi, sr"):
+    with pytest.raises(ValueError, match="unknown task 'ct'; known tasks: dot, dwi, sr"):
         get_task("ct")
     assert canonical_task_name("dwi_denoise") == "dwi" and "dwi_denoise" in TASKS
 
 
-@pytest.mark.parametrize("name", ["dwi", "sr"])
+@pytest.mark.parametrize("name", ["dwi", "sr", "dot"])
 def test_every_task_has_a_valid_default_config_and_view(name):
     task = get_task(name)
     cfg = task.default_config()

@@ -190,7 +190,7 @@ def reconstruct_worker(method: str, inp: DotInput, checkpoint: Optional[str], ca
     control = control or Control()
 
     def run(emit):
-        from workbench.tasks.dot.baselines import serial_blas
+        from workbench.tasks.dot.physics import serial_blas
 
         with serial_blas():  # sparse LU and the solvers: a multi-threaded BLAS only slows them down
             return _reconstruct(emit)
@@ -260,7 +260,7 @@ def simulate_worker(folder: str, n: int, grid_size: int, control: Optional[Contr
     def run(emit):
         from workbench.tasks.dot.workflow import simulate
 
-        from workbench.tasks.dot.baselines import serial_blas
+        from workbench.tasks.dot.physics import serial_blas
 
         workers = max(1, (os.cpu_count() or 2) - 1)  # a core stays with the viewer; one worker runs in this thread
         with serial_blas():

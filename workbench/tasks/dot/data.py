@@ -180,8 +180,7 @@ def simulate_case(case_dir: PathLike, seed: int, geometry: Geometry) -> Path:
 
 
 def _worker(args):
-    case_dir, seed, gdict = args
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    case_dir, seed, gdict = args   # the solves limit BLAS to one thread themselves (physics.serial_blas)
     simulate_case(case_dir, seed, Geometry.from_dict(gdict))
     return str(case_dir)
 

@@ -26,7 +26,8 @@ BASELINES = ("tikhonov", "gauss-newton")
 class DotOptions(TaskOptions):
     """Settings of the DOT task (``Config.options``)."""
 
-    grid: int = Field(32, description="voxels per axis of the built-in geometry (16, 24, 32 or 48; 64 mm field)")
+    grid: int = Field(32, description="voxels per axis of the built-in geometry (16, 24, 32 or 48; 64 mm field); "
+                      "training takes the grid of its data")
     noise_amplitude: float = Field(0.01, ge=0, le=1, description="relative amplitude noise drawn at load time "
                                    "(sigma of the log-amplitude)")
     noise_phase_deg: float = Field(0.5, ge=0, le=45, description="phase noise drawn at load time (degrees)")
@@ -46,9 +47,10 @@ class DotTask(Task):
     baselines = BASELINES
     models = ("dot_net",)
     view = ViewSpec(
-        layers=(LayerSpec("mu_a", "mu_a (1/mm)", colormap="magma"), LayerSpec("mu_s", "mu_s' (1/mm)",
-                                                                             colormap="viridis"),
-                LayerSpec("reference", "phantom")),
+        layers=(LayerSpec("measurements", "sources and detectors (with the measurements)", kind="points",
+                          on_output_grid=False),
+                LayerSpec("mu", "reconstruction (mu_a, mu_s')", colormap="magma"),
+                LayerSpec("reference", "phantom (mu_a, mu_s')", colormap="magma")),
         input_role="measurements", output_role="mu", reference_role="reference",
         channel_axis_label="channel (mu_a, mu_s')",
         metric_labels={"rmse_mua": "RMSE mu_a (1/mm)", "rmse_mus": "RMSE mu_s' (1/mm)", "ssim_mua": "SSIM mu_a",

@@ -62,11 +62,10 @@ def make_trainer(dataset: DotDataset, out_dir: Optional[PathLike], config, *, ca
     from workbench.tasks.dot.training import DotSampler, feature_scales, lifting_weights, make_step, pair_positions
     from workbench.training.trainer import Trainer
 
-    opts = get_task("dot").options(config)
     g = dataset.geometry
-    if g.grid != opts.grid:
-        raise InputError(f"the data are on a {g.grid}^3 grid but options.grid is {opts.grid}: set options.grid to "
-                         f"{g.grid} (or simulate with --grid {opts.grid})")
+    if get_task("dot").options(config).grid != g.grid:   # the data decide the grid (recorded in the run's config)
+        config.options = {**config.options, "grid": g.grid}
+    opts = get_task("dot").options(config)
     train_idx, val_idx = split(len(dataset), config.train.seed)
     scales = feature_scales(dataset, train_idx)
     sampler = DotSampler(dataset, train_idx, val_idx, scales, sigma_amp=opts.noise_amplitude,
