@@ -260,12 +260,9 @@ def simulate_worker(folder: str, n: int, grid_size: int, control: Optional[Contr
     def run(emit):
         from workbench.tasks.dot.workflow import simulate
 
-        from workbench.tasks.dot.physics import serial_blas
-
         workers = max(1, (os.cpu_count() or 2) - 1)  # a core stays with the viewer; one worker runs in this thread
-        with serial_blas():
-            return simulate(folder, n=n, grid=grid_size, workers=workers, should_stop=control.cancelled,
-                            progress=lambda done, total: emit(Progress(done, total, "cases")))
+        return simulate(folder, n=n, grid=grid_size, workers=workers, should_stop=control.cancelled,
+                        progress=lambda done, total: emit(Progress(done, total, "cases")))
 
     try:
         return (yield from _pump(run, control))

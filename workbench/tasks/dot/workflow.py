@@ -117,7 +117,7 @@ class DotPredictor:
     def from_checkpoint(cls, path: Optional[PathLike] = None) -> "DotPredictor":
         from workbench.config import Config
         from workbench.models import build_model
-        from workbench.tasks.dot.training import lifting_weights, pair_positions
+        from workbench.tasks.dot.training import lifting_weights, pair_positions, reference_data
         from workbench.training.checkpoint import load_checkpoint
         from workbench.training.ema import model_weights
 
@@ -137,6 +137,7 @@ class DotPredictor:
                                                                   "output_grid")})
         model.load_state_dict({k: v.float() for k, v in model_weights(ckpt).items()})
         model.set_geometry(lifting_weights(g, model.lift_grid), pair_positions(g))
+        reference_data(g)   # the homogeneous reference solve, once here rather than in the first predict
         return cls(model.eval(), g, list(task["feature_scales"]), str(path))
 
     def predict(self, data: np.ndarray, mask: Optional[np.ndarray] = None) -> np.ndarray:
