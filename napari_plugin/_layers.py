@@ -201,8 +201,9 @@ def grid(viewer):
     return canvas.grid if canvas is not None and hasattr(canvas, "grid") else viewer.grid
 
 
-#: metadata keys of layers the plugin derives for display (maps), never offered as inputs or results
-MAP_KEYS = ("edge_map_of", "attention_block", "difference_of", "review_label")
+#: metadata keys of layers the plugin derives for display (maps; ``display_of``: a copy of a layer placed for a
+#: view), never offered as inputs or results
+MAP_KEYS = ("edge_map_of", "attention_block", "difference_of", "review_label", "display_of")
 #: metadata keys of computed results (a denoised series, a baseline)
 RESULT_KEYS = ("denoise", "baseline")
 
@@ -359,20 +360,34 @@ def is_comparable_layer(layer) -> bool:
     return is_series_layer(layer) or is_volume_image(layer)
 
 
+def fit_visible(viewer) -> None:
+    """Reset the view to the visible layers (hidden ones placed elsewhere, e.g. 2D pictures beside a
+    volume, do not shrink and shift what is shown); all layers on napari without ``reset_view(layers=)``."""
+    shown = [layer for layer in viewer.layers if layer.visible]
+    if shown:
+        try:
+            viewer.reset_view(layers=shown)
+            return
+        except TypeError:  # an older napari: no ``layers`` argument
+            pass
+    viewer.reset_view()
+
+
 def fit_view_soon(viewer) -> None:
-    """Reset the view now and again once Qt has laid out the docks (the canvas size may change)."""
+    """Fit the view to the visible layers now and again once Qt has laid out the docks (the canvas size may
+    change)."""
     import weakref
 
     from qtpy.QtCore import QTimer
 
-    viewer.reset_view()
+    fit_visible(viewer)
     ref = weakref.ref(unwrap(viewer))  # a pending timer must not keep a closed viewer alive
 
     def again():
         v = ref()
         try:
             if v is not None:
-                v.reset_view()
+                fit_visible(v)
         except Exception:  # the viewer closed meanwhile
             pass
 

@@ -167,3 +167,83 @@ def dot_sample_layers(grid: int = DOT_GRID, seed: int = DOT_SEED) -> list[tuple]
 def make_dot_sample() -> list[tuple]:
     """npe2 sample-data hook: a held-out NIR-DOT phantom with its optodes and noisy boundary data."""
     return dot_sample_layers()
+
+
+# --------------------------------------------------------------------------- CT from biplanar X-rays
+XRAY_SEED = 900_000_001
+XRAY_SIZE = 64
+XRAY_ROLES = {"ap": "xray_ap", "lateral": "xray_lat"}  # view -> layer role (the task's view)
+XRAY_NAMES = {"ap": "AP X-ray", "lateral": "lateral X-ray"}
+XRAY_GAP = 0.1  # gap between the pictures beside the volume, as a fraction of the field's depth
+
+
+@functools.lru_cache(maxsize=2)
+def _xray_case(size: int, seed: int) -> dict:
+    from workbench.tasks import get_task
+
+    return get_task("xray2ct").sample_case("phantom", seed=seed, size=size)
+
+
+def xray_case_id(size: int, seed: int) -> str:
+    return f"xray2ct phantom {seed} size {size}"
+
+
+def xray_placement(g, view: str, shape=None) -> dict:
+    """``scale`` and ``translate`` of a 2D X-ray layer: beside the volume, on the volume's scale.
+
+    napari puts a 2D layer on the last two world axes, (Y, Z) of the (X, Y, Z) volume, so in a
+    sagittal view (Z up, Y across) the lateral X-ray's axes (Y, Z) and the AP's (X, Z) run like
+    the volume's, the head at the top. Pixels are shown at the isocentre (the cone beam's
+    magnification divided out), centred on the isocentre in Z, and moved along Y to sit beside
+    the volume: from the volume outwards, the lateral X-ray, then the AP X-ray.
+    """
+    nu, nv = shape if shape is not None else g.detector_px
+    du, dv = (p / g.magnification() for p in g.pixel_mm(view))
+    gap = XRAY_GAP * g.fov_mm[1]
+    width = {v: g.detector_px[0] * g.pixel_mm(v)[0] / g.magnification() for v in ("ap", "lateral")}
+    edge = -g.fov_mm[1] / 2 - gap                     # the volume's Y range is centred on 0
+    centre = edge - width["lateral"] / 2 if view == "lateral" else edge - width["lateral"] - gap - width["ap"] / 2
+    return {"scale": [du, dv], "translate": [centre - (nu - 1) / 2 * du, -(nv - 1) / 2 * dv]}
+
+
+def xray_sample_layers(size: int = XRAY_SIZE, seed: int = XRAY_SEED) -> list[tuple]:
+    """A held-out torso phantom: its AP and lateral X-rays (line integrals, 2D, beside the volume), the
+    reference CT (HU) and the tissue labels on the volume's grid (``geometry.affine()``).
+
+    The X-ray layers carry the geometry they were taken with (``geometry``, a dict) and their
+    view in the metadata; their ``affine`` is the detector's (what the writer saves, as the
+    command line's ``xray_ap.nii.gz``).
+    """
+    from workbench.tasks.xray2ct.phantoms import LABELS
+
+    case = _xray_case(int(size), int(seed))
+    g = case["geometry"]
+    aff = g.affine()
+    case_id = xray_case_id(size, seed)
+    where = f"torso phantom (seed {seed}, {size}^3 voxels of {'x'.join(f'{v:g}' for v in g.voxel_mm)} mm, " \
+            f"{g.kind}-beam X-rays; held out from training)"
+
+    def meta(affine, **kw) -> dict:
+        return {**dwi_metadata(affine, is_4d=False), "task": "xray2ct", "case": case_id, "origin": where, **kw}
+
+    common = {"axis_labels": ("x", "y", "z"), **spatial_kwargs(aff, 3)}
+    out = [(np.asarray(case["ct"], np.float32), {
+        "name": "reference CT", **common, "colormap": "gray", "contrast_limits": (-1000.0, 1000.0),
+        "metadata": meta(aff, role="reference", units="HU")}, "image")]
+    out.append((np.asarray(case["labels"], np.int32), {
+        "name": "tissue labels", **common, "opacity": 0.4, "visible": False,
+        "metadata": meta(aff, role="labels", label_names=dict(LABELS))}, "labels"))
+    xrays = np.asarray(case["xrays"], np.float32)
+    top = float(np.percentile(xrays, 99.9))
+    for k, view in enumerate(g.views):
+        out.append((xrays[k], {
+            "name": XRAY_NAMES[view], "axis_labels": ("y", "z"), **xray_placement(g, view), "colormap": "gray",
+            "contrast_limits": (0.0, top),
+            "metadata": meta(g.image_affine(view), role=XRAY_ROLES[view], view=view, geometry=g.to_dict(),
+                             units="line integral")}, "image"))
+    return out
+
+
+def make_xray2ct_sample() -> list[tuple]:
+    """npe2 sample-data hook: a held-out torso phantom with its AP and lateral X-rays."""
+    return xray_sample_layers()

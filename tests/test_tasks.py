@@ -13,14 +13,14 @@ CORE = Path(__file__).resolve().parents[1] / "workbench"
 
 
 def test_registry_lists_tasks_and_unknown_names_list_the_known_ones():
-    assert list(TASKS) == ["dwi", "sr", "dot"]
+    assert list(TASKS) == ["dwi", "sr", "dot", "xray2ct"]
     assert all(isinstance(t, Task) and t.name == n for n, t in TASKS.items())
-    with pytest.raises(ValueError, match="unknown task 'ct'; known tasks: dot, dwi, sr"):
+    with pytest.raises(ValueError, match="unknown task 'ct'; known tasks: dot, dwi, sr, xray2ct"):
         get_task("ct")
     assert canonical_task_name("dwi_denoise") == "dwi" and "dwi_denoise" in TASKS
 
 
-@pytest.mark.parametrize("name", ["dwi", "sr", "dot"])
+@pytest.mark.parametrize("name", ["dwi", "sr", "dot", "xray2ct"])
 def test_every_task_has_a_valid_default_config_and_view(name):
     task = get_task(name)
     cfg = task.default_config()
@@ -56,9 +56,10 @@ GENERIC = ["training/trainer.py", "training/steps.py", "training/checkpoint.py",
 def test_generic_core_modules_name_no_task(rel):
     text = (CORE / rel).read_text()
     code = re.sub(r'""".*?"""', "", text, flags=re.S)  # docstrings may give examples
-    for task in ("dwi", "sr", "super_res", "denois"):
+    for task in ("dwi", "sr", "super_res", "denois", "dot", "xray2ct"):
         assert not re.search(rf"(task\s*==\s*['\"]{task})|(['\"]{task}['\"]\s*==\s*task)", code), rel
-    assert "workbench.tasks.dwi" not in code and "workbench.tasks.sr" not in code, rel
+    for module in ("dwi", "sr", "dot", "xray2ct"):
+        assert f"workbench.tasks.{module}" not in code, rel
 
 
 def test_dwi_verbs_work_under_the_task_and_as_top_level_aliases(tmp_path, capsys):

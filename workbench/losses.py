@@ -331,6 +331,11 @@ def _perceptual(pred, target, mask=None):
     return perceptual_unavailable(pred, target, mask)
 
 
+def _projection(pred, target, mask=None):
+    raise ValueError("the 'projection' term re-projects a CT volume through its X-ray geometry: only the xray2ct "
+                     "task's training step computes it; set its weight to 0 for other tasks")
+
+
 def _diffusion(pred, target, mask=None):
     raise ValueError("the 'diffusion' term is the denoising loss of a diffusion model: only the training step of "
                      "the sr3 model computes it; set its weight to 0 for other models")
@@ -343,6 +348,8 @@ LOSSES: dict[str, Callable[..., torch.Tensor]] = {
     "perceptual": _perceptual,
     # the denoising loss of a diffusion model (sr3): its objective computes it, the weight is live like any other
     "diffusion": _diffusion,
+    # projection consistency of a CT predicted from X-rays: the xray2ct step computes it
+    "projection": _projection,
 }
 
 

@@ -5,7 +5,8 @@
 Writes train_midrun.png, denoise.png, compare.png, edges.png, attention.png, review.png, and for the
 super-resolution task sr_predict.png and sr_compare.png (``... screenshots.py OUT_DIR sr`` writes only those),
 and for SR3 sr3_predict.png (``... screenshots.py OUT_DIR sr3``), and for NIR diffuse optical tomography
-dot_reconstruct.png (``... screenshots.py OUT_DIR dot``).
+dot_reconstruct.png (``... screenshots.py OUT_DIR dot``), and for CT from biplanar X-rays xray2ct_reconstruct.png
+and xray2ct_3d.png (``... screenshots.py OUT_DIR xray2ct``).
 """
 
 from __future__ import annotations
@@ -219,6 +220,30 @@ def main_dot(out: Path) -> None:
     viewer.close()
 
 
+def main_xray2ct(out: Path, checkpoint=None) -> dict:
+    """Biplanar X-ray phantom: the network's CT (a sagittal slice, head up) between the AP and lateral X-rays,
+    their re-projection residuals below them, the metrics in the panel; then the 3D view (the CT as an attenuated
+    maximum intensity projection, the X-rays where their detectors stand). ``checkpoint``: a stage-1 best.pt (None: the
+    shipped one). Returns the panel's metrics."""
+    viewer, app = _viewer_with(out, "xray2ct_phantom")
+    viewer.window._qt_window.resize(1800, 1000)
+    _, panel = viewer.window.add_plugin_dock_widget("recon-workbench", "Reconstruct CT from X-rays")
+    if checkpoint:
+        panel.stage1.setText(str(checkpoint))
+    panel.run()
+    _wait(app, lambda: panel.worker is None, timeout=900)
+    if panel.last_error is not None:
+        raise panel.last_error
+    metrics = dict(panel.result.metrics or {})
+    panel.show_beside()
+    _grab(viewer, out / "xray2ct_reconstruct.png", app)
+    panel.view3d_btn.setChecked(True)
+    _grab(viewer, out / "xray2ct_3d.png", app)
+    panel.view3d_btn.setChecked(False)
+    viewer.close()
+    return metrics
+
+
 if __name__ == "__main__":
     target = Path(sys.argv[1] if len(sys.argv) > 1 else "screenshots")
     if sys.argv[2:] == ["sr"]:
@@ -227,8 +252,11 @@ if __name__ == "__main__":
         main_sr3(target)
     elif sys.argv[2:] == ["dot"]:
         main_dot(target)
+    elif sys.argv[2:] == ["xray2ct"]:
+        main_xray2ct(target)
     else:
         main(target)
         main_sr(target)
         main_sr3(target)
         main_dot(target)
+        main_xray2ct(target)

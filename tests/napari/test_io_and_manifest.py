@@ -27,9 +27,11 @@ def test_manifest_is_valid_and_lists_every_contribution():
     c = pm.contributions
     assert [r.filename_patterns for r in c.readers] == [["*.nii", "*.nii.gz"]]
     assert {tuple(w.layer_types) for w in c.writers} == {("image",), ("labels",)}
-    assert [s.key for s in c.sample_data] == ["dwi_phantom", "soil_sr", "chest_sr", "soil_sr3", "dot_phantom"]
+    assert [s.key for s in c.sample_data] == ["dwi_phantom", "soil_sr", "chest_sr", "soil_sr3", "dot_phantom",
+                                              "xray2ct_phantom"]
     assert {w.display_name for w in c.widgets} == {"Train", "Denoise", "Predict", "Compare", "Edge maps",
-                                                    "Attention maps", "Clinician review", "Reconstruct NIR-DOT"}
+                                                    "Attention maps", "Clinician review", "Reconstruct NIR-DOT",
+                                                    "Reconstruct CT from X-rays"}
     result = subprocess.run(["npe2", "validate", "recon-workbench"], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -40,7 +42,8 @@ def test_widgets_are_listed_under_the_plugins_menu(make_napari_viewer):
     plugins = next(a.menu() for a in menubar.actions() if "Plugins" in a.text())
     ours = next(a.menu() for a in plugins.actions() if a.text() == "Reconstruction Workbench")  # task-generic
     assert [a.text() for a in ours.actions()] == ["Train", "Denoise", "Predict", "Compare", "Edge maps",
-                                                 "Attention maps", "Clinician review", "Reconstruct NIR-DOT"]
+                                                 "Attention maps", "Clinician review", "Reconstruct NIR-DOT",
+                                                 "Reconstruct CT from X-rays"]
     ours.actions()[0].trigger()  # opens the Train panel from the menu
     assert any("Train" in name for name in viewer.window.dock_widgets)
 
@@ -48,6 +51,7 @@ def test_widgets_are_listed_under_the_plugins_menu(make_napari_viewer):
 def test_core_never_imports_qt_or_napari():
     code = ("import sys, workbench, workbench.api, workbench.inference, workbench.metrics, workbench.baselines;"
             "import workbench.tasks.dot.task, workbench.tasks.dot.workflow, workbench.tasks.dot.notebook;"
+            "import workbench.tasks.xray2ct.task, workbench.tasks.xray2ct.workflow, workbench.tasks.xray2ct.metrics;"
             "bad=[m for m in sys.modules if m.split('.')[0] in ('napari','qtpy','PyQt5','PyQt6','PySide2','PySide6')];"
             "print(bad); sys.exit(1 if bad else 0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

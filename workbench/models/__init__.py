@@ -26,6 +26,7 @@ from workbench.models.multiscale import MultiScaleDetailNet
 from workbench.models.progressive import ProgressiveDetailNet
 from workbench.models.sr import RRDBSuperResNet
 from workbench.models.sr3 import SR3UNet
+from workbench.models.xray2ct import BiplanarLiftNet
 
 Tensor = torch.Tensor
 
@@ -37,12 +38,13 @@ MODELS: dict[str, type[nn.Module]] = {
     "rrdb_sr": RRDBSuperResNet,
     "sr3": SR3UNet,
     "dot_net": DotNet,
+    "biplanar_lift": BiplanarLiftNet,
 }
 
 __all__ = [
     "MODELS", "build_model", "collect_attention_maps", "model_summary", "ConditionedReconNet",
     "DenoiserNet", "MultiScaleDetailNet", "ProgressiveDetailNet", "FrequencyDomainNet", "RRDBSuperResNet", "SR3UNet",
-    "DotNet",
+    "DotNet", "BiplanarLiftNet",
 ]
 
 

@@ -24,6 +24,7 @@ TASK_MODULES: dict[str, str] = {
     "dwi": "workbench.tasks.dwi.task:TASK",
     "sr": "workbench.tasks.sr.task:TASK",
     "dot": "workbench.tasks.dot.task:TASK",
+    "xray2ct": "workbench.tasks.xray2ct.task:TASK",
 }
 
 #: older names still accepted (configs and checkpoints written before the task layer)

@@ -185,7 +185,8 @@ class Task:
         from workbench.perceptual import UNAVAILABLE
 
         return {"perceptual": UNAVAILABLE,
-                "diffusion": "only a diffusion model (the sr task's sr3) has a denoising term"}
+                "diffusion": "only a diffusion model (the sr task's sr3) has a denoising term",
+                "projection": "only the xray2ct task re-projects its output through X-ray geometry"}
 
     def patch_size(self, config) -> int:
         """The training patch edge a front end shows (``data.patch_size`` unless the task keeps its own)."""
