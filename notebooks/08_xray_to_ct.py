@@ -62,8 +62,8 @@ print(f"CT {ct.shape} of {' x '.join(f'{v:g}' for v in g.voxel_mm)} mm voxels ov
       f"axes X (patient's left), Y (anterior), Z (head)")
 print(f"{g.kind} beams, views {g.views}: {g.detector_px[0]} x {g.detector_px[1]} detector pixels of "
       f"{' x '.join(f'{v:g}' for v in g.pixel_mm('ap'))} mm, {g.photons:.0e} photons per pixel")
-print("X-rays", xrays.shape, xrays.dtype, "| tissues:", ", ".join(f"{LABELS[k]} {np.mean(labels == k):.0%}"
-                                                                  for k in sorted(LABELS) if k))
+shares = ", ".join(f"{LABELS[k]} {np.mean(labels == k):.0%}" for k in sorted(LABELS) if k)
+print("X-rays", xrays.shape, xrays.dtype, "| share of the field:", shares)
 
 # %% [markdown]
 # ## 1 · Geometry and physics
@@ -245,11 +245,12 @@ print("reconstructed (method, photons/px):", sorted((r["method"], f"{r['photons'
 # %% [markdown]
 # ## 4 · Train your own
 #
-# The shipped models were trained on simulated phantoms (64³ with 128³ references). Here the same
-# functions run a tiny version: a few phantoms on a 32³ grid (32 x 32 pixel X-rays) and a few steps of
-# `workflow.make_trainer`, the trainer the command line uses (its loss: L1 + SSIM + edges, deep supervision
-# of the coarser outputs, and projection consistency; the X-rays are re-projected from each volume with
-# fresh photon noise at every step). The real run adds crops of a real chest CT (`options.real_ct_volumes`).
+# The shipped models were trained on 600 simulated phantoms (64³, with 128³ references for stage 2) and 24
+# crops of the real chest CT (`python scripts/train_xray2ct_weights.py`). Here the same functions run a tiny
+# version: a few phantoms on a 32³ grid (32 x 32 pixel X-rays), no real-CT crops (`options.real_ct_volumes`)
+# and a few steps of `workflow.make_trainer`, the trainer the command line uses. Its loss: L1 + SSIM + edges,
+# deep supervision of the coarser outputs, and projection consistency; the X-rays are re-projected from each
+# volume with fresh photon noise at every step.
 
 # %%
 tmp = Path(tempfile.mkdtemp(prefix="xray2ct_tutorial_"))

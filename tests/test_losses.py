@@ -10,10 +10,10 @@ from scipy import ndimage
 from workbench import losses as L
 
 NAMES = ["l1", "mse", "rmse", "charbonnier", "edge", "gradient", "ssim", "multiscale", "fft", "perceptual",
-         "diffusion"]
+         "diffusion", "projection"]
 #: the stateless terms (perceptual needs a feature network the user supplies: tests/sr/test_perceptual.py;
 #: diffusion is computed by the SR3 objective: tests/sr/test_sr3.py)
-PURE = [n for n in NAMES if n not in ("perceptual", "diffusion")]
+PURE = [n for n in NAMES if n not in ("perceptual", "diffusion", "projection")]
 
 
 def _rand(*shape, seed=0):

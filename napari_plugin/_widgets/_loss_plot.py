@@ -19,6 +19,7 @@ TERM_LABELS = {
     "l1": "L1", "mse": "MSE", "rmse": "RMSE", "charbonnier": "Charbonnier", "edge": "edge (3D Sobel)",
     "gradient": "gradient", "ssim": "SSIM loss", "multiscale": "multi-scale", "fft": "frequency (FFT)",
     "perceptual": "perceptual (your features)", "diffusion": "diffusion (denoising)",
+    "projection": "projection consistency",
 }
 
 

@@ -124,10 +124,12 @@ def test_compare_figure(case, plt):
     ct, g = case["ct"], case["geometry"]
     fine = np.repeat(np.repeat(np.repeat(ct, 2, 0), 2, 1), 2, 2)
     fig = compare_figure(ct, {"copy": ct, "flat": np.zeros_like(ct), "fine": fine + 10}, g.fov_mm, fine_reference=fine)
-    assert len(fig.axes) == 4 * 6 + 2               # (reference + 3 results) x 6 panels + 2 colour bars
-    assert fig.axes[0].get_title() == "axial" and fig.axes[9].get_title() == "axial: difference"
-    assert fig.axes[6].get_ylabel() == "copy" and fig.axes[18].get_ylabel() == "fine (64³)"
-    diff = fig.axes[21].images[0].get_array()         # the fine result's axial difference: 10 HU everywhere
+    assert len(fig.axes) == 5 * 6 + 2               # (2 references + 3 results) x 6 panels + 2 colour bars
+    assert fig.axes[0].get_title() == "axial" and fig.axes[15].get_title() == "axial: difference"
+    assert [fig.axes[6 * r].get_ylabel() for r in range(5)] == ["reference", "reference (64³)", "copy", "flat",
+                                                                "fine (64³)"]
+    assert not fig.axes[9].axison and np.allclose(fig.axes[15].images[0].get_array(), 0)
+    diff = fig.axes[27].images[0].get_array()         # the fine result's axial difference: 10 HU everywhere
     assert diff.shape == (64, 64) and np.allclose(diff, 10)
     with pytest.raises(ValueError, match="fine_reference"):
         compare_figure(ct, {"fine": fine}, g.fov_mm)

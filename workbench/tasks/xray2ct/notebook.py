@@ -122,8 +122,8 @@ def noisy_xrays(hu: np.ndarray, geometry, photons: float, seed: int) -> np.ndarr
 def compare_figure(reference: np.ndarray, results: Mapping[str, np.ndarray], fov_mm: Sequence[float], *,
                    fine_reference: Optional[np.ndarray] = None, index: Optional[Mapping[str, int]] = None,
                    panel_size: float = 1.75):
-    """Rows: the reference, then each result; columns: axial, coronal, sagittal slices, then each one's difference
-    to the reference of its grid (``fine_reference`` for results on a finer grid, e.g. stage 2's 128^3).
+    """Rows: the reference (and ``fine_reference``, the same anatomy on a finer grid such as stage 2's 128^3), then
+    each result; columns: axial, coronal, sagittal slices, then each one's difference to the reference of its grid.
 
     ``index``: slice per view on the reference's grid (default: the middle of each).
     """
@@ -137,24 +137,26 @@ def compare_figure(reference: np.ndarray, results: Mapping[str, np.ndarray], fov
     for name, vol in results.items():
         if vol.shape not in refs:
             raise ValueError(f"{name} is {vol.shape}: no reference of that grid (pass fine_reference=)")
-    rows = {"reference": reference, **results}
+    rows = {"reference": reference, **({"reference ": fine_reference} if fine_reference is not None else {}),
+            **results}
+    first = 2 if fine_reference is not None else 1
     fig, axes = plt.subplots(len(rows), 6, figsize=(6 * panel_size, len(rows) * panel_size * 0.85 + 0.6),
                              squeeze=False, layout="constrained")
     for r, (name, vol) in enumerate(rows.items()):
         for c, view in enumerate(VIEWS):
             im = show_ct(axes[r, c], vol, view, index[view], fov_mm, size=size, title=view if r == 0 else "")
-            if name == "reference":
+            if r < first:
                 axes[r, c + 3].set_axis_off()
                 continue
             dim = show_ct(axes[r, c + 3], vol - refs[vol.shape], view, index[view], fov_mm, size=size, diff=True,
-                          title=f"{view}: difference" if r == 1 else "")
+                          title=f"{view}: difference" if r == first else "")
         grid = f" ({vol.shape[0]}³)" if vol.shape != reference.shape else ""
-        axes[r, 0].set_ylabel(f"{name}{grid}", fontsize=8)
+        axes[r, 0].set_ylabel(f"{name.strip()}{grid}", fontsize=8)
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
     fig.colorbar(im, ax=axes[-1, :3], location="bottom", shrink=0.7, aspect=40, label="HU")
-    if len(rows) > 1:
+    if len(rows) > first:
         fig.colorbar(dim, ax=axes[-1, 3:], location="bottom", shrink=0.7, aspect=40,
                      label="result - reference (HU; red: too dense)")
     return fig
