@@ -117,8 +117,10 @@ print("validated every val_every steps:",
 # `workbench denoise` does: it blends each prediction with full-data MP-PCA and the noisy volume, the
 # weights per volume chosen by Stein's unbiased risk estimate (SURE: no clean data needed), and removes
 # the Rician bias of magnitude data, without letting any diffusion-weighted voxel decay faster than free
-# water can (the free-water floor). It also returns `heldout_mse` and `est_rmse` (SURE of the blend),
-# quality estimates that need no reference (see notebook 04), and the blend weights.
+# water can (the free-water floor). It also returns `heldout_mse` and `est_rmse` (SURE of the blend carried
+# through the Rician inversion), quality estimates that need no reference (see notebook 04), `est_per_shell`
+# (the same per shell, `flagged` where much of a shell's signal is near the noise floor and the estimate
+# may be low), and the blend weights.
 
 # %%
 sigma = estimate_background_sigma(ph.noisy, ph.mask)  # None when there is too little air in the image
@@ -127,6 +129,10 @@ out = den.denoise(ph.noisy, ph.bvals, ph.bvecs, mask=ph.mask, sigma=sigma)
 print("denoised", out.denoised.shape)
 print(f"noise sigma {sigma:.1f} (true {ph.sigma:.1f}), held-out MSE {out.heldout_mse:.1f}, "
       f"estimated RMSE to clean {out.est_rmse:.1f}")
+if out.est_per_shell:
+    from workbench.error_estimate import describe
+
+    print("estimated RMSE to clean per shell:", describe(out.est_per_shell))
 if out.blend_weights is not None:
     print("mean blend weights (network, MP-PCA, noisy):", out.blend_weights.mean(axis=0).round(2))
 

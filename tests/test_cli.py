@@ -76,6 +76,13 @@ def test_denoise_self_supervised_without_checkpoint(sim, tmp_path, capsys):
     report = json.loads(out.with_name("self.json").read_text())
     if report["sigma"] is not None and report["sigma"] > report["sigma_upper"]:  # the CLI says why, not "sigma <="
         assert "Rician" in text
+    if report["sigma"] is not None:  # the estimate per shell, in OUT.json and on the console, warning included
+        shells = report["est_rmse_per_shell"]
+        assert [r["b"] for r in shells] == sorted(r["b"] for r in shells) and shells[0]["b"] == 0
+        assert sum(r["volumes"] for r in shells) == report["n_volumes"]
+        assert "per shell: b=0:" in text
+        flagged = any(r["flagged"] for r in shells)
+        assert (report["est_warning"] is not None) == flagged == ("may be low" in text)
 
 
 def test_baseline_through_same_io(sim, tmp_path):
@@ -199,7 +206,10 @@ def test_demo_writes_figure_and_table(sim, tmp_path, capsys):
     assert (out / "comparison.png").stat().st_size > 10_000
     table = (out / "results.md").read_text()
     assert table == text
-    for row in ["| noisy |", "| ours |", "| mppca |"]:
+    for row in ["| noisy |", "| ours |", "| mppca |", "| mppca+rc (Rician correction) |",
+                "| mppca+post (our Rician inversion, free-water floor) |"]:
         assert row in table
+    assert (out / "mppca_rc.nii.gz").is_file() and (out / "mppca_post.nii.gz").is_file()
+    assert "estimated RMSE to clean" in table and "per shell: b=0:" in table and "b=1000:" in table
     with pytest.raises(Exception, match="not empty"):
         run_demo(out, config=str(sim / "tiny.yaml"), shape=(16, 18, 10), scheme="dti")

@@ -439,3 +439,40 @@ def test_double_precision_model(name):
     y = model(x.double(), cond)
     assert y.dtype == torch.float64 and y.shape == (1, 1, 5, 6, 7)
     assert torch.allclose(y, x.double()[:, 2:3], atol=0.05)
+
+
+def test_groupnorm_under_cpu_bf16_autocast_stays_bfloat16_and_channels_last():
+    """GroupNorm32 under CPU bfloat16 autocast: bfloat16 out (the following FiLM/SiLU/gates run on half the
+    bytes), the input's channels_last_3d layout kept (the next convolution wants it), values and gradients
+    equal to float32 GroupNorm within bfloat16 rounding."""
+    from workbench.models.utils import norm3d
+
+    torch.manual_seed(0)
+    gn = norm3d(24)
+    nn.init.normal_(gn.weight)
+    nn.init.normal_(gn.bias)
+    x = (3 * torch.randn(2, 24, 9, 10, 11) + 1).contiguous(memory_format=torch.channels_last_3d)
+    xb = x.bfloat16().detach().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = gn(xb)
+    assert y.dtype == torch.bfloat16 and y.is_contiguous(memory_format=torch.channels_last_3d)
+    xf = xb.detach().float().requires_grad_()
+    ref = F.group_norm(xf, gn.num_groups, gn.weight, gn.bias, gn.eps)
+    scale = float(ref.abs().max())
+    assert float((y.float() - ref).abs().max()) < 0.02 * scale
+    g = torch.randn_like(ref)
+    y.float().backward(g)
+    ref.backward(g)
+    assert float((xb.grad.float() - xf.grad).abs().max()) < 0.03 * float(xf.grad.abs().max())
+    # outside autocast the module is plain GroupNorm, dtype and all
+    assert gn(x).dtype == torch.float32 and torch.equal(gn(x), F.group_norm(x, gn.num_groups, gn.weight, gn.bias))
+
+
+def test_cbam_keeps_bfloat16_features_under_autocast():
+    """The float32 spatial-attention map must not promote the features to float32 (every later op would
+    then run on float32 copies)."""
+    cbam = CBAM3d(8)
+    x = torch.randn(1, 8, 6, 7, 8).bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = cbam(x)
+    assert out.dtype == torch.bfloat16

@@ -163,6 +163,10 @@ class DenoiseReport:
     amp: bool
     checkpoint: Optional[str] = None
     extra: dict = field(default_factory=dict)
+    #: the estimate per shell: [{"b", "volumes", "rmse", "near_floor", "flagged"}] (workbench.error_estimate)
+    est_rmse_per_shell: Optional[list] = None
+    #: set where a shell's estimate may be low (signal near the noise floor); shown beside the estimate
+    est_warning: Optional[str] = None
 
 
 def noise_sigma(series: DWISeries, mask: Optional[np.ndarray], config: Config) -> tuple[Optional[float], Optional[str]]:
@@ -240,8 +244,19 @@ def denoise_series(
                dict(zip(("network", "mppca", "noisy"), out.blend_weights.mean(axis=0).round(4).tolist())),
                "rician_correction": bool(sigma is not None and denoiser.config.inference.rician_correction),
                "sigma_source": sigma_source},
+        est_rmse_per_shell=out.est_per_shell, est_warning=estimate_warning(out.est_per_shell),
     )
     return out.denoised, report
+
+
+def estimate_warning(shells: Optional[list]) -> Optional[str]:
+    """The warning that goes beside an estimate with a flagged shell (None when none is flagged)."""
+    from workbench.error_estimate import LOW_WARNING, any_flagged
+
+    if not any_flagged(shells):
+        return None
+    flagged = ", ".join(f"b={r['b']:.0f}" for r in shells if r["flagged"])
+    return f"* {flagged}: {LOW_WARNING}; the overall figure inherits it"
 
 
 def denoise(

@@ -21,6 +21,7 @@ from workbench.data.dwi import DWISubject, prepare_subject
 from workbench.training.distributed import resolve_device
 from workbench.training.schedules import amp_settings
 from workbench.io_utils import InputError
+from workbench.rician import rician_noise_stats  # noqa: F401  (re-exported: benchmarks use it from here)
 
 ProgressFn = Callable[[int, int], None]
 
@@ -93,9 +94,11 @@ class DenoiseOutput:
     estimates (error to the noise-free magnitude mean)^2 + noise variance. The
     Rician noise variance is below sigma^2 where the signal is low, so with a
     sigma it is computed per voxel from the prediction and subtracted, and the
-    squared Rician bias of the prediction is added: ``est_rmse`` estimates the
-    J-invariant prediction's RMSE to the clean signal without a reference. ``shrinkage`` holds the per-volume weight given to the noisy
-    volume (empty when not applied).
+    squared Rician bias of the prediction is added. ``est_rmse`` estimates the
+    output's RMSE to the clean signal without a reference (:mod:`workbench.error_estimate`:
+    the blend's SURE value carried through the Rician inversion), ``est_per_shell`` the same per
+    shell with a ``flagged`` mark where it may be low. ``shrinkage`` holds the per-volume weight
+    given to the noisy volume (empty when not applied).
     """
 
     denoised: np.ndarray
@@ -108,6 +111,7 @@ class DenoiseOutput:
     est_rmse: Optional[float] = None
     raw: Optional[np.ndarray] = None
     blend_weights: Optional[np.ndarray] = None
+    est_per_shell: Optional[list] = None
 
 
 class Denoiser:
@@ -213,9 +217,9 @@ class Denoiser:
                 progress(j + 1, n + blend_units)
         raw = np.moveaxis(preds, 0, -1) * np.float32(subject.scale) if keep_raw else None
         sig = None if sigma is None else sigma / subject.scale
-        noise_var, bias2 = np.full(n, np.nan), np.full(n, np.nan)
+        noise_var = np.full(n, np.nan)
         if sig is not None:
-            noise_var, bias2 = rician_noise_stats(preds, brain.numpy(), sig)
+            noise_var, _ = rician_noise_stats(preds, brain.numpy(), sig)
         noisy = subject.volumes.numpy()
         weights, risk = None, None
         if sig is not None and icfg.mppca_blend:
@@ -227,19 +231,25 @@ class Denoiser:
                                        include_noisy=icfg.shrinkage, mppca=mp)
             if blended is not None:
                 preds, weights, risk = blended
+        means = preds
         preds, k = post_process(preds, noisy, heldout, noise_var, sig, subject.bvals,
                                 shrinkage=icfg.shrinkage and weights is None,
                                 rician_correction=icfg.rician_correction, free_water_floor=icfg.free_water_floor)
         out = np.moveaxis(np.clip(preds, 0.0, None), 0, -1) * np.float32(subject.scale)
         mse = float(heldout.mean()) * subject.scale**2
-        est = None
-        if risk is not None:  # SURE of the blend: its error against the magnitude mean, which the inversion removes
-            est = float(np.sqrt(max(float(risk.mean()), 0.0))) * subject.scale
-        elif sig is not None:
-            est = float(np.sqrt(max(float(np.mean(heldout - noise_var)), 0.0) + float(np.mean(bias2))))
+        est, shells = None, None
+        if sig is not None:  # SURE of the blend, or the held-out risk, carried through the Rician inversion
+            from workbench.error_estimate import estimate_output_error
+
+            volume_risk = risk if risk is not None else heldout - noise_var
+            est, shells = estimate_output_error(means, volume_risk, preds, sig, brain.numpy(), subject.bvals,
+                                                rician_correction=icfg.rician_correction,
+                                                free_water_floor=icfg.free_water_floor)
             est *= subject.scale
+            for row in shells:
+                row["rmse"] *= subject.scale
         return DenoiseOutput(out.astype(np.float32), mse, float(np.sqrt(mse)), subject.mask.numpy(),
-                             heldout * subject.scale**2, k, sigma, est, raw, weights)
+                             heldout * subject.scale**2, k, sigma, est, raw, weights, shells)
 
     def attention_maps(self, subject: DWISubject, j: int) -> dict[str, np.ndarray]:
         """CBAM spatial attention of every block for volume ``j`` over the whole volume, (X, Y, Z) each."""
@@ -255,6 +265,21 @@ class Denoiser:
 FREE_WATER_DIFFUSIVITY = 3.0e-3
 
 
+def free_water_floor(volumes: np.ndarray, bvals, b0_threshold: float = 50.0) -> Optional[np.ndarray]:
+    """The lower bound ``S0 exp(-b D_free)`` of each (N, X, Y, Z) volume, ``-inf`` on the b0 volumes;
+    ``S0`` is the voxel's mean b0. None without b-values or b0 volumes (or with b0 volumes only)."""
+    if bvals is None:
+        return None
+    bvals = np.asarray(bvals, dtype=np.float64)
+    b0 = bvals <= b0_threshold
+    if not b0.any() or b0.all():
+        return None
+    s0 = np.maximum(volumes[b0].mean(axis=0), 0.0)
+    floor = np.exp(-bvals * FREE_WATER_DIFFUSIVITY).astype(np.float32)[:, None, None, None] * s0[None]
+    floor[b0] = -np.inf
+    return floor
+
+
 def apply_free_water_floor(volumes: np.ndarray, bvals, b0_threshold: float = 50.0) -> np.ndarray:
     """Clamp (N, X, Y, Z) diffusion-weighted volumes from below at ``S0 exp(-b D_free)``.
 
@@ -263,17 +288,8 @@ def apply_free_water_floor(volumes: np.ndarray, bvals, b0_threshold: float = 50.
     in CSF at high b) make a tensor fit's log-signal explode, so MD and FA in
     CSF go wild. Returns the input unchanged without b-values or b0 volumes.
     """
-    if bvals is None:
-        return volumes
-    bvals = np.asarray(bvals, dtype=np.float64)
-    b0 = bvals <= b0_threshold
-    if not b0.any() or b0.all():
-        return volumes
-    s0 = np.maximum(volumes[b0].mean(axis=0), 0.0)
-    floor = np.exp(-bvals * FREE_WATER_DIFFUSIVITY).astype(np.float32)[:, None, None, None] * s0[None]
-    out = volumes.copy()
-    out[~b0] = np.maximum(volumes[~b0], floor[~b0])
-    return out
+    floor = free_water_floor(volumes, bvals, b0_threshold)
+    return volumes if floor is None else np.maximum(volumes, floor).astype(volumes.dtype, copy=False)
 
 
 def post_process(preds: np.ndarray, noisy: np.ndarray, heldout: np.ndarray, noise_var: np.ndarray,
@@ -386,24 +402,6 @@ def blend_with_mppca(preds: np.ndarray, noisy: np.ndarray, noise_var: np.ndarray
         weights[wild] = 0.0
         weights[wild, 0], weights[wild, 1] = 1 - t, t
     return np.where(mask[None], combined, full).astype(np.float32), weights, risk
-
-
-def rician_noise_stats(mean: np.ndarray, mask: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray]:
-    """Per (N, X, Y, Z) volume of magnitude means: mean Rician variance and mean squared bias in ``mask``.
-
-    The variance ``A^2 + 2 sigma^2 - E[M]^2`` tends to ``sigma^2`` at high SNR and is
-    smaller near the noise floor (Rayleigh: ``(2 - pi/2) sigma^2``); the bias is
-    ``E[M] - A`` with ``A`` from inverting the Rician mean.
-    """
-    from workbench.rician import invert_rician_mean
-
-    var, bias2 = np.empty(mean.shape[0]), np.empty(mean.shape[0])
-    for j in range(mean.shape[0]):
-        m = np.maximum(mean[j][mask].astype(np.float64), 0.0)
-        a = invert_rician_mean(m, sigma).astype(np.float64)
-        var[j] = float(np.mean(np.clip(a**2 + 2 * sigma**2 - m**2, 0.0, sigma**2)))
-        bias2[j] = float(np.mean((m - a) ** 2))
-    return var, bias2
 
 
 def edge_map(volume: np.ndarray) -> np.ndarray:

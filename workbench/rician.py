@@ -38,3 +38,19 @@ def invert_rician_mean(m: np.ndarray, sigma: float) -> np.ndarray:
     high = r > _MEAN_OVER_SIGMA[-1]
     out[high] = np.sqrt(r[high] ** 2 - 1.0)
     return (out * sigma).astype(np.float32)
+
+
+def rician_noise_stats(mean: np.ndarray, mask: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per (N, X, Y, Z) volume of magnitude means: mean Rician variance and mean squared bias in ``mask``.
+
+    The variance ``A^2 + 2 sigma^2 - E[M]^2`` tends to ``sigma^2`` at high SNR and is
+    smaller near the noise floor (Rayleigh: ``(2 - pi/2) sigma^2``); the bias is
+    ``E[M] - A`` with ``A`` from inverting the Rician mean.
+    """
+    var, bias2 = np.empty(mean.shape[0]), np.empty(mean.shape[0])
+    for j in range(mean.shape[0]):
+        m = np.maximum(mean[j][mask].astype(np.float64), 0.0)
+        a = invert_rician_mean(m, sigma).astype(np.float64)
+        var[j] = float(np.mean(np.clip(a**2 + 2 * sigma**2 - m**2, 0.0, sigma**2)))
+        bias2[j] = float(np.mean((m - a) ** 2))
+    return var, bias2

@@ -16,6 +16,8 @@ from napari_plugin._widgets._common import (
     outer_layout, report_failure, series_mask_and_model, show_error_notification,
 )
 from napari_plugin._widgets._lifecycle import WorkerPanel
+from workbench.api import estimate_warning
+from workbench.error_estimate import describe
 
 
 class DenoiseWidget(WorkerPanel, QWidget):
@@ -66,6 +68,7 @@ class DenoiseWidget(WorkerPanel, QWidget):
         layer = self._input
         extra = {"denoise": {"heldout_mse": float(out.heldout_mse), "sigma_upper": float(out.sigma_upper),
                              "sigma": out.sigma, "est_rmse_vs_clean": out.est_rmse,
+                             "est_rmse_per_shell": out.est_per_shell,
                              "blend_weights_mean": None if out.blend_weights is None
                              else out.blend_weights.mean(axis=0).round(4).tolist(),
                              "model": self._source_text, "input_layer": layer.name}}
@@ -74,7 +77,11 @@ class DenoiseWidget(WorkerPanel, QWidget):
         self.output_layer = add_or_update_image(self.viewer, to_layer_order(out.denoised), kwargs,
                                                 contrast_limits=tuple(layer.contrast_limits))
         quality = ("" if out.est_rmse is None else
-                   f" Noise sigma {out.sigma:.3g}; estimated error to the clean signal {out.est_rmse:.3g}.")
+                   f" Noise sigma {out.sigma:.3g}; estimated error to the clean signal {out.est_rmse:.3g}"
+                   + ("" if not out.est_per_shell else f" (per shell: {describe(out.est_per_shell)})") + ".")
+        warning = estimate_warning(out.est_per_shell)
+        if warning:
+            quality += f" {warning}."
         self.status.info(f"Done: new layer '{kwargs['name']}'. Held-out error {out.heldout_mse:.4g} (each "
                          f"volume predicted without seeing it), so the noise level is at most "
                          f"{out.sigma_upper:.3g} signal units.{quality}")

@@ -43,6 +43,10 @@ def test_denoise_from_checkpoint_file(sample_viewer, qtbot, tiny_checkpoint):
     assert meta["est_rmse_vs_clean"] == pytest.approx(report.est_rmse_vs_clean, rel=1e-5)
     np.testing.assert_allclose(out.data, to_layer_order(expected), atol=1e-4 * float(np.abs(expected).max()))
     assert "estimated error to the clean signal" in den.status.text()
+    # per shell, as the CLI and OUT.json give it, with the warning beside a flagged shell
+    assert meta["est_rmse_per_shell"] == report.est_rmse_per_shell
+    assert "per shell: b=0:" in den.status.text()
+    assert (report.est_warning is not None) == ("may be low" in den.status.text())
 
 
 def test_denoise_without_model_says_what_to_do(sample_viewer):

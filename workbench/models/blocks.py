@@ -291,8 +291,10 @@ class CBAM3d(nn.Module):
         self.spatial_gate = SpatialGate3d(spatial_kernel)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = x * self.channel_gate(x)
-        return x * self.spatial_gate(x)
+        x = x * self.channel_gate(x).to(x.dtype)
+        # the float32 map is cast to the features' dtype: a bfloat16 x float32 product would
+        # make the rest of the network run on float32 copies under autocast
+        return x * self.spatial_gate(x).to(x.dtype)
 
 
 def maybe_cbam(channels: int, use_cbam: bool) -> nn.Module:

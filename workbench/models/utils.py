@@ -27,11 +27,19 @@ def autocast_on(x: Tensor) -> bool:
 
 
 class GroupNorm32(nn.GroupNorm):
-    """GroupNorm (Wu & He 2018) computed in float32 under autocast.
+    """GroupNorm (Wu & He 2018) that stays fast and accurate under autocast.
 
-    CUDA autocast already runs ``group_norm`` in float32; CPU autocast does not, and
-    bfloat16 GroupNorm is both less accurate and (without AVX512-BF16/AMX) ~5x slower
-    backwards. Outside autocast the input dtype is kept.
+    - CUDA autocast already runs ``group_norm`` in float32; a half-precision input is
+      normalised in float32 here too.
+    - CPU bfloat16 autocast (only chosen on CPUs with native bfloat16, see
+      :func:`workbench.training.schedules.amp_settings`): the input stays bfloat16 (ATen's CPU
+      kernel accumulates the group statistics in float32: error within bfloat16
+      rounding) and is normalised in the contiguous layout. ATen's GroupNorm backward on
+      a ``channels_last_3d`` tensor is 2-10x slower than on a contiguous one
+      (``benchmarks/train_speed.py`` prints both), and float32 GroupNorm would make every
+      following elementwise op (FiLM, SiLU, gates) run on twice the bytes. The output
+      keeps the input's memory format.
+    - Otherwise the input dtype and layout are kept.
 
     Parameters
     ----------
@@ -40,11 +48,14 @@ class GroupNorm32(nn.GroupNorm):
     """
 
     def forward(self, x: Tensor) -> Tensor:
-        if autocast_on(x) and x.dtype != torch.float32:
-            w = None if self.weight is None else self.weight.float()
-            b = None if self.bias is None else self.bias.float()
-            return F.group_norm(x.float(), self.num_groups, w, b, self.eps)
-        return super().forward(x)
+        if not autocast_on(x) or x.dtype == torch.float32:
+            return super().forward(x)
+        dtype = x.dtype if (x.device.type == "cpu" and x.dtype == torch.bfloat16) else torch.float32
+        w = None if self.weight is None else self.weight.to(dtype)
+        b = None if self.bias is None else self.bias.to(dtype)
+        channels_last = x.dim() == 5 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last_3d)
+        y = F.group_norm(x.to(dtype).contiguous(), self.num_groups, w, b, self.eps)
+        return y.contiguous(memory_format=torch.channels_last_3d) if channels_last else y
 
 
 def norm3d(channels: int) -> GroupNorm32:

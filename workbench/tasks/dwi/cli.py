@@ -127,6 +127,12 @@ def run_command(args: argparse.Namespace, bar) -> int:
                 msg += (" - above that RMS because magnitude noise is Rician: its spread falls below sigma "
                         "where the signal is dim (high b)")
             msg += f" -> estimated RMSE to clean {report.est_rmse_vs_clean:.4g}"
+            if report.est_rmse_per_shell:
+                from workbench.error_estimate import describe
+
+                msg += f" (per shell: {describe(report.est_rmse_per_shell)})"
+            if report.est_warning:
+                msg += f"\n{report.est_warning}"
         print(msg)
     elif args.command == "evaluate":
         metrics = api.evaluate(args.result, args.reference, mask=args.mask, bval=args.bval, bvec=args.bvec)

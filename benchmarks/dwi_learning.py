@@ -1,0 +1,201 @@
+"""Where does the DWI network's gain over its own prior stop? Learning curves and input ablations.
+
+    python benchmarks/dwi_learning.py                       # multishell-65 SNR 10, seed 0, all variants
+    python benchmarks/dwi_learning.py --variants default wide --steps 400 1600
+    python benchmarks/dwi_learning.py --quick               # 32x32x16 phantom, 40 steps: a smoke run
+
+The phantom's q-space priors are prepared once; every variant then trains a fresh network
+through the real trainer (default configuration unless the variant changes it) and is scored
+at several steps on **held-out data**: 16 fixed diffusion volumes, spread over the shells,
+predicted over the whole field of view (the network never sees the volume it predicts, so every
+voxel of it is held out from its own prediction), inside the brain mask:
+
+- ``held-out MSE``: against the noisy volume, the J-invariant loss the network minimises
+  (Batson & Royer 2019: = MSE to E[noisy] + noise variance);
+- ``MSE to E[noisy]``: against the Rician mean of the clean signal (Gudbjartsson & Patz 1995), the
+  best a J-invariant predictor can reach: the network's error with the noise taken out;
+- ``MSE to clean``: against the phantom's clean signal (contains the Rician bias, which the
+  post-processing's inversion removes later, for the network and the prior alike);
+- the same two numbers for the split MP-PCA prior (the network's first input, which it corrects).
+
+Units: the input's, squared (the issue's 3795 vs 3759). A network that adds nothing matches the prior.
+
+Variants: ``default``; ``wide`` (base_filters 48); ``patch48`` (48^3 patches); ``no-volumes`` (the
+other volumes zeroed: priors only); ``no-reg-sh`` (the regression and spherical-harmonic priors zeroed);
+``mse`` (no edge term); ``lr3e-3`` (peak learning rate 3e-3). Channels are zeroed in the sampler and at
+evaluation, so the architecture stays the same.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import numpy as np
+import torch
+
+from workbench.config import Config
+from workbench.data.dwi import DWIPatchSampler, prepare_subject
+from workbench.data.phantoms import simulate_dwi
+from workbench.inference import predict_tiled
+from workbench.models import build_model
+from workbench.rician import rician_mean
+from workbench.tasks.dwi.objective import jinvariant_step
+from workbench.training.events import StepEnd
+from workbench.training.schedules import cpu_has_native_bf16, cpu_model_name
+from workbench.training.trainer import Trainer
+
+VARIANTS = ("default", "wide", "patch48", "no-volumes", "no-reg-sh", "mse", "lr3e-3")
+
+
+def configure(name: str, steps: int) -> tuple[Config, str]:
+    """The variant's config and the input channels it zeroes ("", "volumes" or "reg-sh")."""
+    cfg = Config()
+    cfg.train.steps = steps
+    cfg.train.val_every = max(steps, 1)
+    zero = ""
+    if name == "wide":
+        cfg.model.base_filters = 48
+    elif name == "patch48":
+        cfg.data.patch_size = 48
+    elif name == "no-volumes":
+        zero = "volumes"
+    elif name == "no-reg-sh":
+        zero = "reg-sh"
+    elif name == "mse":
+        cfg.loss.weights = {"mse": 1.0}
+    elif name == "lr3e-3":
+        cfg.train.lr = 3e-3
+    elif name != "default":
+        raise SystemExit(f"unknown variant {name!r}; known: {', '.join(VARIANTS)}")
+    return cfg, zero
+
+
+def zero_channels(image: torch.Tensor, zero: str, n_priors: int) -> torch.Tensor:
+    """Zero the ablated channels of a (B, C, ...) or (C, ...) network input (a copy)."""
+    if not zero:
+        return image
+    image = image.clone()
+    sel = slice(n_priors, None) if zero == "volumes" else slice(1, n_priors)
+    image[(slice(None),) * (image.dim() - 4) + (sel,)] = 0
+    return image
+
+
+class ZeroingSampler(DWIPatchSampler):
+    """The real patch sampler with some input channels zeroed."""
+
+    zero: str = ""
+
+    def _batch(self, generator, batch_size, augment):
+        batch = super()._batch(generator, batch_size, augment)
+        batch.input = zero_channels(batch.input, self.zero, self.subjects[0].n_priors)
+        return batch
+
+
+def errors(pred, j, subject, clean, target) -> dict[str, float]:
+    brain = subject.mask.numpy()
+    sc2 = subject.scale ** 2
+    out = {}
+    for key, ref in (("heldout", subject.volumes[j].numpy()), ("target", target[j]), ("clean", clean[j])):
+        out[key] = float(np.mean((pred - ref)[brain].astype(np.float64) ** 2)) * sc2
+    return out
+
+
+def mean_errors(items: list[dict]) -> dict[str, float]:
+    return {k: float(np.mean([d[k] for d in items])) for k in items[0]}
+
+
+def score(model, subject, clean, target, volumes, zero) -> dict[str, float]:
+    """Held-out MSE (vs noisy), MSE to E[noisy] and to clean of the network on ``volumes``, input units squared."""
+    was_training = model.training
+    model.eval()
+    items = []
+    with torch.no_grad():
+        for j in volumes:
+            image = zero_channels(subject.network_input(j), zero, subject.n_priors)
+            pred = predict_tiled(model, image, j, tile=64, overlap=8, device=torch.device("cpu"),
+                                 amp=False)[0].numpy()
+            items.append(errors(pred, j, subject, clean, target))
+    model.train(was_training)
+    return mean_errors(items)
+
+
+def prior_score(subject, clean, target, volumes) -> dict[str, float]:
+    p = subject.priors[0].numpy()
+    return mean_errors([errors(p[j], j, subject, clean, target) for j in volumes])
+
+
+def run_variant(name, steps, eval_at, subject, clean, target, volumes) -> list[dict]:
+    cfg, zero = configure(name, steps)
+    sampler = ZeroingSampler([subject], patch_size=cfg.data.patch_size, augment=cfg.data.augment)
+    sampler.zero = zero
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg.model, in_channels=subject.in_channels, out_channels=1,
+                        num_conditions=subject.n_volumes, residual_channel=0)
+    rows: list[dict] = []
+    t0 = time.perf_counter()
+    trainer = None
+
+    def on_event(event):
+        if isinstance(event, StepEnd) and event.step in eval_at:
+            seconds = time.perf_counter() - t0
+            rows.append({"variant": name, "steps": steps, "step": event.step, "train_s": seconds,
+                         **score(trainer.raw_model, subject, clean, target, volumes, zero)})
+            r = rows[-1]
+            print(f"  {name} {steps} step {event.step}: held-out {r['heldout']:.1f}, to E[noisy] "
+                  f"{r['target']:.1f}, to clean {r['clean']:.1f} ({seconds:.0f} s)", flush=True)
+
+    trainer = Trainer(model, sampler, cfg, callbacks=(on_event,), step=jinvariant_step,
+                      model_meta={"in_channels": subject.in_channels})
+    trainer.fit()
+    return rows
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument("--steps", nargs="+", type=int, default=[400],
+                        help="training lengths (each a separate run with its own schedule); "
+                             "'default' also runs 1600")
+    parser.add_argument("--scheme", default="multishell", choices=["multishell", "dti"])
+    parser.add_argument("--snr", type=float, default=10.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    shape = (32, 32, 16) if args.quick else (64, 64, 32)
+    steps_list = [40] if args.quick else args.steps
+    phantom = simulate_dwi(shape=shape, scheme=args.scheme, snr=args.snr, seed=args.seed)
+    data = Config().data
+    t0 = time.perf_counter()
+    subject = prepare_subject(phantom.noisy, phantom.bvals, phantom.bvecs, data, mask=phantom.mask)
+    print(f"# {args.scheme} SNR {args.snr:g} seed {args.seed}, {shape} x {subject.n_volumes}; priors "
+          f"{time.perf_counter() - t0:.0f} s; CPU {cpu_model_name()} (native bf16: {cpu_has_native_bf16()}), "
+          f"{args.threads} threads, torch {torch.__version__}", flush=True)
+    clean = np.moveaxis(phantom.clean, -1, 0) / np.float32(subject.scale)
+    target = rician_mean(clean, phantom.sigma / subject.scale).astype(np.float32)
+    dw = np.flatnonzero(phantom.bvals > 50)
+    volumes = [int(v) for v in dw[np.linspace(0, len(dw) - 1, 16).round().astype(int)]]
+    prior = prior_score(subject, clean, target, volumes)
+    print(f"  split MP-PCA prior: held-out {prior['heldout']:.1f}, to E[noisy] {prior['target']:.1f}, "
+          f"to clean {prior['clean']:.1f}", flush=True)
+    rows = []
+    for name in args.variants:
+        runs = sorted(set(steps_list) | ({4 * max(steps_list)} if name == "default" and not args.quick else set()))
+        for steps in runs:
+            eval_at = {s for s in (steps // 4, steps // 2, steps) if s > 0}
+            rows += run_variant(name, steps, eval_at, subject, clean, target, volumes)
+    print(f"\nsplit MP-PCA prior (the network's input): held-out MSE {prior['heldout']:.1f}, "
+          f"MSE to E[noisy] {prior['target']:.1f}, MSE to clean {prior['clean']:.1f}\n")
+    print("| variant | run steps | at step | held-out MSE | MSE to E[noisy] | vs prior | MSE to clean | train s |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['variant']} | {r['steps']} | {r['step']} | {r['heldout']:.1f} | {r['target']:.1f} | "
+              f"{100 * (r['target'] / prior['target'] - 1):+.1f}% | {r['clean']:.1f} | {r['train_s']:.0f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
