@@ -53,6 +53,9 @@ def test_per_shell_groups_and_flags():
     # a shell whose risk is not positive cannot be trusted either
     risk = np.array([1, 1, -0.1, -0.1, 0.05, 1, 1, 1.0])
     assert [r["flagged"] for r in per_shell(mse, bvals, np.zeros(8), risk)] == [False, True, False]
+    # and one whose estimate is a small fraction of sigma (a difference of much larger numbers)
+    assert [r["flagged"] for r in per_shell(mse, bvals, np.zeros(8), sigma=10.0)] == [False, True, False]
+    assert [r["flagged"] for r in per_shell(mse, bvals, np.zeros(8), sigma=5.0)] == [False, False, False]
 
 
 def test_floor_fraction_counts_dim_voxels():

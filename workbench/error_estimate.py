@@ -31,6 +31,11 @@ QUADRATURE_NODES = 9
 #: and the estimate may be low (``benchmarks/dwi_denoise.py`` prints estimate vs truth per shell).
 FLOOR_FRACTION_LIMIT = 0.25
 FLOOR_SNR = 1.5
+#: A shell is also flagged when its estimated RMSE is below this fraction of sigma: the estimate is then a
+#: difference of numbers ~50x larger than itself, and the Rician noise variance it subtracts was measured 3% off
+#: at b = 2000 (multishell SNR 20: 3.3 estimated vs 7.8 true, while b = 1000 shells at 18-23% of sigma were
+#: within 10%).
+RELATIVE_LIMIT = 0.15
 
 
 def propagate_risk(means: np.ndarray, risk: np.ndarray, sigma: float, mask: np.ndarray,
@@ -82,14 +87,15 @@ def floor_fraction(means: np.ndarray, sigma: float, mask: np.ndarray) -> np.ndar
 
 
 def per_shell(mse: np.ndarray, bvals, near_floor: Optional[np.ndarray] = None,
-              risk: Optional[np.ndarray] = None) -> list[dict]:
+              risk: Optional[np.ndarray] = None, sigma: Optional[float] = None) -> list[dict]:
     """Group per-volume MSEs by shell: ``[{"b": b, "volumes": n, "rmse": r, "near_floor": f, "flagged": bool}]``.
 
     ``b`` is the shell's mean b-value (0 for the b0 volumes); ``flagged`` is True where more than
     :data:`FLOOR_FRACTION_LIMIT` of the shell's voxels are near the noise floor (``near_floor`` from
-    :func:`floor_fraction`), or where the shell's mean ``risk`` is not positive (SURE's variance term
+    :func:`floor_fraction`), where the shell's mean ``risk`` is not positive (SURE's variance term
     then outweighs the error it measures: a 3% error in the Rician noise variance does that at
-    b = 2000, SNR 10), i.e. where the estimate may be low.
+    b = 2000, SNR 10), or where the estimated RMSE is below :data:`RELATIVE_LIMIT` x ``sigma``: i.e.
+    where the estimate may be low.
     """
     from workbench.data.qspace import shell_labels
 
@@ -99,10 +105,11 @@ def per_shell(mse: np.ndarray, bvals, near_floor: Optional[np.ndarray] = None,
     for label in np.unique(labels):
         sel = labels == label
         frac = None if near_floor is None else float(np.mean(near_floor[sel]))
-        flagged = (frac is not None and frac > FLOOR_FRACTION_LIMIT) or (risk is not None and
-                                                                          float(np.mean(risk[sel])) <= 0)
-        rows.append({"b": float(round(bvals[sel].mean())), "volumes": int(sel.sum()),
-                     "rmse": float(np.sqrt(max(float(np.mean(mse[sel])), 0.0))),
+        rmse = float(np.sqrt(max(float(np.mean(mse[sel])), 0.0)))
+        flagged = ((frac is not None and frac > FLOOR_FRACTION_LIMIT)
+                   or (risk is not None and float(np.mean(risk[sel])) <= 0)
+                   or (sigma is not None and rmse < RELATIVE_LIMIT * sigma))
+        rows.append({"b": float(round(bvals[sel].mean())), "volumes": int(sel.sum()), "rmse": rmse,
                      "near_floor": frac, "flagged": bool(flagged)})
     return rows
 
@@ -140,5 +147,5 @@ def estimate_output_error(means: np.ndarray, risk: np.ndarray, output: np.ndarra
         mse = np.maximum(risk, 0.0) + rician_noise_stats(means, mask, sigma)[1]
     near = floor_fraction(means, sigma, mask)
     bv = np.zeros(len(means)) if bvals is None else bvals
-    rows = per_shell(mse, bv, near, risk)
+    rows = per_shell(mse, bv, near, risk, sigma)
     return float(np.sqrt(max(float(np.mean(mse)), 0.0))), rows
