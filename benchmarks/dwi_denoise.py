@@ -45,7 +45,8 @@ import numpy as np
 import torch
 
 from workbench.api import make_trainer
-from workbench.baselines import estimate_background_sigma, rician_bias_correct, run_baseline
+from workbench.baselines import estimate_background_sigma, run_baseline
+from workbench.demo import rician_variants
 from workbench.config import Config
 from workbench.data.nifti import DWISeries
 from workbench.data.phantoms import simulate_dwi
@@ -130,11 +131,8 @@ def baselines(name: str, phantom, sigma: float) -> dict[str, tuple[np.ndarray, f
     t0 = time.perf_counter()
     out = run_baseline(name, phantom.noisy, phantom.bvals, mask=phantom.mask)
     seconds = time.perf_counter() - t0
-    vols = np.moveaxis(out, -1, 0)
-    ours_post, _ = post_process(vols, vols, np.ones(len(vols)), np.zeros(len(vols)), sigma, phantom.bvals,
-                                shrinkage=False)
-    return {name: (out, seconds), f"{name}+rc": (rician_bias_correct(out, sigma), seconds),
-            f"{name}+post": (np.moveaxis(ours_post, 0, -1), seconds)}
+    corrected, post = rician_variants(out, sigma, phantom.bvals)
+    return {name: (out, seconds), f"{name}+rc": (corrected, seconds), f"{name}+post": (post, seconds)}
 
 
 def parse_loss(text: str) -> dict[str, float]:

@@ -80,16 +80,15 @@ def comparison_figure(path: Path, images: dict[str, np.ndarray], clean: np.ndarr
     return path
 
 
-def mppca_variants(mppca_out: np.ndarray, sigma: float, bvals) -> dict[str, np.ndarray]:
-    """MP-PCA's (X, Y, Z, N) result with the usual ``sqrt(S^2 - 2 sigma^2)`` Rician correction and with our
-    post-processing (Rician mean inversion, free-water floor): the comparison the README's table makes."""
+def rician_variants(result: np.ndarray, sigma: float, bvals) -> tuple[np.ndarray, np.ndarray]:
+    """A (X, Y, Z, N) denoiser result with the usual ``sqrt(S^2 - 2 sigma^2)`` Rician correction, and with our
+    post-processing (Rician mean inversion, free-water floor): how the README's tables compare the classics."""
     from workbench.baselines import rician_bias_correct
     from workbench.inference import post_process
 
-    vols = np.moveaxis(mppca_out, -1, 0)
+    vols = np.moveaxis(result, -1, 0)
     post, _ = post_process(vols, vols, np.ones(len(vols)), np.zeros(len(vols)), sigma, bvals, shrinkage=False)
-    return {"mppca+rc (Rician correction)": rician_bias_correct(mppca_out, sigma),
-            "mppca+post (our Rician inversion, free-water floor)": np.moveaxis(post, 0, -1)}
+    return rician_bias_correct(result, sigma), np.moveaxis(post, 0, -1)
 
 
 def run_demo(out_dir: Path, snr: float = 10.0, seed: int = 0, config=None,
@@ -123,8 +122,10 @@ def run_demo(out_dir: Path, snr: float = 10.0, seed: int = 0, config=None,
     figure_names = list(results)
     if "mppca" in results and report.sigma is not None:
         # MP-PCA as the README compares it: with the usual Rician correction, and with our post-processing
-        for name, data in mppca_variants(load_dwi(results["mppca"], require_gradients=False).data, report.sigma,
-                                         series.bvals).items():
+        variants = rician_variants(load_dwi(results["mppca"], require_gradients=False).data, report.sigma,
+                                   series.bvals)
+        names = ("mppca+rc (Rician correction)", "mppca+post (our Rician inversion, free-water floor)")
+        for name, data in zip(names, variants):
             results[name] = save_dwi(out_dir / f"{name.split(' ')[0].replace('+', '_')}.nii.gz", series, data)
             seconds[name] = seconds["mppca"]
     rows = {name: api.evaluate(p, paths["clean"], mask=mask, bval=paths["bval"], bvec=paths["bvec"])

@@ -119,9 +119,9 @@ LOW_WARNING = ("may be low: much of this shell's signal is near the noise floor,
                "estimate misses part of the error (up to 4x on our phantoms)")
 
 
-def describe(rows: list[dict], scale: float = 1.0) -> str:
+def describe(rows: list[dict]) -> str:
     """One line for the CLI, the demo and napari: ``b=0: 12.1, b=1000: 13, b=2000: 3.2 (may be low*)``."""
-    return ", ".join(f"b={r['b']:.0f}: {r['rmse'] * scale:.3g}" + (" (may be low*)" if r["flagged"] else "")
+    return ", ".join(f"b={r['b']:.0f}: {r['rmse']:.3g}" + (" (may be low*)" if r["flagged"] else "")
                      for r in rows)
 
 
