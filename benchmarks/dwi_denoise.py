@@ -99,7 +99,9 @@ def ours(phantom, config: Config, sigma: float, label: tuple = ()) -> dict[str, 
     sc, y, brain = subject.scale, subject.volumes.numpy(), subject.mask.numpy()
 
     # the same MP-PCA run and divergence probe as the default's blend (seed 0), computed once for the ablations
-    mppca_run = mppca_with_divergence(y, sigma / sc, brain, phantom.bvals)
+    icfg = denoiser.config.inference
+    mppca_run = mppca_with_divergence(y, sigma / sc, brain, stride=icfg.mppca_stride,
+                                      divergence_voxels=icfg.divergence_voxels)
 
     def post(preds: np.ndarray, shrink: bool, rician: bool, floor: bool, blend: bool = False) -> np.ndarray:
         heldout = ((preds - y)[:, brain].astype(np.float64) ** 2).mean(axis=1)
@@ -165,6 +167,8 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--losses", nargs="*", default=[], type=parse_loss,
                         help="extra trainings of ours with these loss weights, e.g. mse:1,edge:0.2 (the loss ablation)")
+    parser.add_argument("--mppca-stride", type=int, default=None,
+                        help="patch-centre spacing of our pipeline's MP-PCA (prior and blend; default: the config's)")
     parser.add_argument("--jsonl", type=str, default=None,
                         help="append every (setting, seed, method) result to this JSON-lines file as it comes")
     args = parser.parse_args(argv)
@@ -176,8 +180,11 @@ def main(argv=None) -> int:
         config.train.steps, config.train.val_every = 40, 20
     if args.steps:
         config.train.steps = args.steps
+    if args.mppca_stride:
+        config.data.mppca_stride = config.inference.mppca_stride = args.mppca_stride
     print(f"# DWI denoising benchmark: phantom {shape}, seeds {args.seeds}, our steps {config.train.steps}, "
-          f"{args.threads} threads, torch {torch.__version__}\n", flush=True)
+          f"{args.threads} threads, MP-PCA stride {config.data.mppca_stride}/{config.inference.mppca_stride}, "
+          f"torch {torch.__version__}\n", flush=True)
     results: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
     for seed in args.seeds:  # seeds outermost: a cut-short run still covers every setting
         for setting in args.settings:

@@ -21,6 +21,22 @@ def test_tile_starts_cover_the_axis(size, tile, overlap):
         assert a + t - b >= min(overlap, t)  # neighbours overlap
 
 
+@pytest.mark.parametrize("size,tile,overlap", [(128, 64, 16), (80, 64, 16), (33, 16, 4), (35, 35, 8), (97, 40, 8)])
+def test_even_tiles_cover_the_axis_with_no_more_tiles_and_less_work(size, tile, overlap):
+    from workbench.inference import even_tiles
+
+    length, starts = even_tiles(size, tile, overlap)
+    assert length <= tile and len(starts) <= len(tile_starts(size, tile, overlap))
+    assert len(starts) * length <= len(tile_starts(size, tile, overlap)) * min(tile, size)
+    covered = np.zeros(size, bool)
+    for s in starts:
+        covered[s:s + length] = True
+    assert covered.all()
+    for a, b in zip(starts, starts[1:]):
+        assert a + length - b >= min(overlap, length // 2)
+    assert even_tiles(128, 64, 16) == (54, [0, 38, 74])
+
+
 def _model(in_ch=5, n=3):
     from workbench.models import build_model
 
@@ -213,10 +229,15 @@ def test_air_outside_the_mask_is_mppca_or_passed_through_not_extrapolated():
     air = ~subject.mask.numpy()
     assert air.sum() > 100
     dw = p.bvals > 50
+    cfg.inference.mppca_stride = 1  # a patch on every voxel: DIPY's MP-PCA
     out = den.denoise(p.noisy, p.bvals, p.bvecs, p.mask, sigma=p.sigma, subject=subject)
     expected = np.clip(invert_rician_mean(mppca(p.noisy, p.bvals)[air], p.sigma), 0, None)
     assert np.allclose(out.denoised[air][:, ~dw], expected[:, ~dw], atol=1e-3 * p.sigma)
     assert np.median(out.denoised[air]) < 0.3 * p.sigma  # Rayleigh air (mean 1.25 sigma) goes to ~0
+    cfg.inference.mppca_stride = 2  # the default: every second voxel of the air
+    strided = den.denoise(p.noisy, p.bvals, p.bvecs, p.mask, sigma=p.sigma, subject=subject)
+    np.testing.assert_allclose(strided.denoised[~air], out.denoised[~air], rtol=0, atol=1e-3 * p.sigma)
+    assert np.median(strided.denoised[air]) < 0.3 * p.sigma
     cfg.inference.mppca_blend = False
     out = den.denoise(p.noisy, p.bvals, p.bvecs, p.mask, sigma=p.sigma, subject=subject)
     expected = np.clip(invert_rician_mean(p.noisy[air], p.sigma), 0, None)

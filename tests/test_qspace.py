@@ -147,8 +147,8 @@ def test_fitted_priors_ignore_the_voxels_own_value(kind):
 
 
 def test_split_mppca_prior_reports_progress_cancels_and_gives_the_same_result(small_phantom):
-    """With progress, MP-PCA runs in axial slabs (the same numbers), one report per slab of each fold."""
-    from workbench.baselines import mppca_slabs
+    """With progress the numbers are the same, one report per plane of MP-PCA patch centres of each fold."""
+    from workbench.mppca import patch_centres
     from workbench.tasks.base import Cancelled
 
     p = small_phantom
@@ -156,7 +156,7 @@ def test_split_mppca_prior_reports_progress_cancels_and_gives_the_same_result(sm
     calls = []
     slabbed = split_mppca_prior(p.noisy, p.bvals, p.mask, n_folds=2, progress=lambda d, t: calls.append((d, t)))
     np.testing.assert_array_equal(slabbed, whole)
-    per_fold = len(mppca_slabs(p.noisy.shape[2]))
+    per_fold = len(patch_centres(p.noisy.shape[2], min(2, (p.noisy.shape[2] - 1) // 2), 1))
     assert calls == [(k + 1, 2 * per_fold) for k in range(2 * per_fold)]
     seen = []
     with pytest.raises(Cancelled):

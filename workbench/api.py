@@ -90,7 +90,7 @@ def make_trainer(
 
     Front ends that need to stop training or change loss weights while it runs
     keep the returned trainer (``request_stop()``, ``loss_weights.set()``).
-    ``progress(done, total)`` follows the preparation of the q-space priors (MP-PCA slabs per fold).
+    ``progress(done, total)`` follows the preparation of the q-space priors (MP-PCA planes of patch centres per fold).
     """
     from workbench.models import build_model
     from workbench.tasks.dwi.objective import jinvariant_step

@@ -40,6 +40,11 @@ class DataConfig(_Strict):
         description="interleaved folds of the 'mppca' prior: each fold is predicted from MP-PCA of the "
         "others (more folds: more volumes per MP-PCA, one MP-PCA run per fold)",
     )
+    mppca_stride: int = Field(
+        1, ge=1, le=5,
+        description="patch-centre spacing of the 'mppca' prior's MP-PCA (workbench.mppca): 1 = every voxel, "
+        "DIPY's estimator; 2 = every second voxel per axis, ~8x less work",
+    )
     augment: bool = Field(
         False,
         description="random flips and intensity scaling of patches (off by default for DWI: a flip "
@@ -136,13 +141,28 @@ class TrainConfig(_Strict):
 class InferenceConfig(_Strict):
     """Whole-volume prediction and the optional post-processing that uses the noisy target itself."""
 
-    tile: int = Field(64, ge=8, le=512, description="tile edge (voxels) for tiled whole-volume prediction")
+    tile: int = Field(
+        96, ge=8, le=512,
+        description="largest tile edge (voxels) of tiled whole-volume prediction; tiles are evened out to the "
+        "fewest that cover each axis (128 x 128 x 80: 2 x 2 x 1 tiles of 72 x 72 x 80, ~1.3 GB peak; 64 takes "
+        "~1.9x longer in 18 tiles, ~0.9 GB)",
+    )
     overlap: int = Field(16, ge=0, le=256, description="overlap between tiles, blended linearly")
     mppca_blend: bool = Field(
         True,
         description="per volume, blend the J-invariant prediction with full-data MP-PCA, weights chosen by "
         "Stein's unbiased risk estimate (no clean data needed); MP-PCA also fills the air outside the mask; "
         "needs a noise sigma; with shrinkage on, the noisy volume joins the blend as a third term",
+    )
+    mppca_stride: int = Field(
+        2, ge=1, le=5,
+        description="patch-centre spacing of the blend's MP-PCA outside the brain (workbench.mppca); the brain, "
+        "dilated by the patch radius, always has a patch on every voxel (DIPY's estimator); 1 = everywhere",
+    )
+    divergence_voxels: int = Field(
+        300_000, ge=0,
+        description="the blend's Monte-Carlo divergence reruns MP-PCA on perturbed data in evenly spaced axial "
+        "slabs holding at least this many brain voxels (0 or more than the brain: the whole volume)",
     )
     shrinkage: bool = Field(
         True,

@@ -8,7 +8,6 @@ separable linear ramp so seams do not show.
 from __future__ import annotations
 
 import itertools
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -22,6 +21,8 @@ from workbench.training.distributed import resolve_device
 from workbench.training.schedules import amp_settings
 from workbench.io_utils import InputError
 from workbench.rician import rician_noise_stats  # noqa: F401  (re-exported: benchmarks use it from here)
+from workbench.blend import (  # noqa: F401  (re-exported: benchmarks and tests use them from here)
+    MIN_SURE_VOXELS, PLAUSIBLE_WEIGHTS, blend_with_mppca, blend_work, can_blend, mppca_with_divergence)
 
 ProgressFn = Callable[[int, int], None]
 
@@ -34,6 +35,21 @@ def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
     starts = list(range(0, size - tile, stride))
     starts.append(size - tile)
     return starts
+
+
+def even_tiles(size: int, tile: int, overlap: int) -> tuple[int, list[int]]:
+    """The fewest tiles of at most ``tile`` voxels that cover ``[0, size)`` overlapping by ``overlap``,
+    shortened to one common length so the overlap is not larger than needed.
+
+    Returns ``(length, starts)``. A 128-voxel axis with ``tile=64, overlap=16`` gets 3 tiles of 54
+    (162 voxels computed) instead of 3 of 64 (192); 80 voxels get 2 of 48 instead of 2 of 64.
+    """
+    if tile >= size:
+        return size, [0]
+    overlap = min(overlap, tile // 2)
+    count = -(-(size - overlap) // (tile - overlap))
+    length = min(tile, -(-(size + (count - 1) * overlap) // count))
+    return length, tile_starts(size, length, overlap)
 
 
 def _ramp(length: int, overlap: int, at_start: bool, at_end: bool) -> torch.Tensor:
@@ -61,9 +77,10 @@ def predict_tiled(
     """Run ``model`` over a (C, X, Y, Z) image in overlapping tiles; returns (C_out, X, Y, Z) float32 on CPU."""
     device = torch.device(device)
     size = image.shape[1:]
-    tiles = [min(tile, s) for s in size]
+    layout = [even_tiles(s, tile, overlap) for s in size]
+    tiles = [t for t, _ in layout]
     ov = [min(overlap, t // 2) for t in tiles]
-    starts = [tile_starts(s, t, o) for s, t, o in zip(size, tiles, ov)]
+    starts = [st for _, st in layout]
     out = acc = None
     cond_t = torch.tensor([cond], dtype=torch.long, device=device)
     for corner in itertools.product(*starts):
@@ -201,9 +218,7 @@ class Denoiser:
         # the MP-PCA runs of the blend report on the same bar, so it is known from the start how much is left
         blend_units = 0
         if progress is not None and sigma is not None and icfg.mppca_blend and can_blend(data.shape[:3], n):
-            from workbench.baselines import mppca_slabs
-
-            blend_units = 2 * len(mppca_slabs(data.shape[2]))
+            blend_units = blend_work(data.shape[:3], brain.numpy(), icfg.mppca_stride, icfg.divergence_voxels)
         heldout = np.empty(n)
         # outside the brain mask the prediction is the input (not the priors' extrapolated grey, with a ring at
         # the edge); the MP-PCA blend then replaces it with MP-PCA there, or, without the blend, only the Rician
@@ -224,9 +239,10 @@ class Denoiser:
         weights, risk = None, None
         if sig is not None and icfg.mppca_blend:
             mp = None
-            if blend_units:  # MP-PCA's slabs count on the same bar, and a cancel stops it between slabs
-                mp = mppca_with_divergence(noisy, sig, brain.numpy(), subject.bvals,
-                                           progress=lambda done, total: progress(n + done, n + total))
+            if can_blend(data.shape[:3], n):  # MP-PCA's planes count on the same bar; a cancel stops between them
+                mp = mppca_with_divergence(
+                    noisy, sig, brain.numpy(), stride=icfg.mppca_stride, divergence_voxels=icfg.divergence_voxels,
+                    progress=None if progress is None else (lambda done, total: progress(n + done, n + total)))
             blended = blend_with_mppca(preds, noisy, noise_var, brain.numpy(), sig, subject.bvals,
                                        include_noisy=icfg.shrinkage, mppca=mp)
             if blended is not None:
@@ -317,91 +333,6 @@ def post_process(preds: np.ndarray, noisy: np.ndarray, heldout: np.ndarray, nois
     if free_water_floor:
         preds = apply_free_water_floor(preds, bvals)
     return preds, k
-
-
-#: Range of blend weights taken as trustworthy; outside it a volume falls back to a convex mix.
-PLAUSIBLE_WEIGHTS = (-0.5, 1.5)
-#: Fewer brain voxels than this and SURE is too noisy for three free weights (its spread is
-#: ~ sigma^2 sqrt(2 / voxels)): every volume gets the convex network/MP-PCA mix.
-MIN_SURE_VOXELS = 1000
-
-
-def mppca_with_divergence(noisy: np.ndarray, sigma: float, mask: np.ndarray,
-                          bvals=None, progress=None) -> tuple[np.ndarray, np.ndarray]:
-    """Full-field-of-view MP-PCA of (N, X, Y, Z) volumes and its divergence per volume in ``mask``.
-
-    MP-PCA (Veraart et al. 2016) runs twice: on the data, and on the data perturbed
-    by 1% of ``sigma`` (:func:`workbench.sure.monte_carlo_divergence`). Returns
-    ``(divergences (N,), denoised (N, X, Y, Z))``. ``progress(done, total)`` counts the
-    axial slabs of both runs (:func:`workbench.baselines.mppca_slabs`); it may raise to cancel.
-    """
-    from workbench.baselines import mppca, mppca_slabs
-    from workbench.sure import monte_carlo_divergence
-
-    bvals = np.zeros(len(noisy)) if bvals is None else bvals
-    per_run = len(mppca_slabs(noisy.shape[3]))
-    runs = []
-
-    def run(volumes: np.ndarray) -> np.ndarray:
-        offset = len(runs) * per_run
-        runs.append(1)
-        report = None if progress is None else (lambda done, _total: progress(offset + done, 2 * per_run))
-        return np.moveaxis(mppca(np.moveaxis(volumes, 0, -1), bvals, progress=report), -1, 0)
-
-    return monte_carlo_divergence(run, noisy, eps=0.01 * sigma, mask=mask)
-
-
-def can_blend(spatial_shape, n_volumes: int) -> bool:
-    """Whether the MP-PCA blend can run: MP-PCA's 5x5x5 patches fit and there are 3+ volumes."""
-    return min(spatial_shape) >= 5 and n_volumes >= 3
-
-
-def blend_with_mppca(preds: np.ndarray, noisy: np.ndarray, noise_var: np.ndarray, mask: np.ndarray,
-                     sigma: float, bvals=None, include_noisy: bool = True,
-                     mppca: Optional[tuple[np.ndarray, np.ndarray]] = None,
-                     ) -> Optional[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Blend (N, X, Y, Z) J-invariant predictions with full-data MP-PCA, SURE-weighted per volume.
-
-    MP-PCA and its divergence come from :func:`mppca_with_divergence` (or ``mppca``,
-    that function's result when already computed); the J-invariant prediction has
-    divergence 0; with ``include_noisy`` the noisy volume (divergence: the voxel
-    count) is a third term, which mostly takes back a little of the noise MP-PCA
-    keeps (its weight comes out slightly negative). Inside ``mask`` the output is
-    the SURE-optimal weighted sum (:func:`workbench.sure.sure_combine`), outside it
-    is MP-PCA alone (air goes smoothly to its noise floor, which the Rician
-    inversion then takes to ~0). A volume whose weights leave
-    :data:`PLAUSIBLE_WEIGHTS`, or every volume when the mask has fewer than
-    :data:`MIN_SURE_VOXELS` voxels, gets the SURE-best convex mix of network and
-    MP-PCA instead (:func:`workbench.sure.sure_convex_pair`).
-
-    Returns ``(blended, weights, risk)``: weights (N, 2 or 3) for prediction,
-    MP-PCA[, noisy], risk (N,) per voxel; or None with a warning when the series
-    is too small for MP-PCA's 5x5x5 patches (the caller falls back to shrinkage).
-    """
-    from workbench.sure import sure_combine, sure_convex_pair
-
-    if not can_blend(noisy.shape[1:], len(noisy)):
-        warnings.warn(f"MP-PCA blend skipped: {noisy.shape[1:]} voxels x {len(noisy)} volumes is too small for "
-                      "5x5x5 patches; using shrinkage toward the noisy volume instead", stacklevel=3)
-        return None
-    div, full = mppca if mppca is not None else mppca_with_divergence(noisy, sigma, mask, bvals)
-    zero = np.zeros(len(noisy))
-    estimates, divergences = [preds, full], [zero, div]
-    if include_noisy:
-        estimates.append(noisy)
-        divergences.append(np.full(len(noisy), float(mask.sum())))
-    combined, weights, risk = sure_combine(noisy, estimates, divergences, noise_var, mask)
-    # on few voxels (a tiny or misplaced mask) SURE is noisy and the free weights can run wild (DIPY's
-    # small_64D crop, 117 mask voxels: -0.7 on MP-PCA, +1.2 on the noisy volume); such volumes get the
-    # convex network/MP-PCA mix instead
-    wild = ~np.all((weights >= PLAUSIBLE_WEIGHTS[0]) & (weights <= PLAUSIBLE_WEIGHTS[1]), axis=1)
-    wild |= mask.sum() < MIN_SURE_VOXELS
-    if wild.any():
-        combined[wild], t, risk[wild] = sure_convex_pair(noisy[wild], preds[wild], full[wild], zero[wild],
-                                                         div[wild], noise_var[wild], mask)
-        weights[wild] = 0.0
-        weights[wild, 0], weights[wild, 1] = 1 - t, t
-    return np.where(mask[None], combined, full).astype(np.float32), weights, risk
 
 
 def edge_map(volume: np.ndarray) -> np.ndarray:

@@ -32,7 +32,7 @@ class DenoiseWidget(WorkerPanel, QWidget):
         content = QWidget()
         root = QVBoxLayout(content)
         series_mask_and_model(self, root)
-        self.add_run_controls(root, "Denoise", "Cancel", "%v of %m (volumes, then MP-PCA slabs)",
+        self.add_run_controls(root, "Denoise", "Cancel", "%v of %m (volumes, then MP-PCA planes)",
                               "Choose a layer and a model, then press Denoise.")
         outer_layout(self, content)
 

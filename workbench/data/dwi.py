@@ -85,7 +85,7 @@ def prepare_subject(
 ) -> DWISubject:
     """Normalise a (X, Y, Z, N) series by the 99.5th percentile inside the mask and build its priors.
 
-    ``progress(done, total)`` and ``should_stop()`` follow the q-space prior's MP-PCA slabs (the slow part).
+    ``progress(done, total)`` and ``should_stop()`` follow the q-space prior's MP-PCA planes (the slow part).
     """
     if data.ndim != 4:
         raise InputError(f"expected a 4D series (X, Y, Z, N), got shape {data.shape}")
@@ -104,13 +104,14 @@ def prepare_subject(
         scale = float(np.percentile(data[mask], 99.5))
     if not np.isfinite(scale) or scale <= 0:
         raise InputError("the series has no positive signal inside the mask: check the file and the mask")
-    norm = (data / scale).astype(np.float32)
+    norm = np.divide(data, scale, dtype=np.float32)
     priors = qspace_priors(norm, bvals, bvecs, mask, cfg.qspace_prior, cfg.sh_order, cfg.prior_folds,
-                           progress=progress, should_stop=should_stop)
+                           progress=progress, should_stop=should_stop, mppca_stride=cfg.mppca_stride,
+                           volumes_first=True)
     loss_mask = ndimage.binary_dilation(mask, iterations=2)
     return DWISubject(
         volumes=torch.from_numpy(np.ascontiguousarray(np.moveaxis(norm, -1, 0))),
-        priors=torch.from_numpy(np.ascontiguousarray(np.moveaxis(priors, -1, 1))),
+        priors=torch.from_numpy(priors),
         mask=torch.from_numpy(mask),
         loss_mask=torch.from_numpy(loss_mask.astype(np.float32)),
         scale=scale,

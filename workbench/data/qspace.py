@@ -169,6 +169,7 @@ def split_mppca_prior(
     progress=None,
     should_stop=None,
     fallback: np.ndarray | None = None,
+    stride: int = 1,
 ) -> np.ndarray:
     """Leave-one-fold-out prediction of every volume from MP-PCA-denoised other volumes.
 
@@ -186,12 +187,14 @@ def split_mppca_prior(
     bvals : (N,) or None
     mask : (X, Y, Z) bool or None
     n_folds, patch_radius, ridge
+    stride : int
+        Patch-centre spacing of MP-PCA (:func:`workbench.mppca.mppca_batched`; 1 = DIPY's estimator).
     fallback : (X, Y, Z, N), optional
         Used for a fold whose complement has fewer than 4 volumes (MP-PCA needs a spectrum).
     progress, should_stop : callable, optional
-        ``progress(done, total)`` after each MP-PCA slab of each fold (total: ``n_folds`` x slabs);
-        ``should_stop()`` before each (True raises :class:`workbench.tasks.base.Cancelled`). With
-        either, MP-PCA runs in axial slabs, in parallel processes for large series: the same result.
+        ``progress(done, total)`` after each MP-PCA plane of patch centres of each fold (total:
+        ``n_folds`` x planes); ``should_stop()`` before each (True raises
+        :class:`workbench.tasks.base.Cancelled`).
 
     Returns
     -------
@@ -204,7 +207,7 @@ def split_mppca_prior(
     """
     from scipy import ndimage
 
-    from workbench.baselines import mppca, mppca_slabs
+    from workbench.mppca import mppca_batched, patch_centres
 
     n = data.shape[-1]
     brain = fit_voxels(data, mask, n // max(n_folds, 1) * (n_folds - 1) + 1)
@@ -214,7 +217,7 @@ def split_mppca_prior(
     radius = np.array([min(patch_radius, (d - 1) // 2) for d in data.shape[:3]])  # small images: smaller patch
     targets = data.reshape(-1, n)
     out = np.zeros(data.shape, dtype=np.float32)
-    per_fold = len(mppca_slabs(data.shape[2], int(radius[-1])))  # as mppca cuts them (z radius)
+    per_fold = len(patch_centres(data.shape[2], int(radius[-1]), stride))
     for k in range(n_folds):
         fold_progress = None
         if progress is not None:
@@ -229,20 +232,21 @@ def split_mppca_prior(
                 raise ValueError(f"fold {k}: only {len(src)} other volumes; MP-PCA needs at least 4")
             out[..., dst] = fallback[..., dst]
             continue
-        den = mppca(data[..., src], np.zeros(len(src)), grown, patch_radius=radius,  # bvals unused
-                    progress=fold_progress, should_stop=should_stop)
-        flat = den.reshape(-1, len(src)).astype(np.float64)
-        pred = np.empty((flat.shape[0], len(dst)))
+        den = mppca_batched(data[..., src], grown, patch_radius=radius, stride=stride,
+                            progress=fold_progress, should_stop=should_stop)
+        flat = den.reshape(-1, len(src))  # float32; float64 only for the fit's voxels
+        pred = np.empty((flat.shape[0], len(dst)), dtype=np.float32)
         for parity in (0, 1):  # cross-fitting: weights fitted on one parity, applied to the other
             fit = brain.reshape(-1) & (checker != parity)
-            feats = np.concatenate([flat[fit], np.ones((int(fit.sum()), 1))], 1)
+            feats = np.concatenate([flat[fit].astype(np.float64), np.ones((int(fit.sum()), 1))], 1)
             gram = feats.T @ feats
             reg = ridge * np.trace(gram[:-1, :-1]) / max(len(src), 1) * np.eye(len(gram))
             reg[-1, -1] = 0.0
             w = np.linalg.solve(gram + reg, feats.T @ targets[fit][:, dst].astype(np.float64))
             apply = checker == parity
-            pred[apply] = flat[apply] @ w[:-1] + w[-1]
-        out[..., dst] = pred.reshape(data.shape[:3] + (len(dst),)).astype(np.float32)
+            pred[apply] = flat[apply] @ w[:-1].astype(np.float32) + w[-1].astype(np.float32)
+        del den, flat
+        out[..., dst] = pred.reshape(data.shape[:3] + (len(dst),))
     if fallback is not None:  # beyond the denoised region (air) the regression prior is the better guess
         out[~grown] = fallback[~grown]
     return out
@@ -258,6 +262,8 @@ def qspace_priors(
     n_folds: int = 2,
     progress=None,
     should_stop=None,
+    mppca_stride: int = 1,
+    volumes_first: bool = False,
 ) -> np.ndarray:
     """Leave-one-out predictions, shaped (P, X, Y, Z, N): P = 3 for ``mppca``, 2 for ``both``,
     1 for ``sh``/``regression``, 0 for ``none``.
@@ -266,31 +272,42 @@ def qspace_priors(
     lowest error and is the one the network corrects. Without gradient
     information the SH prior falls back to regression. ``progress``/``should_stop``
     report and cancel the split MP-PCA prior (:func:`split_mppca_prior`), the slow part.
+    ``volumes_first`` returns (P, N, X, Y, Z), the layout :class:`workbench.data.dwi.DWISubject`
+    keeps, written prior by prior (no second full-size copy). Arithmetic is float32 but for
+    the regressions' fits (float64 Gram matrices).
     """
-    if kind == "none":
-        return np.zeros((0,) + data.shape, dtype=np.float32)
     n = data.shape[-1]
-    flat = data.reshape(-1, n).astype(np.float64)
+    count = {"none": 0, "regression": 1, "sh": 1, "both": 2, "mppca": 3}[kind]
+    out = np.empty(((count, n) + data.shape[:3]) if volumes_first else ((count,) + data.shape), dtype=np.float32)
+    if kind == "none":
+        return out
+
+    def put(index: int, prior: np.ndarray) -> None:
+        out[index] = np.moveaxis(prior, -1, 0) if volumes_first else prior
+
+    flat = data.reshape(-1, n)
     inside = fit_voxels(data, mask, n).reshape(-1)
     checker = checkerboard(data.shape[:3]).reshape(-1)
     reg_pred = np.empty(flat.shape, dtype=np.float32)
     for parity in (0, 1):  # cross-fitting: weights fitted on one parity, applied to the other
         reg = regression_loo_matrix(flat[inside & (checker != parity)])
         apply = checker == parity
-        reg_pred[apply] = flat[apply] @ reg[:, :n].T + reg[:, n]
+        reg_pred[apply] = flat[apply] @ reg[:, :n].T.astype(np.float32) + reg[:, n].astype(np.float32)
     reg_pred = reg_pred.reshape(data.shape)
-    out = []
+    index = 0
     if kind == "mppca":
-        out.append(split_mppca_prior(data, bvals, mask, n_folds=n_folds, fallback=reg_pred, progress=progress,
-                                     should_stop=should_stop))
+        put(0, split_mppca_prior(data, bvals, mask, n_folds=n_folds, fallback=reg_pred, progress=progress,
+                                 should_stop=should_stop, stride=mppca_stride))
+        index = 1
     if kind in ("regression", "both", "mppca"):
-        out.append(reg_pred)
+        put(index, reg_pred)
+        index += 1
     if kind in ("sh", "both", "mppca"):
         if bvals is None or bvecs is None:
-            out.append(reg_pred)
+            put(index, reg_pred)
         else:
             w, unfilled = sh_prior_matrix(bvals, bvecs, sh_order)
-            sh_pred = (flat @ w.T).astype(np.float32).reshape(data.shape)
+            sh_pred = (flat @ w.T.astype(np.float32)).astype(np.float32, copy=False).reshape(data.shape)
             sh_pred[..., unfilled] = reg_pred[..., unfilled]
-            out.append(sh_pred)
-    return np.stack(out, axis=0)
+            put(index, sh_pred)
+    return out

@@ -104,7 +104,7 @@ def run_command(args: argparse.Namespace, bar) -> int:
             raise InputError(f"{len(args.dwi)} DWI files but {len(args.mask)} masks: give one mask per file")
         result = api.train(args.dwi, args.out, args.config, resume=args.resume, callbacks=[bar.on_event],
                            mask_paths=args.mask, nan_to_zero=args.nan_to_zero,
-                           progress=bar.stage_fn("q-space priors (MP-PCA slabs per fold)", "slab"))
+                           progress=bar.stage_fn("q-space priors (MP-PCA planes per fold)", "plane"))
         if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
             print(f"{result.reason} after {result.steps_done} steps; best held-out loss {result.best_loss:.5g}; "
                   f"checkpoints in {args.out}")
@@ -113,8 +113,8 @@ def run_command(args: argparse.Namespace, bar) -> int:
             args.dwi, args.output, checkpoint=args.checkpoint, config=args.config, mask=args.mask,
             bval=args.bval, bvec=args.bvec, device=args.device, amp=False if args.no_amp else (True if args.amp else None),
             nan_to_zero=args.nan_to_zero, run_dir=args.run_dir, callbacks=[bar.on_event],
-            progress=bar.stage_fn("denoising (volumes, then MP-PCA slabs)", "step"),
-            prepare_progress=bar.stage_fn("q-space priors (MP-PCA slabs per fold)", "slab"),
+            progress=bar.stage_fn("denoising (volumes, then MP-PCA planes)", "step"),
+            prepare_progress=bar.stage_fn("q-space priors (MP-PCA planes per fold)", "plane"),
         )
         msg = (f"wrote {report.output} ({report.n_volumes} volumes; training {report.train_seconds:.0f} s, "
                f"inference {report.inference_seconds:.0f} s on {report.device}, amp={report.amp})\n"
@@ -149,6 +149,6 @@ def run_command(args: argparse.Namespace, bar) -> int:
         from workbench.demo import run_demo
 
         summary = run_demo(Path(args.out), snr=args.snr, seed=args.seed, config=args.config, callbacks=[bar.on_event],
-                           progress=bar.stage("denoising (volumes, then MP-PCA slabs)", "step").inference)
+                           progress=bar.stage("denoising (volumes, then MP-PCA planes)", "step").inference)
         print(summary)
     return 0

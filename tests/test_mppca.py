@@ -1,0 +1,112 @@
+"""Batched MP-PCA (workbench.mppca) against DIPY's, its windows, stride, progress and cancel; the blend's divergence."""
+
+import numpy as np
+import pytest
+import torch
+
+from workbench.data.phantoms import simulate_dwi
+from workbench.mppca import mp_threshold, mppca_batched, patch_centres
+
+
+@pytest.fixture(scope="module")
+def odd_phantom():
+    return simulate_dwi(shape=(15, 14, 13), scheme="dti", snr=10.0, seed=2)
+
+
+def test_threshold_equals_dipys_classifier_on_random_spectra():
+    from dipy.denoise.localpca import _pca_classifier
+
+    rng = np.random.default_rng(0)
+    for n, samples in ((22, 125), (65, 125), (30, 27)):
+        spectra = np.sort(rng.gamma(1.0, 1.0, (50, n)) * rng.uniform(0.5, 3, (50, 1)), axis=1)
+        spectra[:, -3:] *= 40  # a few signal components above the bulk
+        var, keep = mp_threshold(torch.from_numpy(spectra), samples, n)
+        for row, v, k in zip(spectra, var.numpy(), keep.numpy()):
+            ref_var, _ = _pca_classifier(row, samples)
+            tau = (1 + np.sqrt(n / samples)) ** 2 * ref_var
+            assert v == pytest.approx(ref_var, rel=1e-12)
+            np.testing.assert_array_equal(k, row >= tau)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_batched_mppca_equals_dipy_within_float_tolerance(odd_phantom, masked):
+    from dipy.denoise.localpca import mppca as dipy_mppca
+    from threadpoolctl import threadpool_limits
+
+    p = odd_phantom
+    mask = p.mask if masked else None
+    with threadpool_limits(1, "blas"), np.errstate(invalid="ignore", divide="ignore"):
+        ref = dipy_mppca(p.noisy.astype(np.float64), mask=mask, patch_radius=2, suppress_warning=True)
+    ref = np.nan_to_num(ref)
+    ours = mppca_batched(p.noisy, mask, chunk=97)  # chunks that do not divide a plane
+    scale = float(p.noisy.max())
+    assert np.abs(ours - ref).max() < 1e-5 * scale
+    assert np.abs(ours - p.noisy).mean() > 0.2 * p.sigma  # and it did denoise
+    ours64 = mppca_batched(p.noisy, mask, eig_dtype=torch.float64)
+    assert np.abs(ours64 - ref).max() < 1e-5 * scale
+
+
+def test_a_dense_region_gets_dipys_values_while_the_rest_is_strided(odd_phantom):
+    from workbench.mppca import centre_grid, dense_region
+
+    p = simulate_dwi(shape=(27, 26, 17), scheme="dti", snr=10.0, seed=5)
+    whole = mppca_batched(p.noisy, None, stride=1)
+    dense = dense_region(p.mask)
+    assert (~dense).sum() > 0.2 * dense.size
+    mixed = mppca_batched(p.noisy, None, stride=3, dense=dense)
+    np.testing.assert_allclose(mixed[p.mask], whole[p.mask], rtol=0, atol=1e-3)
+    assert np.abs(mixed[~dense] - whole[~dense]).max() > 1e-2  # the air did change: fewer patches there
+    grid = centre_grid(p.noisy.shape[:3], 2, 3, None, dense)
+    assert grid.sum() < centre_grid(p.noisy.shape[:3], 2, 1).sum()
+
+
+def test_stride_two_covers_every_voxel_and_stays_close_to_stride_one(odd_phantom):
+    p = odd_phantom
+    assert list(patch_centres(13, 2, 2)) == [2, 4, 6, 8, 10]
+    assert list(patch_centres(14, 2, 2)) == [2, 4, 6, 8, 10, 11]  # the last centre is always there
+    one = mppca_batched(p.noisy, None, stride=1)
+    two = mppca_batched(p.noisy, None, stride=2)
+    assert (two[p.mask] > 0).mean() > 0.99
+    err = lambda x: np.sqrt(np.mean((x - p.clean)[p.mask] ** 2))  # noqa: E731
+    assert err(two) < 1.1 * err(one) < 1.1 * err(p.noisy)
+
+
+def test_progress_per_plane_and_cancel_between_planes(odd_phantom):
+    from workbench.tasks.base import Cancelled
+
+    p = odd_phantom
+    seen = []
+    mppca_batched(p.noisy, None, progress=lambda d, t: seen.append((d, t)))
+    assert seen == [(k + 1, 9) for k in range(9)]  # 13 planes, radius 2: centres at 2..10
+    calls = []
+    with pytest.raises(Cancelled):
+        mppca_batched(p.noisy, None, progress=lambda d, t: calls.append(d), should_stop=lambda: len(calls) >= 3)
+    assert calls == [1, 2, 3]
+
+
+def test_bad_shapes_are_refused():
+    with pytest.raises(ValueError, match="shorter than the 5-voxel patch"):
+        mppca_batched(np.ones((4, 8, 8, 6), np.float32))
+    with pytest.raises(ValueError, match="4D"):
+        mppca_batched(np.ones((8, 8, 8), np.float32))
+
+
+def test_divergence_on_slabs_agrees_with_the_whole_brain():
+    """The perturbed rerun on a third of the brain, scaled to the whole, estimates the same divergence."""
+    from workbench.blend import blend_work, divergence_slabs, mppca_with_divergence
+
+    p = simulate_dwi(shape=(24, 24, 30), scheme="dti", snr=10.0, seed=1)
+    y = np.moveaxis(p.noisy, -1, 0)
+    slabs = divergence_slabs(p.mask, int(p.mask.sum()) // 3)
+    inside = sum(int(p.mask[:, :, a:b].sum()) for a, b in slabs)
+    assert len(slabs) >= 2 and p.mask.sum() // 3 <= inside < p.mask.sum()
+    assert divergence_slabs(p.mask, 0) == [(0, 30)] == divergence_slabs(p.mask, int(p.mask.sum()))
+    full_div, full = mppca_with_divergence(y, p.sigma, p.mask)
+    seen = []
+    part_div, part = mppca_with_divergence(y, p.sigma, p.mask, divergence_voxels=int(p.mask.sum()) // 3,
+                                           progress=lambda d, t: seen.append((d, t)))
+    np.testing.assert_array_equal(part, full)
+    total = blend_work(p.mask.shape, p.mask, 2, int(p.mask.sum()) // 3)
+    assert seen == [(k + 1, total) for k in range(total)]
+    assert np.all(full_div > 0)
+    assert np.median(np.abs(part_div / full_div - 1)) < 0.15
