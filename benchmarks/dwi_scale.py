@@ -123,11 +123,11 @@ def one_run(data_dir: str, mode: str, checkpoint: str | None, steps: int, stride
         clock = StageClock()
         clock.enter("load + mask + sigma")
         series = load_dwi(src)
-        if mode == "pretrained":
+        if mode == "pretrained":  # as `workbench denoise --checkpoint`: the priors are prepared inside denoise()
             denoiser = Denoiser.from_checkpoint(checkpoint)
             sigma, _ = noise_sigma(series, None, denoiser.config)
             clock.enter("q-space priors")
-            subject = denoiser.prepare(series.data, series.bvals, series.bvecs)
+            subject = None
         else:
             cfg = configured(Config(), stride)
             cfg.train.steps = steps
@@ -138,8 +138,11 @@ def one_run(data_dir: str, mode: str, checkpoint: str | None, steps: int, stride
             denoiser = Denoiser.from_checkpoint(result.best_checkpoint or result.last_checkpoint)
             subject = trainer.subjects[0]
             sigma, _ = noise_sigma(series, None, denoiser.config)
-        clock.enter("network")
         n = series.n_volumes
+
+        def prepare_progress(done: int, total: int) -> None:
+            if done == total:
+                clock.enter("network")
 
         def progress(done: int, total: int) -> None:
             if done == n:
@@ -147,8 +150,10 @@ def one_run(data_dir: str, mode: str, checkpoint: str | None, steps: int, stride
             if done == total:
                 clock.enter("post + estimate")
 
+        if subject is not None:
+            clock.enter("network")
         out = denoiser.denoise(series.data, series.bvals, series.bvecs, progress=progress, sigma=sigma,
-                               subject=subject)
+                               subject=subject, prepare_progress=prepare_progress, release_priors=True)
         clock.enter("write")
         save_dwi(Path(tmp) / "out.nii.gz", series, out.denoised)
         clock.close()

@@ -75,3 +75,18 @@ def test_estimate_without_inversion_adds_the_rician_bias():
                                       rician_correction=False, free_water_floor=False)
     assert est == pytest.approx(np.sqrt(np.mean((means[0] - clean) ** 2)), rel=0.02)
     assert len(rows) == 1 and rows[0]["b"] == 1000
+
+
+def test_propagated_risk_on_a_voxel_subset_is_close_to_the_full_one():
+    rng = np.random.default_rng(4)
+    mask = rng.random((40, 40, 30)) < 0.7  # ~34k voxels
+    means = rng.uniform(0.5, 8.0, (2, 40, 40, 30))
+    full = propagate_risk(means, np.array([0.2, 0.5]), 1.0, mask)
+    sub = propagate_risk(means, np.array([0.2, 0.5]), 1.0, mask, max_voxels=5000)
+    assert not np.array_equal(full, sub) and np.allclose(sub, full, rtol=0.03)
+
+
+def test_chunked_rician_inversion_equals_one_pass():
+    m = np.random.default_rng(5).uniform(0.0, 80.0, (3, 11, 13)).astype(np.float32)
+    assert np.array_equal(invert_rician_mean(m, 1.3, chunk=50), invert_rician_mean(m, 1.3))
+    assert invert_rician_mean(m, 1.3).dtype == np.float32

@@ -244,3 +244,48 @@ def test_air_outside_the_mask_is_mppca_or_passed_through_not_extrapolated():
     b0_air = expected[:, ~dw]
     assert np.allclose(out.denoised[air][:, ~dw], b0_air, atol=1e-3 * p.sigma)
     assert np.median(out.denoised[air]) < 0.3 * p.sigma  # Rayleigh air (mean 1.25 sigma) goes to ~0
+
+
+def test_lazy_input_tiles_equal_the_whole_input_and_priors_can_be_released(small_phantom):
+    """Whole-volume inference builds each tile's input on demand: the same numbers as the whole
+    (P + N)-channel input; released priors make a second prediction fail with a clear message."""
+    from workbench.data.dwi import prepare_subject
+    from workbench.io_utils import InputError
+
+    p = small_phantom
+    cfg = Config(model=ModelConfig(name="multiscale", base_filters=8, embedding_dim=8))
+    subject = prepare_subject(p.noisy, p.bvals, p.bvecs, cfg.data, mask=p.mask)
+    assert subject.priors.dtype == torch.float16  # half the memory of the series' priors
+    model = _model(subject.in_channels, subject.n_volumes)
+    j = 2
+    whole = subject.network_input(j)
+    assert whole.dtype == torch.float32 and float(whole[subject.n_priors + j].abs().max()) == 0.0
+    assert torch.equal(whole[:subject.n_priors], subject.priors[:, j].float())
+    lazy = subject.lazy_input(j)
+    assert lazy.shape == tuple(whole.shape)
+    region = (slice(None), slice(3, 17), slice(0, 9), slice(2, 12))
+    assert torch.equal(lazy[region], whole[region])
+    a = predict_tiled(model, whole, j, tile=12, overlap=4, amp=False)
+    b = predict_tiled(model, lazy, j, tile=12, overlap=4, amp=False)
+    assert torch.equal(a, b)
+    den = Denoiser(model, cfg, subject.n_volumes, device="cpu", amp=False)
+    out = den.denoise(p.noisy, p.bvals, p.bvecs, p.mask, subject=subject, release_priors=True)
+    assert out.denoised.shape == p.noisy.shape and not subject.has_priors
+    with pytest.raises(InputError, match="released"):
+        den.denoise(p.noisy, p.bvals, p.bvecs, p.mask, subject=subject)
+
+
+def test_free_water_floor_in_place_equals_a_new_array():
+    from workbench.inference import apply_free_water_floor, free_water_floor
+
+    rng = np.random.default_rng(1)
+    bvals = np.array([0.0, 1000.0, 2000.0, 3000.0, 5.0])
+    vols = rng.uniform(0.0, 100.0, (5, 7, 6, 5)).astype(np.float32)
+    new = apply_free_water_floor(vols, bvals)
+    assert new is not vols and not np.array_equal(new, vols)  # some voxels were below the floor
+    floor = free_water_floor(vols, bvals)
+    assert len(floor) == 5 and np.isneginf(floor[0]).all() and np.isneginf(floor[4]).all()
+    assert np.allclose(floor[2], (vols[0] + vols[4]) / 2 * np.exp(-2000 * 3.0e-3), rtol=1e-6)
+    same = vols.copy()
+    assert apply_free_water_floor(same, bvals, out=same) is same
+    assert np.array_equal(same, new)

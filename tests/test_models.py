@@ -476,3 +476,25 @@ def test_cbam_keeps_bfloat16_features_under_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = cbam(x)
     assert out.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("shape", [(2, 24, 33, 34, 35), (1, 5, 7, 3, 5), (1, 48, 4, 4, 1)])
+def test_spatial_mean_max_in_channels_last_equals_the_plain_reduction(shape):
+    """CBAM's channel descriptors: the two-step channels-last reduction gives the same max, the
+    same mean to float rounding, and the same gradients as ATen's (slow) plain one."""
+    from workbench.models.utils import spatial_mean_max
+
+    torch.manual_seed(0)
+    x = torch.randn(shape).contiguous(memory_format=torch.channels_last_3d).requires_grad_()
+    mean, peak = spatial_mean_max(x)
+    assert mean.shape == peak.shape == shape[:2] + (1, 1, 1)
+    assert torch.equal(peak, x.amax(dim=(2, 3, 4), keepdim=True))
+    assert torch.allclose(mean, x.mean(dim=(2, 3, 4), keepdim=True), atol=1e-6)
+    (mean.sum() + 2 * peak.sum()).backward()
+    grad = x.grad.clone()
+    x.grad = None
+    (x.mean(dim=(2, 3, 4)).sum() + 2 * x.amax(dim=(2, 3, 4)).sum()).backward()
+    assert torch.allclose(grad, x.grad, atol=1e-7)
+    xb = x.detach().bfloat16()  # under autocast the features are bfloat16: same dtype out
+    mb, pb = spatial_mean_max(xb)
+    assert mb.dtype == pb.dtype == torch.bfloat16 and torch.equal(pb, xb.amax(dim=(2, 3, 4), keepdim=True))

@@ -158,6 +158,12 @@ def test_split_mppca_prior_reports_progress_cancels_and_gives_the_same_result(sm
     np.testing.assert_array_equal(slabbed, whole)
     per_fold = len(patch_centres(p.noisy.shape[2], min(2, (p.noisy.shape[2] - 1) // 2), 1))
     assert calls == [(k + 1, 2 * per_fold) for k in range(2 * per_fold)]
+    # a mask on a few planes: fewer planes hold centres, and the bar still ends full
+    few = np.zeros_like(p.mask)
+    few[..., 5:7] = p.mask[..., 5:7]
+    calls = []
+    split_mppca_prior(p.noisy, p.bvals, few, n_folds=2, progress=lambda d, t: calls.append((d, t)))
+    assert calls[-1][0] == calls[-1][1] < 2 * per_fold and [d for d, _ in calls] == list(range(1, len(calls) + 1))
     seen = []
     with pytest.raises(Cancelled):
         split_mppca_prior(p.noisy, p.bvals, p.mask, n_folds=2, progress=lambda d, t: seen.append(d),

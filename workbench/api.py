@@ -232,7 +232,7 @@ def denoise_series(
     sigma, sigma_source = noise_sigma(series, mask, denoiser.config)
     t1 = time.perf_counter()
     out = denoiser.denoise(series.data, series.bvals, series.bvecs, mask, progress=progress, sigma=sigma,
-                           subject=subject, prepare_progress=prepare_progress)
+                           subject=subject, prepare_progress=prepare_progress, release_priors=True)
     t_inf = time.perf_counter() - t1
     report = DenoiseReport(
         output="", n_volumes=series.n_volumes, trained_steps=steps, train_seconds=t_train,

@@ -170,4 +170,5 @@ def blend_with_mppca(preds: np.ndarray, noisy: np.ndarray, noise_var: np.ndarray
                                                          div[wild], noise_var[wild], mask)
         weights[wild] = 0.0
         weights[wild, 0], weights[wild, 1] = 1 - t, t
-    return np.where(mask[None], combined, full).astype(np.float32), weights, risk
+    np.copyto(combined, full, where=~np.asarray(mask, bool)[None])  # in place: no series-sized temporaries
+    return combined, weights, risk

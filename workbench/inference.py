@@ -15,6 +15,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
+from workbench.allocator import reuse_large_buffers
 from workbench.config import Config
 from workbench.data.dwi import DWISubject, prepare_subject
 from workbench.training.distributed import resolve_device
@@ -74,8 +75,19 @@ def predict_tiled(
     amp: bool = True,
     amp_dtype: torch.dtype = torch.bfloat16,
 ) -> torch.Tensor:
-    """Run ``model`` over a (C, X, Y, Z) image in overlapping tiles; returns (C_out, X, Y, Z) float32 on CPU."""
-    device = torch.device(device)
+    """Run ``model`` over a (C, X, Y, Z) image in overlapping tiles; returns (C_out, X, Y, Z) float32 on CPU.
+
+    ``image`` is a tensor or anything with its ``shape`` and ``image[:, region]`` (e.g.
+    :class:`workbench.data.dwi.LazyInput`, which builds each tile's input on demand).
+
+    Freed tile-sized buffers are reused rather than page-faulted afresh for every op
+    (:func:`workbench.allocator.reuse_large_buffers`).
+    """
+    with reuse_large_buffers():
+        return _predict_tiled(model, image, cond, tile, overlap, torch.device(device), amp, amp_dtype)
+
+
+def _predict_tiled(model, image, cond, tile, overlap, device, amp, amp_dtype) -> torch.Tensor:
     size = image.shape[1:]
     layout = [even_tiles(s, tile, overlap) for s in size]
     tiles = [t for t, _ in layout]
@@ -189,14 +201,14 @@ class Denoiser:
 
     def predict_volume(self, subject: DWISubject, j: int) -> torch.Tensor:
         """Held-out prediction of volume ``j`` (normalised units), (X, Y, Z)."""
-        image = subject.network_input(j)
+        image = subject.lazy_input(j)
         return predict_tiled(self.model, image, j, tile=self.tile, overlap=self.overlap, device=self.device,
                              amp=self.amp, amp_dtype=self.amp_dtype)[0]
 
     def denoise(self, data: np.ndarray, bvals=None, bvecs=None, mask: Optional[np.ndarray] = None,
                 progress: Optional[ProgressFn] = None, sigma: Optional[float] = None,
                 subject: Optional[DWISubject] = None, keep_raw: bool = False,
-                prepare_progress: Optional[ProgressFn] = None) -> DenoiseOutput:
+                prepare_progress: Optional[ProgressFn] = None, release_priors: bool = False) -> DenoiseOutput:
         """Denoise every volume of a (X, Y, Z, N) series.
 
         Each volume gets its J-invariant prediction; with a noise ``sigma``
@@ -205,13 +217,19 @@ class Denoiser:
         free-water floor). ``subject`` reuses a series already prepared for
         training (same data); ``keep_raw`` also returns the J-invariant
         predictions before post-processing (input units, (X, Y, Z, N)). ``prepare_progress``
-        follows the q-space priors when the series is prepared here.
+        follows the q-space priors when the series is prepared here. The priors are
+        released once every volume is predicted when the series is prepared here or
+        ``release_priors`` is set (the caller's ``subject`` then has no network input left).
         """
         icfg = self.config.inference
         if subject is None:
             subject = self.prepare(data, bvals, bvecs, mask, progress=prepare_progress)
+            release_priors = True
         else:
             self.check_series(subject.n_volumes)
+            if not subject.has_priors:
+                raise InputError("this prepared series' priors were released by an earlier denoise(..., "
+                                 "release_priors=True): prepare it again")
         n = subject.n_volumes
         brain = subject.mask
         preds = np.empty((n,) + data.shape[:3], dtype=np.float32)
@@ -224,12 +242,15 @@ class Denoiser:
         # the edge); the MP-PCA blend then replaces it with MP-PCA there, or, without the blend, only the Rician
         # correction changes it (air goes to ~0 as its clean signal does)
         outside = ~brain
-        for j in range(n):
-            pred = torch.where(outside, subject.volumes[j], self.predict_volume(subject, j))
-            heldout[j] = float(((pred - subject.volumes[j])[brain].double() ** 2).mean())
-            preds[j] = pred.numpy()
-            if progress is not None:
-                progress(j + 1, n + blend_units)
+        with reuse_large_buffers():  # one setting for the whole loop: the heap is not trimmed between volumes
+            for j in range(n):
+                pred = torch.where(outside, subject.volumes[j], self.predict_volume(subject, j))
+                heldout[j] = float(((pred - subject.volumes[j])[brain].double() ** 2).mean())
+                preds[j] = pred.numpy()
+                if progress is not None:
+                    progress(j + 1, n + blend_units)
+        if release_priors:
+            subject.release_priors()
         raw = np.moveaxis(preds, 0, -1) * np.float32(subject.scale) if keep_raw else None
         sig = None if sigma is None else sigma / subject.scale
         noise_var = np.full(n, np.nan)
@@ -245,13 +266,14 @@ class Denoiser:
                     progress=None if progress is None else (lambda done, total: progress(n + done, n + total)))
             blended = blend_with_mppca(preds, noisy, noise_var, brain.numpy(), sig, subject.bvals,
                                        include_noisy=icfg.shrinkage, mppca=mp)
+            del mp
             if blended is not None:
                 preds, weights, risk = blended
+            del blended
         means = preds
         preds, k = post_process(preds, noisy, heldout, noise_var, sig, subject.bvals,
                                 shrinkage=icfg.shrinkage and weights is None,
                                 rician_correction=icfg.rician_correction, free_water_floor=icfg.free_water_floor)
-        out = np.moveaxis(np.clip(preds, 0.0, None), 0, -1) * np.float32(subject.scale)
         mse = float(heldout.mean()) * subject.scale**2
         est, shells = None, None
         if sig is not None:  # SURE of the blend, or the held-out risk, carried through the Rician inversion
@@ -264,7 +286,11 @@ class Denoiser:
             est *= subject.scale
             for row in shells:
                 row["rmse"] *= subject.scale
-        return DenoiseOutput(out.astype(np.float32), mse, float(np.sqrt(mse)), subject.mask.numpy(),
+        del means, noisy
+        # in place (the arrays are this function's own): (X, Y, Z, N) is a view of the (N, X, Y, Z) result
+        out = np.moveaxis(np.clip(preds, 0.0, None, out=preds), 0, -1)
+        out *= np.float32(subject.scale)
+        return DenoiseOutput(out.astype(np.float32, copy=False), mse, float(np.sqrt(mse)), subject.mask.numpy(),
                              heldout * subject.scale**2, k, sigma, est, raw, weights, shells)
 
     def attention_maps(self, subject: DWISubject, j: int) -> dict[str, np.ndarray]:
@@ -281,31 +307,55 @@ class Denoiser:
 FREE_WATER_DIFFUSIVITY = 3.0e-3
 
 
-def free_water_floor(volumes: np.ndarray, bvals, b0_threshold: float = 50.0) -> Optional[np.ndarray]:
-    """The lower bound ``S0 exp(-b D_free)`` of each (N, X, Y, Z) volume, ``-inf`` on the b0 volumes;
-    ``S0`` is the voxel's mean b0. None without b-values or b0 volumes (or with b0 volumes only)."""
+class FreeWaterFloor:
+    """The free-water floor ``S0 exp(-b D_free)`` of a series, one (X, Y, Z) volume at a time:
+    ``floor[j]`` (``-inf`` on the b0 volumes), ``len(floor)``; ``S0`` is the voxel's mean b0.
+    Only S0 is held, not a floor the size of the series."""
+
+    def __init__(self, volumes: np.ndarray, bvals, b0: np.ndarray) -> None:
+        self.s0 = np.maximum(np.mean([volumes[k] for k in np.flatnonzero(b0)], axis=0, dtype=np.float64),
+                             0.0).astype(np.float32)
+        self.factor = np.where(b0, -np.inf, np.exp(-np.asarray(bvals, np.float64) * FREE_WATER_DIFFUSIVITY))
+
+    def __len__(self) -> int:
+        return len(self.factor)
+
+    def __getitem__(self, j: int) -> np.ndarray:
+        if np.isneginf(self.factor[j]):
+            return np.full(self.s0.shape, -np.inf, dtype=np.float32)
+        return np.float32(self.factor[j]) * self.s0
+
+
+def free_water_floor(volumes: np.ndarray, bvals, b0_threshold: float = 50.0) -> Optional[FreeWaterFloor]:
+    """The lower bound ``S0 exp(-b D_free)`` of each (N, X, Y, Z) volume (:class:`FreeWaterFloor`,
+    indexed per volume), ``-inf`` on the b0 volumes; ``S0`` is the voxel's mean b0. None without
+    b-values or b0 volumes (or with b0 volumes only)."""
     if bvals is None:
         return None
     bvals = np.asarray(bvals, dtype=np.float64)
     b0 = bvals <= b0_threshold
     if not b0.any() or b0.all():
         return None
-    s0 = np.maximum(volumes[b0].mean(axis=0), 0.0)
-    floor = np.exp(-bvals * FREE_WATER_DIFFUSIVITY).astype(np.float32)[:, None, None, None] * s0[None]
-    floor[b0] = -np.inf
-    return floor
+    return FreeWaterFloor(volumes, bvals, b0)
 
 
-def apply_free_water_floor(volumes: np.ndarray, bvals, b0_threshold: float = 50.0) -> np.ndarray:
+def apply_free_water_floor(volumes: np.ndarray, bvals, b0_threshold: float = 50.0,
+                           out: Optional[np.ndarray] = None) -> np.ndarray:
     """Clamp (N, X, Y, Z) diffusion-weighted volumes from below at ``S0 exp(-b D_free)``.
 
     ``S0`` is the voxel's mean b0. A signal below the free-water decay is
     physically impossible, and values near 0 (what Rician mean inversion gives
     in CSF at high b) make a tensor fit's log-signal explode, so MD and FA in
-    CSF go wild. Returns the input unchanged without b-values or b0 volumes.
+    CSF go wild. Returns the input unchanged without b-values or b0 volumes, else
+    a new array (or ``out``, which may be ``volumes`` itself), filled volume by volume.
     """
     floor = free_water_floor(volumes, bvals, b0_threshold)
-    return volumes if floor is None else np.maximum(volumes, floor).astype(volumes.dtype, copy=False)
+    if floor is None:
+        return volumes
+    out = np.empty_like(volumes) if out is None else out
+    for j in range(len(volumes)):
+        np.maximum(volumes[j], floor[j], out=out[j], dtype=volumes.dtype, casting="unsafe")
+    return out
 
 
 def post_process(preds: np.ndarray, noisy: np.ndarray, heldout: np.ndarray, noise_var: np.ndarray,
@@ -325,13 +375,17 @@ def post_process(preds: np.ndarray, noisy: np.ndarray, heldout: np.ndarray, nois
     from workbench.rician import invert_rician_mean
 
     k = np.zeros(0)
+    own = False  # whether ``preds`` is an array made here (then the floor is applied in place)
     if sigma is not None and shrinkage:
         k = np.clip(1.0 - noise_var / np.maximum(heldout, 1e-12), 0.0, 1.0)
-        preds = preds + k[:, None, None, None].astype(np.float32) * (noisy - preds)
+        shrunk = np.empty_like(preds)
+        for j in range(len(preds)):  # volume by volume: no series-sized temporaries
+            shrunk[j] = preds[j] + np.float32(k[j]) * (noisy[j] - preds[j])
+        preds, own = shrunk, True
     if sigma is not None and rician_correction:
-        preds = invert_rician_mean(preds, sigma)
+        preds, own = invert_rician_mean(preds, sigma), True
     if free_water_floor:
-        preds = apply_free_water_floor(preds, bvals)
+        preds = apply_free_water_floor(preds, bvals, out=preds if own else None)
     return preds, k
 
 

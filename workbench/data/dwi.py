@@ -45,8 +45,8 @@ def compute_mask(data: np.ndarray, bvals: Optional[np.ndarray]) -> np.ndarray:
 class DWISubject:
     """One prepared series: normalised volumes, priors and masks as torch tensors."""
 
-    volumes: torch.Tensor  # (N, X, Y, Z), divided by ``scale``
-    priors: torch.Tensor  # (P, N, X, Y, Z)
+    volumes: torch.Tensor  # (N, X, Y, Z) float32, divided by ``scale``
+    priors: torch.Tensor  # (P, N, X, Y, Z) float16 (half the memory; rounding 5e-4 of the signal, far below the noise)
     mask: torch.Tensor  # (X, Y, Z) bool, the brain
     loss_mask: torch.Tensor  # (X, Y, Z) float, the brain dilated: where the loss is computed
     scale: float
@@ -62,15 +62,46 @@ class DWISubject:
         return int(self.priors.shape[0])
 
     @property
+    def has_priors(self) -> bool:
+        """False after :meth:`release_priors` (a series without priors, P = 0, always has them)."""
+        return self.n_priors == 0 or self.priors.shape[1] == self.n_volumes
+
+    @property
     def in_channels(self) -> int:
         return self.n_priors + self.n_volumes
 
     def network_input(self, j: int, region: Optional[tuple[slice, slice, slice]] = None) -> torch.Tensor:
         """(P + N, ...) input for target volume ``j``; volume ``j`` is zeroed (J-invariance)."""
         region = region or (slice(None),) * 3
-        vols = self.volumes[(slice(None),) + region].clone()
-        vols[j] = 0.0
-        return torch.cat([self.priors[(slice(None), j) + region], vols], dim=0)
+        vols = self.volumes[(slice(None),) + region]
+        p = self.n_priors
+        out = torch.empty((p + self.n_volumes,) + vols.shape[1:], dtype=self.volumes.dtype)
+        out[:p] = self.priors[(slice(None), j) + region]
+        out[p:] = vols
+        out[p + j] = 0.0
+        return out
+
+    def release_priors(self) -> None:
+        """Drop the priors (P x the series' memory) once no more network inputs are needed."""
+        self.priors = self.priors[:, :0]
+
+    def lazy_input(self, j: int) -> "LazyInput":
+        """:meth:`network_input` of volume ``j`` built tile by tile when indexed (``x[:, region]``),
+        so whole-volume inference never holds the (P + N)-channel input of the whole volume."""
+        return LazyInput(self, j)
+
+
+class LazyInput:
+    """The network input of one target volume, built only for the region it is indexed with."""
+
+    def __init__(self, subject: DWISubject, j: int) -> None:
+        self.subject, self.j = subject, j
+        self.shape = (subject.in_channels,) + tuple(subject.volumes.shape[1:])
+
+    def __getitem__(self, key: tuple[slice, ...]) -> torch.Tensor:
+        if not isinstance(key, tuple) or len(key) != 4 or key[0] != slice(None):
+            raise IndexError("index a LazyInput as x[:, region_x, region_y, region_z]")
+        return self.subject.network_input(self.j, tuple(key[1:]))
 
 
 def prepare_subject(
@@ -107,7 +138,7 @@ def prepare_subject(
     norm = np.divide(data, scale, dtype=np.float32)
     priors = qspace_priors(norm, bvals, bvecs, mask, cfg.qspace_prior, cfg.sh_order, cfg.prior_folds,
                            progress=progress, should_stop=should_stop, mppca_stride=cfg.mppca_stride,
-                           volumes_first=True)
+                           volumes_first=True, dtype=np.float16)
     loss_mask = ndimage.binary_dilation(mask, iterations=2)
     return DWISubject(
         volumes=torch.from_numpy(np.ascontiguousarray(np.moveaxis(norm, -1, 0))),

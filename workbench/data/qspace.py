@@ -207,7 +207,7 @@ def split_mppca_prior(
     """
     from scipy import ndimage
 
-    from workbench.mppca import mppca_batched, patch_centres
+    from workbench.mppca import centre_planes, mppca_batched
 
     n = data.shape[-1]
     brain = fit_voxels(data, mask, n // max(n_folds, 1) * (n_folds - 1) + 1)
@@ -217,7 +217,7 @@ def split_mppca_prior(
     radius = np.array([min(patch_radius, (d - 1) // 2) for d in data.shape[:3]])  # small images: smaller patch
     targets = data.reshape(-1, n)
     out = np.zeros(data.shape, dtype=np.float32)
-    per_fold = len(patch_centres(data.shape[2], int(radius[-1]), stride))
+    per_fold = centre_planes(data.shape[:3], radius, stride, grown)  # the planes mppca_batched reports
     for k in range(n_folds):
         fold_progress = None
         if progress is not None:
@@ -264,6 +264,7 @@ def qspace_priors(
     should_stop=None,
     mppca_stride: int = 1,
     volumes_first: bool = False,
+    dtype=np.float32,
 ) -> np.ndarray:
     """Leave-one-out predictions, shaped (P, X, Y, Z, N): P = 3 for ``mppca``, 2 for ``both``,
     1 for ``sh``/``regression``, 0 for ``none``.
@@ -274,15 +275,17 @@ def qspace_priors(
     report and cancel the split MP-PCA prior (:func:`split_mppca_prior`), the slow part.
     ``volumes_first`` returns (P, N, X, Y, Z), the layout :class:`workbench.data.dwi.DWISubject`
     keeps, written prior by prior (no second full-size copy). Arithmetic is float32 but for
-    the regressions' fits (float64 Gram matrices).
+    the regressions' fits (float64 Gram matrices); ``dtype`` is what the priors are stored in.
     """
     n = data.shape[-1]
     count = {"none": 0, "regression": 1, "sh": 1, "both": 2, "mppca": 3}[kind]
-    out = np.empty(((count, n) + data.shape[:3]) if volumes_first else ((count,) + data.shape), dtype=np.float32)
+    out = np.empty(((count, n) + data.shape[:3]) if volumes_first else ((count,) + data.shape), dtype=dtype)
     if kind == "none":
         return out
 
     def put(index: int, prior: np.ndarray) -> None:
+        if out.dtype == np.float16:  # beyond float16's range a wild voxel would become inf
+            np.clip(prior, -65000.0, 65000.0, out=prior)
         out[index] = np.moveaxis(prior, -1, 0) if volumes_first else prior
 
     flat = data.reshape(-1, n)

@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from workbench.models.utils import (GroupNorm32, autocast_on, crop_to, group_count, norm3d,  # noqa: F401
-                                    pad_to_multiple, small_init_)
+                                    pad_to_multiple, small_init_, spatial_mean_max)
 
 Tensor = torch.Tensor
 
@@ -235,8 +235,7 @@ class ChannelGate3d(nn.Module):
         self.mlp = nn.Sequential(nn.Conv3d(channels, hidden, 1), nn.SiLU(), nn.Conv3d(hidden, channels, 1))
 
     def forward(self, x: Tensor) -> Tensor:
-        avg = x.mean(dim=(2, 3, 4), keepdim=True)
-        mx = x.amax(dim=(2, 3, 4), keepdim=True)
+        avg, mx = spatial_mean_max(x)
         return torch.sigmoid(self.mlp(avg) + self.mlp(mx))
 
 

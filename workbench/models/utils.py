@@ -10,7 +10,8 @@ import torch.nn.functional as F
 
 Tensor = torch.Tensor
 
-__all__ = ["group_count", "GroupNorm32", "norm3d", "pad_to_multiple", "crop_to", "small_init_", "autocast_on"]
+__all__ = ["group_count", "GroupNorm32", "norm3d", "pad_to_multiple", "crop_to", "small_init_", "autocast_on",
+           "spatial_mean_max"]
 
 
 def group_count(channels: int, max_groups: int = 8) -> int:
@@ -24,6 +25,35 @@ def group_count(channels: int, max_groups: int = 8) -> int:
 def autocast_on(x: Tensor) -> bool:
     """Whether autocast is active for the device of ``x``."""
     return torch.is_autocast_enabled(x.device.type)
+
+
+def spatial_mean_max(x: Tensor, row: int = 16) -> tuple[Tensor, Tensor]:
+    """Mean and max of ``x`` (B, C, *spatial) over its spatial dims, each (B, C, 1, ...).
+
+    On a ``channels_last_3d`` tensor (the layout the networks run in) ATen reduces over
+    every dim but the innermost one, the channels, which for 24 channels is ~30x slower on
+    CPU than the same reduction in the contiguous layout (measured 207 ms vs 4 ms for
+    24 x 72 x 72 x 80). Read as (B, voxels, C) rows, which is a view, the reduction is
+    done in two steps over rows of ``row * C`` values: as fast as the contiguous one, no
+    copy, and the same max (the mean differs only by float summation order). Other
+    layouts and devices use the plain reduction.
+    """
+    dims = tuple(range(2, x.dim()))
+    if (x.dim() != 5 or x.device.type != "cpu" or x.is_contiguous()
+            or not x.is_contiguous(memory_format=torch.channels_last_3d)):
+        return x.mean(dim=dims, keepdim=True), x.amax(dim=dims, keepdim=True)
+    b, c = x.shape[:2]
+    rows = x.permute(0, 2, 3, 4, 1).reshape(b, -1, c)
+    n = rows.shape[1]
+    head = n // row * row
+    wide = rows[:, :head].reshape(b, -1, row * c)
+    total = wide.sum(1, dtype=torch.float32 if x.dtype != torch.float64 else None).view(b, row, c).sum(1)
+    peak = wide.amax(1).view(b, row, c).amax(1)
+    if head < n:
+        total = total + rows[:, head:].sum(1, dtype=total.dtype)
+        peak = torch.maximum(peak, rows[:, head:].amax(1))
+    shape = (b, c) + (1,) * len(dims)
+    return (total / n).to(x.dtype).view(shape), peak.view(shape)
 
 
 class GroupNorm32(nn.GroupNorm):
