@@ -169,3 +169,20 @@ def test_split_mppca_prior_reports_progress_cancels_and_gives_the_same_result(sm
         split_mppca_prior(p.noisy, p.bvals, p.mask, n_folds=2, progress=lambda d, t: seen.append(d),
                           should_stop=lambda: len(seen) >= 3)
     assert len(seen) == 3
+
+
+def test_priors_written_in_place_as_float16_equal_the_float32_ones(small_phantom):
+    """The network's float16 priors (volumes first, the split prior written straight into its slot)
+    are the float32 priors to float16 rounding."""
+    from workbench.data.qspace import qspace_priors
+
+    p = small_phantom
+    data = (p.noisy / np.percentile(p.noisy[p.mask], 99.5)).astype(np.float32)
+    ref = qspace_priors(data, p.bvals, p.bvecs, p.mask, "mppca", n_folds=3)
+    half = qspace_priors(data, p.bvals, p.bvecs, p.mask, "mppca", n_folds=3, volumes_first=True, dtype=np.float16)
+    assert half.dtype == np.float16 and half.shape == (3, data.shape[-1]) + data.shape[:3]
+    np.testing.assert_allclose(np.moveaxis(half, 1, -1).astype(np.float32), ref, rtol=1e-3, atol=1e-3)
+    out = np.full(data.shape, np.nan, np.float32)
+    direct = split_mppca_prior(data, p.bvals, p.mask, n_folds=3, fallback=ref[1], out=out)
+    assert direct is out
+    np.testing.assert_array_equal(out, ref[0])

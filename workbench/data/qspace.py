@@ -170,6 +170,7 @@ def split_mppca_prior(
     should_stop=None,
     fallback: np.ndarray | None = None,
     stride: int = 1,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Leave-one-fold-out prediction of every volume from MP-PCA-denoised other volumes.
 
@@ -191,6 +192,10 @@ def split_mppca_prior(
         Patch-centre spacing of MP-PCA (:func:`workbench.mppca.mppca_batched`; 1 = DIPY's estimator).
     fallback : (X, Y, Z, N), optional
         Used for a fold whose complement has fewer than 4 volumes (MP-PCA needs a spectrum).
+    out : (X, Y, Z, N) array, optional
+        Written in place and returned (any float dtype and strides, e.g. a view of the
+        float16 priors the network reads; values are clipped to float16's range there),
+        instead of a new float32 array.
     progress, should_stop : callable, optional
         ``progress(done, total)`` after each MP-PCA plane of patch centres of each fold (total:
         ``n_folds`` x planes); ``should_stop()`` before each (True raises
@@ -216,7 +221,11 @@ def split_mppca_prior(
     checker = checkerboard(data.shape[:3]).reshape(-1)
     radius = np.array([min(patch_radius, (d - 1) // 2) for d in data.shape[:3]])  # small images: smaller patch
     targets = data.reshape(-1, n)
-    out = np.zeros(data.shape, dtype=np.float32)
+    if out is None:
+        out = np.zeros(data.shape, dtype=np.float32)
+    elif out.shape != data.shape:
+        raise ValueError(f"out has shape {out.shape}, the data {data.shape}")
+    half = out.dtype == np.float16
     per_fold = centre_planes(data.shape[:3], radius, stride, grown)  # the planes mppca_batched reports
     for k in range(n_folds):
         fold_progress = None
@@ -246,6 +255,8 @@ def split_mppca_prior(
             apply = checker == parity
             pred[apply] = flat[apply] @ w[:-1].astype(np.float32) + w[-1].astype(np.float32)
         del den, flat
+        if half:  # beyond float16's range a wild voxel would become inf
+            np.clip(pred, -65000.0, 65000.0, out=pred)
         out[..., dst] = pred.reshape(data.shape[:3] + (len(dst),))
     if fallback is not None:  # beyond the denoised region (air) the regression prior is the better guess
         out[~grown] = fallback[~grown]
@@ -299,8 +310,12 @@ def qspace_priors(
     reg_pred = reg_pred.reshape(data.shape)
     index = 0
     if kind == "mppca":
-        put(0, split_mppca_prior(data, bvals, mask, n_folds=n_folds, fallback=reg_pred, progress=progress,
-                                 should_stop=should_stop, stride=mppca_stride))
+        if out.dtype == np.float16:
+            np.clip(reg_pred, -65000.0, 65000.0, out=reg_pred)  # it fills the air of the split prior
+        # written straight into its slot (volumes-first: an (X, Y, Z, N) view), not into a copy of the series
+        split_mppca_prior(data, bvals, mask, n_folds=n_folds, fallback=reg_pred, progress=progress,
+                          should_stop=should_stop, stride=mppca_stride,
+                          out=np.moveaxis(out[0], 0, -1) if volumes_first else out[0])
         index = 1
     if kind in ("regression", "both", "mppca"):
         put(index, reg_pred)
