@@ -159,6 +159,14 @@ def fold_labels(n: int, bvals: np.ndarray | None, n_folds: int = 2) -> np.ndarra
     return labels
 
 
+def clip_for(dtype, values: np.ndarray) -> np.ndarray:
+    """``values`` clipped in place to float16's range when they are to be stored as float16
+    (a wild voxel would become inf there); unchanged otherwise."""
+    if np.dtype(dtype) == np.float16:
+        np.clip(values, -65000.0, 65000.0, out=values)
+    return values
+
+
 def split_mppca_prior(
     data: np.ndarray,
     bvals: np.ndarray | None,
@@ -225,7 +233,6 @@ def split_mppca_prior(
         out = np.zeros(data.shape, dtype=np.float32)
     elif out.shape != data.shape:
         raise ValueError(f"out has shape {out.shape}, the data {data.shape}")
-    half = out.dtype == np.float16
     per_fold = centre_planes(data.shape[:3], radius, stride, grown)  # the planes mppca_batched reports
     for k in range(n_folds):
         fold_progress = None
@@ -255,9 +262,7 @@ def split_mppca_prior(
             apply = checker == parity
             pred[apply] = flat[apply] @ w[:-1].astype(np.float32) + w[-1].astype(np.float32)
         del den, flat
-        if half:  # beyond float16's range a wild voxel would become inf
-            np.clip(pred, -65000.0, 65000.0, out=pred)
-        out[..., dst] = pred.reshape(data.shape[:3] + (len(dst),))
+        out[..., dst] = clip_for(out.dtype, pred).reshape(data.shape[:3] + (len(dst),))
     if fallback is not None:  # beyond the denoised region (air) the regression prior is the better guess
         out[~grown] = fallback[~grown]
     return out
@@ -295,8 +300,7 @@ def qspace_priors(
         return out
 
     def put(index: int, prior: np.ndarray) -> None:
-        if out.dtype == np.float16:  # beyond float16's range a wild voxel would become inf
-            np.clip(prior, -65000.0, 65000.0, out=prior)
+        prior = clip_for(out.dtype, prior)
         out[index] = np.moveaxis(prior, -1, 0) if volumes_first else prior
 
     flat = data.reshape(-1, n)
@@ -307,11 +311,9 @@ def qspace_priors(
         reg = regression_loo_matrix(flat[inside & (checker != parity)])
         apply = checker == parity
         reg_pred[apply] = flat[apply] @ reg[:, :n].T.astype(np.float32) + reg[:, n].astype(np.float32)
-    reg_pred = reg_pred.reshape(data.shape)
+    reg_pred = clip_for(out.dtype, reg_pred.reshape(data.shape))  # also fills the split prior's air
     index = 0
     if kind == "mppca":
-        if out.dtype == np.float16:
-            np.clip(reg_pred, -65000.0, 65000.0, out=reg_pred)  # it fills the air of the split prior
         # written straight into its slot (volumes-first: an (X, Y, Z, N) view), not into a copy of the series
         split_mppca_prior(data, bvals, mask, n_folds=n_folds, fallback=reg_pred, progress=progress,
                           should_stop=should_stop, stride=mppca_stride,
