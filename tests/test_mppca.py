@@ -28,6 +28,35 @@ def test_threshold_equals_dipys_classifier_on_random_spectra():
             np.testing.assert_array_equal(k, row >= tau)
 
 
+def test_projection_on_the_kept_suffix_equals_the_full_masked_projection():
+    """Patches keeping 0, a few and many components in one batch: the kmax-column product is the N-column one."""
+    from workbench.mppca import _denoise_patches
+
+    g = torch.Generator().manual_seed(0)
+    n_samples, n = 125, 30
+    ranks = [0, 1, 3, 8, 0, 2]
+    patches = torch.randn(len(ranks), n_samples, n, generator=g) + 5.0
+    for b, r in enumerate(ranks):
+        if r:
+            patches[b] += 6.0 * torch.randn(n_samples, r, generator=g) @ torch.randn(r, n, generator=g)
+    x = patches.double() - patches.double().mean(1, keepdim=True)
+    vals, vecs = torch.linalg.eigh(torch.bmm(x.transpose(1, 2), x) / n_samples)
+    _, keep = mp_threshold(vals, n_samples, n)
+    kept = vecs * keep[:, None, :].double()
+    theta = 1.0 / (1.0 + keep.sum(-1).double())
+    full = (torch.bmm(torch.bmm(x, kept), kept.transpose(1, 2)) + patches.double().mean(1, keepdim=True))
+    full = full * theta[:, None, None]
+    counts = keep.sum(-1)
+    assert counts.min() == 0 and len(set(counts.tolist())) >= 4  # kept counts differ within the batch, 0 included
+    est, th = _denoise_patches(patches.clone(), torch.float64)
+    torch.testing.assert_close(th.double(), theta)
+    torch.testing.assert_close(est.double(), full, rtol=1e-5, atol=1e-4)
+    zero = [int(b) for b in torch.nonzero(counts == 0)[:, 0]]
+    only_noise, th0 = _denoise_patches(patches[zero].clone(), torch.float64)  # kmax = 0: the patch mean
+    mean = patches[zero].double().mean(1, keepdim=True).expand(-1, n_samples, -1)
+    torch.testing.assert_close(only_noise.double(), mean * th0.double()[:, None, None], rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("masked", [False, True])
 def test_batched_mppca_equals_dipy_within_float_tolerance(odd_phantom, masked):
     from dipy.denoise.localpca import mppca as dipy_mppca

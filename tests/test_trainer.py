@@ -435,3 +435,54 @@ def test_resume_keeps_weights_moved_while_stopped(tmp_path):
     # without a front end's weights, the checkpoint's weights are restored (the CLI's resume)
     t2, _, rec2 = run(make_config(steps=8, checkpoint_every=2), tmp_path, resume=True)
     assert t2.loss_weights.get()["l1"] == 0.25 and not rec2.of(WeightsChanged)
+
+
+# --------------------------------------------------------------------------- Ctrl-C
+def sigint_at(steps):
+    """A callback that sends this process SIGINT (a real Ctrl-C) at each StepEnd in ``steps``."""
+    import signal
+
+    def cb(event):
+        if isinstance(event, StepEnd) and event.step in steps:
+            os.kill(os.getpid(), signal.SIGINT)
+    return cb
+
+
+def test_ctrl_c_stops_at_a_step_and_keeps_last_pt_then_resume_is_exact(tmp_path):
+    import signal
+
+    config = make_config(steps=8, checkpoint_every=100, val_every=4)
+    straight, _, _ = run(config, tmp_path / "a")
+    before = signal.getsignal(signal.SIGINT)
+    _, r1, rec = run(config, tmp_path / "b", callbacks=[sigint_at({3})])
+    assert (r1.reason, r1.steps_done) == ("stopped", 3)
+    assert rec.of(Finished)[0].reason == "stopped"
+    assert load_checkpoint(tmp_path / "b" / "last.pt")["step"] == 3  # checkpoint_every=100: written by the stop
+    assert signal.getsignal(signal.SIGINT) is before  # the trainer's handler is gone after fit
+    resumed, r2, _ = run(config, tmp_path / "b", resume=True)
+    assert r2.steps_done == 8
+    assert_same_weights(straight.raw_model, resumed.raw_model)
+
+
+def test_second_ctrl_c_aborts_at_once(tmp_path):
+    import signal
+
+    config = make_config(steps=8, checkpoint_every=100)
+    before = signal.getsignal(signal.SIGINT)
+    steps = []
+    with pytest.raises(KeyboardInterrupt):
+        run(config, tmp_path, callbacks=[sigint_at({2}), lambda e: steps.append(getattr(e, "step", None)),
+                                         sigint_at({2})])
+    assert not (tmp_path / "last.pt").exists()  # aborted inside step 2's callbacks, before any save
+    assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_ctrl_c_handler_only_in_the_main_thread(tmp_path):
+    import signal
+
+    seen = []
+    config = make_config(steps=2)
+    th = threading.Thread(target=lambda: seen.append(run(config, tmp_path)[1].steps_done))
+    th.start()
+    th.join()
+    assert seen == [2] and signal.getsignal(signal.SIGINT) is signal.default_int_handler

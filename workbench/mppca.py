@@ -201,15 +201,24 @@ def mppca_batched(data: np.ndarray, mask: np.ndarray | None = None, patch_radius
 
 
 def _denoise_patches(patches: torch.Tensor, eig_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, S, N) patches -> their MP-PCA estimates times the weight 1 / (1 + kept components), and that weight."""
+    """(B, S, N) patches -> their MP-PCA estimates times the weight 1 / (1 + kept components), and that weight.
+
+    The kept components are the largest eigenvalues (a suffix of ``eigh``'s ascending
+    order), so the projection uses only the ``kmax`` last eigenvectors of the batch,
+    zeroed per patch beyond its own count: the same estimate as projecting on all N
+    masked eigenvectors, with two (S x N x kmax) products instead of (S x N x N) ones.
+    """
     n_samples, n = patches.shape[1:]
     x = patches.to(eig_dtype)
     mean = x.mean(1, keepdim=True)
-    x = x - mean
-    cov = torch.bmm(x.transpose(1, 2), x) / n_samples
+    x = x.sub_(mean) if x is not patches else x - mean
+    cov = torch.bmm(x.transpose(1, 2), x).div_(n_samples)
     vals, vecs = torch.linalg.eigh(cov)
+    del cov
     _, keep = mp_threshold(vals, n_samples, n)
-    kept = vecs * keep[:, None, :].to(vecs.dtype)
-    est = torch.bmm(torch.bmm(x, kept), kept.transpose(1, 2)) + mean
-    theta = 1.0 / (1.0 + keep.sum(-1).to(torch.float32))  # DIPY: 1 / (1 + N - noise components)
-    return est.to(torch.float32) * theta[:, None, None], theta
+    counts = keep.sum(-1)
+    kmax = int(counts.max()) if len(counts) else 0
+    kept = vecs[:, :, n - kmax:] * keep[:, None, n - kmax:].to(vecs.dtype)
+    est = torch.baddbmm(mean, torch.bmm(x, kept), kept.transpose(1, 2))
+    theta = 1.0 / (1.0 + counts.to(torch.float32))  # DIPY: 1 / (1 + N - noise components)
+    return est.to(torch.float32).mul_(theta[:, None, None]), theta

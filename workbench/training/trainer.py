@@ -28,6 +28,7 @@ from workbench.training.checkpoint import (
     capture_rng_state, check_compatible, config_differences, load_checkpoint, restore_rng_state, save_checkpoint)
 from workbench.training.ema import ema_model
 from workbench.training.events import Callback, Failed, Finished, StepEnd, Validation, WeightsChanged
+from workbench.training.interrupt import graceful_interrupt
 from workbench.training.run_log import RunLog
 from workbench.training.sampling import Batch, PatchSampler
 from workbench.training.steps import StepContext, resolve_step
@@ -150,6 +151,10 @@ class Trainer:
     def fit(self, resume: bool = False) -> TrainResult:
         """Run the loop until ``train.steps``, early stopping or a stop request.
 
+        In the main thread the first Ctrl-C is a stop request (reason ``"stopped"``,
+        ``last.pt`` written at that step); a second one raises ``KeyboardInterrupt``
+        (:func:`workbench.training.interrupt.graceful_interrupt`).
+
         Parameters
         ----------
         resume : bool
@@ -166,7 +171,8 @@ class Trainer:
             Any exception is first sent to the callbacks as a :class:`Failed` event.
         """
         try:
-            return self._fit(resume)
+            with graceful_interrupt(self.request_stop, self._stop.is_set):  # Ctrl-C: stop at a step, keep last.pt
+                return self._fit(resume)
         except Exception as e:
             self._emit(Failed(self.step, str(e), traceback.format_exc()), swallow=True)
             raise
