@@ -148,7 +148,9 @@ print(f"line integrals through the body up to {clean.max():.0f}; at 1e4 photons/
 # - **network** (stage 1): a 2D encoder per view, whose features are *lifted* into 3D along that view's
 #   rays (the geometry, not the network, places them), and a 3D decoder that decides where along each
 #   ray the attenuation sits. Trained on simulated phantoms and crops of a real chest CT, with a photon
-#   count drawn per case over a decade around 1e5.
+#   count drawn per case over a decade around 1e5. The shipped network's volume is then **fused with the
+#   ridge model's** by a small 3D U-Net that weighs the two voxel by voxel (trained on phantoms neither had
+#   seen: the two err in different places); `predictor.predict(xrays, fuse=False)` gives the network alone.
 #
 # Then **stage 2** (`predict --refine`): the `sr` task's refinement network (x2) on the network's 64³ volume
 # -> 128³, trained on stage-1 outputs against 128³ references, so it learns to fix stage 1's errors as well as
@@ -156,7 +158,7 @@ print(f"line integrals through the body up to {clean.max():.0f}; at 1e4 photons/
 # trilinearly. It takes about half a minute on two CPU cores (a second on a GPU), so CI skips it.
 
 # %%
-predictor = workflow.XrayPredictor.from_checkpoint()  # the shipped network (weights/xray2ct_stage1.pt)
+predictor = workflow.XrayPredictor.from_checkpoint()  # the shipped network + its fusion with ridge (weights/)
 linear = workflow.open_linear()                        # atlas + ridge (weights/xray2ct_linear.npz)
 results, seconds = {}, {}
 for method in METHODS:

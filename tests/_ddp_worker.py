@@ -102,6 +102,28 @@ def checksum(model: nn.Module) -> dict:
     return {"sha256": h.hexdigest(), "sum": float(sum(float(v.double().sum()) for v in sd.values()))}
 
 
+TEARDOWN_ABORT = "terminate called without an active exception"
+
+
+def run_torchrun(cmd: list, **kw):
+    """``subprocess.run(cmd)`` of a torchrun job, run a second time only when a rank aborted at teardown.
+
+    Rarely (about 1 run in 100 on these 2-core machines, not reproducible on demand) a
+    gloo rank aborts *after* its work is done and the process group destroyed, with
+    libstdc++'s "terminate called without an active exception" (a C++ thread torn down
+    at interpreter exit; pytorch/pytorch#179291 discusses the mechanism). That is not
+    what these tests check, so such a run is repeated once; any other failure, or the
+    abort twice, fails the test.
+    """
+    import subprocess
+
+    proc = subprocess.run(cmd, capture_output=True, text=True, **kw)
+    if proc.returncode != 0 and TEARDOWN_ABORT in proc.stderr:
+        print(f"torchrun: a rank aborted at teardown ({TEARDOWN_ABORT}); running once more", file=sys.stderr)
+        proc = subprocess.run(cmd, capture_output=True, text=True, **kw)
+    return proc
+
+
 def main(out: Path) -> None:
     from workbench.training import distributed as wdist
     from workbench.training.trainer import Trainer
@@ -135,6 +157,7 @@ def main(out: Path) -> None:
               "straight": checksum(straight.raw_model), "resumed": checksum(resumed.raw_model),
               "reasons": [r1.reason, r2.reason, r3.reason], "steps": [r1.steps_done, r2.steps_done, r3.steps_done]}
     (out / f"rank{rank}.json").write_text(json.dumps(report))
+    del straight, interrupted, resumed, box      # the DDP wrappers go before the process group does
     wdist.cleanup()
 
 

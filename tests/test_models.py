@@ -262,7 +262,7 @@ def test_eval_mode_determinism(name):
 # ----------------------------------------------------------------------------- registry and build
 def test_registry_contents():
     assert set(MODELS) == {"denoiser", "multiscale", "progressive", "frequency", "rrdb_sr", "sr3", "dot_net",
-                           "biplanar_lift"}
+                           "biplanar_lift", "estimate_fusion"}
     assert set(NAMES) == {"denoiser", "multiscale", "progressive", "frequency"}
 
 
@@ -271,7 +271,7 @@ def test_unknown_model_lists_known_names():
     with pytest.raises(ValueError) as info:
         build_model(cfg, in_channels=3)
     assert str(info.value) == ("unknown model 'unet9000'; known models: "
-                               "biplanar_lift, denoiser, dot_net, frequency, multiscale, progressive, rrdb_sr, sr3")
+                               "biplanar_lift, denoiser, dot_net, estimate_fusion, frequency, multiscale, progressive, rrdb_sr, sr3")
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -14,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from _ddp_worker import BlobSampler, TinyNet, build, make_config
+from _ddp_worker import BlobSampler, TinyNet, build, make_config, run_torchrun
 from workbench.io_utils import InputError
 from workbench.training.checkpoint import load_checkpoint
 from workbench.training.events import Failed, Finished, StepEnd, Validation, WeightsChanged
@@ -352,7 +351,7 @@ def test_ddp_two_ranks_agree_and_only_rank0_writes(tmp_path):
         env.pop(k, None)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
            str(ROOT / "tests" / "_ddp_worker.py"), str(tmp_path)]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    proc = run_torchrun(cmd, cwd=ROOT, env=env, timeout=120)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     r0 = json.loads((tmp_path / "rank0.json").read_text())
     r1 = json.loads((tmp_path / "rank1.json").read_text())

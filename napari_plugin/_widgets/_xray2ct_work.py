@@ -28,7 +28,8 @@ METHODS = (("network", "Network (64³)", "network"),
            ("atlas", "Atlas (mean volume)", "atlas"),
            ("ridge", "Ridge regression", "ridge"))
 #: what each method is, for the combo box's tool tips
-METHOD_TIPS = {"network": "the stage-1 network: 2D encoders lifted along the rays, a 3D decoder (64³)",
+METHOD_TIPS = {"network": "the stage-1 network: 2D encoders lifted along the rays, a 3D decoder (64³); the shipped "
+                          "one is fused voxel by voxel with the ridge shape model (xray2ct_fusion.pt)",
                "network+refine": "stage 1, then the stage-2 network (the sr task's, x2) to 128³",
                "backprojection": "each X-ray spread evenly along its rays, the two views averaged (no training)",
                "atlas": "the mean training volume, whatever the X-rays (what ignoring the input scores)",
@@ -194,7 +195,14 @@ def reconstruct_worker(method: str, inp: XrayInput, paths: dict, cache: dict, co
         emit(Progress(1, 4, "stages"))
         emit(Status(f"Reconstructing ({NAME_OF[method]})…"))
         t0 = time.perf_counter()
-        hu = workflow.reconstruct("network" if predictor else method, xrays, g, predictor=predictor, linear=linear)
+        if predictor is not None:
+            hu, fused = predictor.predict_with_info(xrays)
+            if fused["fused"]:
+                model += f", fused with ridge by {predictor.fusion.source}"
+            elif predictor.fusion is not None:
+                model += ", not fused with ridge (ridge does not fit these X-rays)"
+        else:
+            hu = workflow.reconstruct(method, xrays, g, linear=linear)
         if method == "network+refine":
             check_cancel(control.cancelled)
 

@@ -246,7 +246,9 @@ def test_network_reconstructs_the_sample_then_review(make_napari_viewer, qtbot, 
         panel.stage1.setText(str(stage1))
     result = _reconstruct(panel, qtbot, "network")
     ct = _check_result(viewer, panel, "network", "network CT")
-    assert ct.metadata["model"] == str(stage1) and "baseline" not in ct.metadata
+    assert ct.metadata["model"].startswith(str(stage1)) and "baseline" not in ct.metadata
+    # the shipped network comes with its fusion with ridge; a user's network alone
+    assert ("fused with ridge" in ct.metadata["model"]) == (stage1 == _shipped_stage1())
     if stage1 == _shipped_stage1():  # the trained network beats the back-projection smear by far
         assert result.metrics["psnr"] > 18.0 and result.metrics["dice_lung"] > 0.6, result.metrics
         assert result.metrics["reprojection_error"] < 0.15

@@ -158,15 +158,15 @@ def test_bad_input_exits_2_and_writes_nothing(cases, checkpoint, tmp_path, capsy
 
 def test_stage1_trains_under_torchrun_with_two_gloo_processes(cases, tiny_config, tmp_path):
     import os
-    import subprocess
     import sys
 
     run_dir = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           "-m", "workbench.cli", "--quiet", "xray2ct", "train", str(cases), "--out", str(run_dir),
-                           "--config", str(tiny_config), "--steps", "2"], capture_output=True, text=True, env=env,
-                          timeout=300)
+    from _ddp_worker import run_torchrun
+
+    proc = run_torchrun([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                         "-m", "workbench.cli", "--quiet", "xray2ct", "train", str(cases), "--out", str(run_dir),
+                         "--config", str(tiny_config), "--steps", "2"], env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.count("stage 1: 2 steps") == 1           # rank 0 alone reports
     assert (run_dir / "best.pt").is_file()

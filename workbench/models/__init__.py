@@ -22,6 +22,7 @@ from workbench.models.blocks import CBAM3d
 from workbench.models.denoiser import DenoiserNet
 from workbench.models.dot import DotNet
 from workbench.models.frequency import FrequencyDomainNet
+from workbench.models.fusion import EstimateFusionNet
 from workbench.models.multiscale import MultiScaleDetailNet
 from workbench.models.progressive import ProgressiveDetailNet
 from workbench.models.sr import RRDBSuperResNet
@@ -39,12 +40,13 @@ MODELS: dict[str, type[nn.Module]] = {
     "sr3": SR3UNet,
     "dot_net": DotNet,
     "biplanar_lift": BiplanarLiftNet,
+    "estimate_fusion": EstimateFusionNet,
 }
 
 __all__ = [
     "MODELS", "build_model", "collect_attention_maps", "model_summary", "ConditionedReconNet",
     "DenoiserNet", "MultiScaleDetailNet", "ProgressiveDetailNet", "FrequencyDomainNet", "RRDBSuperResNet", "SR3UNet",
-    "DotNet", "BiplanarLiftNet",
+    "DotNet", "BiplanarLiftNet", "EstimateFusionNet",
 ]
 
 

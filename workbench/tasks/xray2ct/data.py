@@ -266,6 +266,15 @@ class XrayDataset:
     def __len__(self) -> int:
         return len(self.names)
 
+    @property
+    def seed(self) -> Optional[int]:
+        """The simulation seed of ``dataset.json`` (None for folders not written by ``simulate``)."""
+        info = Path(self.folder or "") / "dataset.json"
+        if not self.folder or not info.is_file():
+            return None
+        seed = json.loads(info.read_text()).get("seed")
+        return None if seed is None else int(seed)
+
 
 def _case_geometry(d: Path) -> XrayGeometry:
     return read_geometry(d / "geometry.json")

@@ -90,6 +90,26 @@ def train_stage2(data_dir: PathLike, out_dir: PathLike, *, config_path=None, ste
     return make_trainer(pairs, out_dir, config, callbacks=callbacks).fit(resume=resume)
 
 
+def train_fusion(data_dir: PathLike, out_dir: PathLike, *, config_path=None, steps: Optional[int] = None,
+                 stage1: Optional[PathLike] = None, linear: Optional[PathLike] = None, resume: bool = False,
+                 callbacks: Iterable = (), progress=None):
+    """The fusion of stage 1 with ridge, on cases of ``data_dir`` that neither was fitted on."""
+    from workbench.config import load_config
+    from workbench.tasks.xray2ct.fusion import fusion_config, make_fusion_trainer
+
+    if resume and not (Path(out_dir) / "last.pt").is_file():
+        raise InputError(f"--resume: {out_dir}/last.pt does not exist: drop --resume to start a new run")
+    config = load_config(config_path) if config_path else fusion_config()
+    if config.task != "xray2ct":
+        raise InputError(f"{config_path} is a config for task '{config.task}'; start from `workbench config --task "
+                         "xray2ct --model estimate_fusion`")
+    if steps is not None:
+        config.train.steps = int(steps)
+    trainer = make_fusion_trainer(load_dataset(data_dir), out_dir, config, stage1=stage1, linear=linear,
+                                  callbacks=callbacks, progress=progress)
+    return trainer.fit(resume=resume)
+
+
 def fit_linear_model(data_dir: PathLike, out_dir: PathLike, *, seed: int = 0, real_ct_volumes: int = 24,
                      k: int = 64, basis_grid: int = 32) -> Path:
     """The atlas and ridge model fitted on the stage-1 training split of ``data_dir`` (+ the same real-CT crops)."""
@@ -121,6 +141,16 @@ def train_stage(args, progress) -> str:
     if args.stage == "linear":
         path = fit_linear_model(args.data_dir, args.out)
         return f"wrote {path} (atlas + ridge regression)"
+    if args.linear and args.stage != "fusion":
+        raise InputError("--linear is an option of --stage fusion")
+    if args.stage == "fusion":
+        if args.from_truth:
+            raise InputError("--from-truth is an option of --stage 2")
+        result = train_fusion(args.data_dir, args.out, config_path=args.config, steps=args.steps, stage1=args.stage1,
+                              linear=args.linear, resume=args.resume, callbacks=[progress.on_event],
+                              progress=progress.stage("stage 1 and ridge", "case").inference)
+        return (f"fusion: {result.steps_done} steps ({result.reason}); best held-out loss {result.best_loss:.5g}; "
+                f"checkpoints in {args.out}")
     if args.stage == "2":
         if args.resume and not (Path(args.out) / "last.pt").is_file():
             raise InputError(f"--resume: {args.out}/last.pt does not exist: drop --resume to start a new run")
@@ -129,7 +159,7 @@ def train_stage(args, progress) -> str:
                               progress=progress.stage("stage-1 outputs", "case").inference)
     else:
         if args.stage1 or args.from_truth:
-            raise InputError("--stage1 and --from-truth are options of --stage 2")
+            raise InputError("--stage1 is an option of --stage 2 and fusion, --from-truth of --stage 2")
         config = workflow.resolve_config(args.config)
         if args.steps is not None:
             config.train.steps = int(args.steps)

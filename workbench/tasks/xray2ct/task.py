@@ -4,8 +4,9 @@
 
     workbench xray2ct simulate OUT_DIR [--n N] [--size 64] [--seed K] [--geometry parallel|cone]
     workbench xray2ct project CT.nii.gz -o CASE_DIR [--geometry parallel|cone]
-    workbench xray2ct train DATA_DIR --out RUN_DIR [--stage 1|2|linear] [--config cfg.yaml] [--resume]
+    workbench xray2ct train DATA_DIR --out RUN_DIR [--stage 1|2|linear|fusion] [--config cfg.yaml] [--resume]
     workbench xray2ct predict --ap AP --lateral LAT -o CT.nii.gz [--checkpoint CKPT] [--refine CKPT2]
+                              [--fusion CKPT3 | --no-fusion]
     workbench xray2ct baseline backprojection|atlas|ridge --ap AP --lateral LAT -o CT.nii.gz
     workbench xray2ct evaluate CT.nii.gz --reference REF.nii.gz [--json]
 """
@@ -44,7 +45,7 @@ class Xray2CtTask(Task):
                "network to 128^3; vs back-projection, atlas, ridge")
     options_model = XrayOptions
     baselines = BASELINES
-    models = ("biplanar_lift",)
+    models = ("biplanar_lift", "estimate_fusion")
     view = ViewSpec(
         layers=(LayerSpec("xray_ap", "AP X-ray", on_output_grid=False),
                 LayerSpec("xray_lat", "lateral X-ray", on_output_grid=False),
@@ -60,6 +61,10 @@ class Xray2CtTask(Task):
         network), plus projection consistency 0.1; batch 4 (``data.batch_size``, ``train.accumulation_steps``)."""
         from workbench.config import Config
 
+        if model == "estimate_fusion":
+            from workbench.tasks.xray2ct.fusion import fusion_config
+
+            return fusion_config()
         if model != "biplanar_lift":
             raise ValueError(f"unknown xray2ct model {model!r}; known: {', '.join(self.models)}")
         opts = XrayOptions(**options)
@@ -126,16 +131,19 @@ class Xray2CtTask(Task):
         p.add_argument("--png", action="store_true", help="also write 16-bit PNGs of the two views")
         p.add_argument("--seed", type=int, default=0, help="photon noise seed")
 
-        p = sub.add_parser("train", help="stage 1 (X-rays -> 64^3), stage 2 (64^3 -> 128^3) or the linear baselines")
+        p = sub.add_parser("train", help="stage 1 (X-rays -> 64^3), stage 2 (64^3 -> 128^3), the linear baselines, "
+                           "or the fusion of stage 1 with ridge")
         p.add_argument("data_dir")
         p.add_argument("--out", required=True, help="run folder (stage 1/2: config.yaml, last.pt, best.pt; "
                        "linear: linear.npz)")
-        p.add_argument("--stage", choices=("1", "2", "linear"), default="1")
+        p.add_argument("--stage", choices=("1", "2", "linear", "fusion"), default="1",
+                       help="fusion: on phantoms neither stage 1 nor the linear model was fitted on (another --seed)")
         p.add_argument("--config", help="YAML config (see `workbench config --task xray2ct`)")
         p.add_argument("--steps", type=int, help="overrides train.steps")
         p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
-        p.add_argument("--stage1", help="stage 2: the stage-1 checkpoint whose outputs it learns to refine "
+        p.add_argument("--stage1", help="stage 2 / fusion: the stage-1 checkpoint whose outputs it learns from "
                        "(default: the shipped one)")
+        p.add_argument("--linear", help="fusion: the linear model (linear.npz) it fuses with (default: the shipped one)")
         p.add_argument("--from-truth", action="store_true", help="stage 2: train on the downsampled reference "
                        "instead of stage-1 outputs")
 
@@ -146,6 +154,11 @@ class Xray2CtTask(Task):
         p.add_argument("--checkpoint", help="stage-1 best.pt (default: the shipped one)")
         p.add_argument("--refine", nargs="?", const="", default=None, metavar="CKPT2",
                        help="stage 2 to 128^3 (a stage-2 best.pt; without a value: the shipped one)")
+        fuse = p.add_mutually_exclusive_group()
+        fuse.add_argument("--fusion", help="fuse stage 1 with ridge by this best.pt of `train --stage fusion` "
+                          "(default: the shipped fusion, with the shipped stage 1 only)")
+        fuse.add_argument("--no-fusion", action="store_true", help="the stage-1 network's own volume")
+        p.add_argument("--linear", help="with --fusion: the linear model it was trained with (default: shipped)")
 
         p = sub.add_parser("baseline", help="back-projection smear, mean atlas, or ridge regression")
         p.add_argument("method", choices=BASELINES)
@@ -180,8 +193,15 @@ class Xray2CtTask(Task):
                 print(result)
         elif verb == "predict":
             info = workflow.predict(args.ap, args.lateral, args.output, checkpoint=args.checkpoint,
-                                    refine_checkpoint=args.refine or None, refine_default=args.refine == "")
-            print(f"wrote {info['output']} ({'x'.join(map(str, info['shape']))} HU, {info['checkpoint']})")
+                                    refine_checkpoint=args.refine or None, refine_default=args.refine == "",
+                                    fusion=False if args.no_fusion else args.fusion, linear=args.linear)
+            applied = info["fusion_applied"]
+            fused = f" fused with ridge by {info['fusion']}" if applied["fused"] else ""
+            print(f"wrote {info['output']} ({'x'.join(map(str, info['shape']))} HU, {info['checkpoint']}{fused})")
+            if info["fusion"] and not applied["fused"]:
+                print(f"not fused with ridge: the ridge model re-projects {applied['ridge_reprojection_error']:.3f} "
+                      f"from these X-rays, above {applied['limit']:.3f} (1.5x its worst on the fusion's training "
+                      "cases): the network's own volume")
         elif verb == "baseline":
             info = workflow.baseline(args.method, args.ap, args.lateral, args.output, model=args.model)
             print(f"wrote {info['output']} ({args.method})")

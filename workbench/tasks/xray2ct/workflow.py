@@ -27,6 +27,7 @@ WEIGHTS_DIR = Path(__file__).with_name("weights")
 DEFAULT_STAGE1 = WEIGHTS_DIR / "xray2ct_stage1.pt"
 DEFAULT_STAGE2 = WEIGHTS_DIR / "xray2ct_stage2.pt"
 DEFAULT_LINEAR = WEIGHTS_DIR / "xray2ct_linear.npz"
+DEFAULT_FUSION = WEIGHTS_DIR / "xray2ct_fusion.pt"
 
 
 def _task():
@@ -115,6 +116,7 @@ def make_trainer(dataset: XrayDataset, out_dir: Optional[PathLike], config, *, c
     meta = {"name": config.model.name, **spec}
     names = dataset.names
     task_meta = {"task": "xray2ct", "stage": 1, "geometry": g.to_dict(), "real_ct_volumes": n_real,
+                 "data_seed": dataset.seed,
                  "train_cases": [names[i] for i in train_idx if i < len(names)],
                  "val_cases": [names[i] for i in val_idx]}
     terms = None
@@ -150,13 +152,27 @@ def train(data_dir: PathLike, out_dir: PathLike, config, *, resume: bool = False
 
 # --------------------------------------------------------------------------- prediction
 class XrayPredictor:
-    """A stage-1 network with its geometry."""
+    """A stage-1 network with its geometry, and the fusion with the ridge model when one is attached.
 
-    def __init__(self, model: torch.nn.Module, geometry: XrayGeometry, source: str):
-        self.model, self.geometry, self.source = model.eval(), geometry, source
+    ``predict`` returns the fused volume when :attr:`fusion` is set
+    (:class:`~workbench.tasks.xray2ct.fusion.StageOneFusion`), else the network's own.
+    """
+
+    def __init__(self, model: torch.nn.Module, geometry: XrayGeometry, source: str, *, fusion=None,
+                 train_cases: Iterable[str] = (), data_seed: Optional[int] = None):
+        self.model, self.geometry, self.source, self.fusion = model.eval(), geometry, source, fusion
+        self.train_cases, self.data_seed = list(train_cases), data_seed
 
     @classmethod
-    def from_checkpoint(cls, path: Optional[PathLike] = None) -> "XrayPredictor":
+    def from_checkpoint(cls, path: Optional[PathLike] = None, *, fusion: Optional[PathLike | bool] = None,
+                        linear: Optional[PathLike] = None) -> "XrayPredictor":
+        """Open a stage-1 checkpoint (default: the shipped one) and its fusion.
+
+        ``fusion``: None attaches the shipped fusion to the shipped stage 1 (and nothing to
+        other checkpoints); False attaches none; a path attaches that fusion checkpoint,
+        which must have been trained behind this stage 1 and ``linear`` (default: the
+        shipped linear model).
+        """
         from workbench.config import Config
         from workbench.models import build_model
         from workbench.tasks.xray2ct.geometry import detector_coordinates
@@ -175,6 +191,10 @@ class XrayPredictor:
         if task.get("task") != "xray2ct":
             raise InputError(f"checkpoint {path} is for task '{task.get('task', 'dwi')}', not xray2ct stage 1: pick "
                              "a best.pt of `workbench xray2ct train --stage 1`")
+        if task.get("stage", 1) != 1:
+            raise InputError(f"checkpoint {path} is the xray2ct {task['stage']} stage, not stage 1: pass it with "
+                             f"--{'fusion' if task['stage'] == 'fusion' else 'refine'}, and a stage-1 best.pt (or "
+                             "none) with --checkpoint")
         config = Config.model_validate(ckpt["config"])
         meta = ckpt["model_meta"]
         model = build_model(config.model, **{k: meta[k] for k in ("in_channels", "out_channels", "output_grid",
@@ -183,7 +203,16 @@ class XrayPredictor:
         model.load_state_dict({k: v.float() for k, v in model_weights(ckpt).items() if not k.startswith("lift")})
         g = XrayGeometry.from_dict(task["geometry"])
         model.set_geometry([[detector_coordinates(g, v, grid) for v in g.views] for grid in model.grids])
-        return cls(model, g, str(path))
+        cases = task.get("train_cases")      # names; a count in the shipped (packaged) checkpoint
+        predictor = cls(model, g, str(path), train_cases=cases if isinstance(cases, list) else (),
+                        data_seed=task.get("data_seed"))
+        if fusion is None and path.resolve() == DEFAULT_STAGE1.resolve() and DEFAULT_FUSION.is_file():
+            fusion = DEFAULT_FUSION
+        if fusion:
+            from workbench.tasks.xray2ct.fusion import StageOneFusion
+
+            predictor.fusion = StageOneFusion.load(fusion, path, linear)
+        return predictor
 
     def check(self, xrays: np.ndarray, geometry: Optional[XrayGeometry]) -> None:
         """Refuse X-rays of another detector size or beam geometry than the checkpoint's (one line, the fix)."""
@@ -199,10 +228,18 @@ class XrayPredictor:
                              "checkpoint for this geometry")
 
     @torch.no_grad()
-    def predict(self, xrays: np.ndarray) -> np.ndarray:
-        """HU volume (G, G, G) from (2, nu, nv) line integrals."""
+    def predict_with_info(self, xrays: np.ndarray, *, fuse: bool = True) -> tuple[np.ndarray, dict]:
+        """HU volume (G, G, G) from (2, nu, nv) line integrals, and whether it was fused with ridge (and why not)."""
         x = torch.from_numpy(np.asarray(xrays, np.float32) / LINE_INTEGRAL_SCALE)[None]
-        return unit_to_hu(self.model(x)[0, 0].float().numpy()).astype(np.float32)
+        hu = unit_to_hu(self.model(x)[0, 0].float().numpy()).astype(np.float32)
+        if not fuse or self.fusion is None:
+            return hu, {"fused": False}
+        return self.fusion.fuse(hu, np.asarray(xrays, np.float32), self.geometry)
+
+    def predict(self, xrays: np.ndarray, *, fuse: bool = True) -> np.ndarray:
+        """HU volume (G, G, G) from (2, nu, nv) line integrals (fused with ridge when a fusion is attached and
+        ridge fits these X-rays; see :mod:`workbench.tasks.xray2ct.fusion`)."""
+        return self.predict_with_info(xrays, fuse=fuse)[0]
 
 
 def refine(hu: np.ndarray, checkpoint: Optional[PathLike] = None, progress=None) -> np.ndarray:
@@ -238,15 +275,18 @@ def _write(out: Path, hu: np.ndarray, g: XrayGeometry, info: dict) -> dict:
 
 
 def predict(ap: PathLike, lateral: PathLike, output: PathLike, *, checkpoint: Optional[PathLike] = None,
-            refine_checkpoint: Optional[PathLike] = None, refine_default: bool = False) -> dict:
-    """Stage 1 (and stage 2 with a refinement checkpoint) from two X-ray files; writes OUT and OUT.json."""
-    out = _check_output(output, ap, lateral, checkpoint, refine_checkpoint)
-    predictor = XrayPredictor.from_checkpoint(checkpoint)
+            refine_checkpoint: Optional[PathLike] = None, refine_default: bool = False,
+            fusion: Optional[PathLike | bool] = None, linear: Optional[PathLike] = None) -> dict:
+    """Stage 1 (fused with ridge by default; and stage 2 with a refinement checkpoint) from two X-ray files;
+    writes OUT and OUT.json. ``fusion`` and ``linear`` as in :meth:`XrayPredictor.from_checkpoint`."""
+    out = _check_output(output, ap, lateral, checkpoint, refine_checkpoint, fusion or None, linear)
+    predictor = XrayPredictor.from_checkpoint(checkpoint, fusion=fusion, linear=linear)
     xrays = load_views(ap, lateral)
     predictor.check(xrays, geometry_beside(ap))
     t0 = time.perf_counter()
-    hu = predictor.predict(xrays)
-    info = {"checkpoint": predictor.source, "stage1_seconds": time.perf_counter() - t0}
+    hu, fused = predictor.predict_with_info(xrays)
+    info = {"checkpoint": predictor.source, "fusion": predictor.fusion.source if predictor.fusion else None,
+            "fusion_applied": fused, "stage1_seconds": time.perf_counter() - t0}
     if refine_checkpoint or refine_default:
         t0 = time.perf_counter()
         hu = refine(hu, refine_checkpoint)
