@@ -139,17 +139,13 @@ def test_train_fusion_behind_stage1_then_predict_with_it(setup, tmp_path):
     assert np.abs(fused - plain).mean() > 1.0                         # the ridge half moved it
 
 
-def test_fusion_refusals_exit_2_and_write_nothing(setup, tmp_path, capsys):
+def test_fusion_refusals_exit_2_and_write_nothing(setup, tmp_path, cli_refuses):
     root = setup
     s1, lin = root / "s1" / "best.pt", root / "lin" / "linear.npz"
     out = tmp_path / "out.nii.gz"
 
     def refused(*argv, match):
-        capsys.readouterr()
-        assert run(*argv) == 2
-        err = capsys.readouterr().err
-        assert match in err and len(err.strip().splitlines()) == 1, err
-        assert not out.exists()
+        cli_refuses(out, *argv, match=match)
 
     # the cases stage 1 was trained on cannot teach the fusion its out-of-sample errors
     refused("xray2ct", "train", root / "fit", "--stage", "fusion", "--out", out, "--stage1", s1, "--linear", lin,
