@@ -59,8 +59,8 @@ def train_run(train_dir: Path, run_dir: Path, seed: int, attention: bool, steps:
         return best
     config = get_task("dot").default_config(grid=grid)
     config.train.seed = seed
-    config.train.steps = steps
-    config.train.val_every = config.train.checkpoint_every = max(50, steps // 10)
+    config.train.steps = steps or config.train.steps
+    config.train.val_every = config.train.checkpoint_every = max(50, config.train.steps // 10)
     config.train.threads = threads
     config.model.options = {**config.model.options, "spatial_attention": attention}
     result = workflow.train(train_dir, run_dir, config)
@@ -115,7 +115,7 @@ def main(argv=None) -> int:
     ap.add_argument("--n-test", type=int, default=120)
     ap.add_argument("--grid", type=int, default=32)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--steps", type=int, default=500, help="steps of each run (the default config's)")
+    ap.add_argument("--steps", type=int, default=None, help="steps of each run (default: the task's default config)")
     ap.add_argument("--threads", type=int, help="torch threads per training run (parallel stages: 1)")
     ap.add_argument("--gn-cases", type=int, default=40)
     ap.add_argument("--gn-iterations", type=int, default=3)

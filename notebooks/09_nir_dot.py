@@ -211,9 +211,11 @@ print(f"largest Rytov changes: {np.abs(y[0]).max():.1%} (CW amplitude), {np.abs(
 #   at the current estimate with the nonlinear forward model, λ lowered after every step that lowers the
 #   data misfit. Each iteration costs a new Jacobian: several seconds at this grid.
 # - **the network** (`workbench dot predict`): each pair becomes a token (its data and the positions of its
-#   source and detector), tokens are spread into the volume along each pair's sensitivity, a small 3D UNet
-#   with spatial attention decodes mu_a and mu_s'. Trained on simulated phantoms; about a second on two CPU
-#   cores.
+#   source and detector), tokens are spread into the volume along each pair's sensitivity; beside them the
+#   network reads three linear Tikhonov reconstructions of the same data (fixed λ, from strong to weak
+#   regularisation), and a small 3D UNet with spatial attention decodes mu_a and mu_s' from all of it.
+#   Trained on simulated phantoms; well under a second per case once loaded (loading computes the
+#   background Jacobian, as Tikhonov does).
 
 # %%
 predictor = workflow.DotPredictor.from_checkpoint()  # the shipped network (workbench/tasks/dot/weights/dot_net.pt)
@@ -322,7 +324,7 @@ print("subsets reconstructed (method, pairs kept):", sorted({(r["method"], r["pa
 #
 # ```
 # workbench dot simulate DATA --n 1000            # phantoms + noise-free data, grid 32, one process per CPU
-# workbench dot train DATA --out RUN              # seed 002's recipe: 3000 steps, OneCycle, early stopping
+# workbench dot train DATA --out RUN              # seed 002's recipe: OneCycle, early stopping (800 steps)
 # workbench dot predict measurements.npz -o mu.nii.gz --checkpoint RUN/best.pt
 # ```
 #

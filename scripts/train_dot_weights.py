@@ -7,7 +7,8 @@ Training data, all generated here, nothing downloaded: ``--n`` phantoms of
 ``workbench dot simulate`` with seed 1 (the benchmark's held-out test phantoms use seed 2).
 Settings: the task's default config (seed 002: AdamW (0.9, 0.95), OneCycleLR to 3e-3 with
 20% warm-up, RMSE 0.7 + SSIM 0.3 per channel weighted mu_a 2 : mu_s' 1, early stopping,
-spatial attention), seed 0, 500 steps: the benchmark's ``att_seed0`` run (``benchmarks/dot.py``
+spatial attention; the three linear Tikhonov reconstructions as extra input), seed 0, 800
+steps: the benchmark's ``att_seed0`` run (``benchmarks/dot.py``
 trains the same configuration with seeds 0, 1, 2, with and without attention), so
 ``--from-run dot_bench/runs/att_seed0/best.pt`` packages the network its table scores. The file keeps the weights (float16), config and
 metadata, not the optimizer state (a few MB).
@@ -50,7 +51,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=Path("dot_bench/train"), help="training cases (made if missing)")
     ap.add_argument("--n", type=int, default=800)
-    ap.add_argument("--steps", type=int, default=None, help="default: the task's default config (500)")
+    ap.add_argument("--steps", type=int, default=None, help="default: the task's default config (800)")
     ap.add_argument("--run", type=Path, default=Path("dot_bench/runs/shipped"))
     ap.add_argument("--from-run", type=Path, help="a finished run's best.pt: package it, do not train")
     ap.add_argument("--out", type=Path, default=workflow.DEFAULT_CHECKPOINT)

@@ -183,3 +183,33 @@ def test_gauss_newton_lowers_the_misfit_and_the_error(absorber):
     assert info["lam"][1] == pytest.approx(info["lam"][0] / 3)
     assert rmse_mua(mu, truth) <= rmse_mua(mu_t, truth)
     assert relative(mu)[0][inc].mean() > 0.3
+
+
+def test_network_tikhonov_operator_is_the_fixed_lambda_tikhonov(absorber):
+    """The network's linear input channels reproduce the baseline at a fixed lambda, pooled to the lift grid."""
+    import torch
+    import torch.nn.functional as F
+
+    from workbench.tasks.dot.training import features, reference_data, tikhonov_operator
+
+    _, _, data = absorber
+    scales = [0.05, 0.07, 0.02]
+    lams = [1e-4, 1e-2]
+    x = features(data, reference_data(G), scales)[:, :3]                     # (P, 3) normalised features
+    full = tikhonov_operator(G, G.grid, scales, lams, sigma_amp=0.01, sigma_phase_deg=0.5).numpy()
+    rec = np.einsum("pf,fpcxyz->cxyz", x, full)
+    _, gcv = B.tikhonov(G, data)
+    s_max2 = gcv["lam"] / gcv["lam_relative"]     # tikhonov's lam is absolute, the operator's relative to this
+    for k, lam in enumerate(lams):
+        mu, _ = B.tikhonov(G, data, lam=lam * s_max2)
+        want = relative(mu)
+        for c in range(2):
+            np.testing.assert_allclose(rec[2 * k + c][BODY], want[c][BODY], atol=2e-4 * np.abs(want[c]).max() + 1e-7)
+            assert np.all(rec[2 * k + c][~BODY] == 0)
+    assert np.abs(rec[0][BODY]).max() > 1.5 * np.abs(rec[2][BODY]).max()   # smaller lambda: larger deviations
+    half = tikhonov_operator(G, G.grid // 2, scales, lams, sigma_amp=0.01, sigma_phase_deg=0.5).numpy()
+    pooled = np.einsum("pf,fpcxyz->cxyz", x, half)
+    body = torch.from_numpy(BODY.astype(np.float64))[None, None]
+    num = F.avg_pool3d(torch.from_numpy(rec)[None] * body, 2)[0].numpy()
+    den = F.avg_pool3d(body, 2)[0, 0].numpy()
+    np.testing.assert_allclose(pooled, np.where(den > 0, num / np.maximum(den, 1e-12), 0.0), rtol=1e-4, atol=1e-7)

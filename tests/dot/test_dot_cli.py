@@ -174,3 +174,34 @@ def test_config_lists_the_seed_settings(capsys):
     for needle in ("dot_net", "betas", "0.95", "warmup_fraction: 0.2", "rmse: 0.7", "ssim: 0.3",
                    "channel_weights"):
         assert needle in text
+
+
+def test_network_reading_tikhonov_reconstructions_trains_and_predicts(cases, tmp_path):
+    """`options.tikhonov_lambdas` gives the network linear reconstructions as input; the checkpoint records how
+    to rebuild that operator, and `predict` rebuilds it: the loaded network gives the trained network's output."""
+    import torch
+
+    from workbench.tasks.dot import workflow
+    from workbench.tasks.dot.training import features, reference_data
+
+    cfg = get_task("dot").default_config(grid=16, tikhonov_lambdas=(1e-4, 1e-2))
+    cfg.train.val_every = cfg.train.checkpoint_every = 2
+    cfg.data.batch_size = 2
+    path = tmp_path / "dot.yaml"
+    save_config(cfg, path)
+    run_dir = tmp_path / "run"
+    assert run("dot", "train", cases, "--out", run_dir, "--config", path, "--steps", "2") == 0
+    pred = workflow.DotPredictor.from_checkpoint(run_dir / "best.pt")
+    assert pred.model.tikhonov_channels == 4 and pred.model.inverse is not None
+    trained = workflow.make_trainer(load_dataset(cases), None, cfg).model
+    trained.load_state_dict(pred.model.state_dict())
+    data = load_measurements(cases / "case_001" / "measurements.npz").data
+    x = torch.from_numpy(features(data, reference_data(pred.geometry), pred.scales))[None]
+    with torch.no_grad():
+        torch.testing.assert_close(pred.model.lift(x), trained.eval().lift(x))
+        lifted = pred.model.lift(x)[0, -4:]
+    assert lifted.abs().amax(dim=(1, 2, 3)).min() > 0          # every linear channel carries the measurements
+    out = tmp_path / "mu.nii.gz"
+    assert run("dot", "predict", cases / "case_001" / "measurements.npz", "-o", out,
+               "--checkpoint", run_dir / "best.pt") == 0
+    assert np.isfinite(np.asarray(nib.load(out).dataobj)).all()

@@ -39,7 +39,8 @@ def measurements(b: int = 2, n_pairs: int = P, absent=(), seed: int = 1) -> torc
 def make(output_grid: int = 16, seed: int = 0, **kw) -> DotNet:
     torch.manual_seed(seed)
     net = DotNet(n_pairs=P, base_filters=4, token_dim=8, output_grid=output_grid, **kw)
-    net.set_geometry(*geometry(grid=net.lift_grid))
+    inverse = inverse_for(net) if net.tikhonov_channels else None
+    net.set_geometry(*geometry(grid=net.lift_grid), inverse)
     return net
 
 
@@ -221,3 +222,39 @@ def test_default_size():
     assert net.lift_grid == 16 and "Parameters" in DotNet.__doc__
     with pytest.raises(ValueError, match="output_grid"):
         DotNet(output_grid=30, upsample=4)
+
+
+# ----------------------------------------------------------------------------- linear reconstructions as input
+def inverse_for(net: DotNet, seed: int = 3) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    l = net.lift_grid
+    return torch.randn(3, P, net.tikhonov_channels, l, l, l, generator=g)
+
+
+def test_tikhonov_channels_are_the_fixed_linear_map_of_present_pairs():
+    net = make(tikhonov_channels=2)
+    inv = inverse_for(net)
+    net.set_geometry(*geometry(grid=net.lift_grid), inv)
+    x = measurements(absent=(5,))
+    lifted = net.lift(x)
+    assert lifted.shape[1] == 8 + 4 + 2
+    meas = x[..., :3].clone()
+    meas[:, 5] = 0.0
+    want = torch.einsum("bpf,fpcxyz->bcxyz", meas, inv)
+    torch.testing.assert_close(lifted[:, -2:], want, rtol=1e-5, atol=1e-5)
+    x2 = x.clone()
+    x2[:, 5, :3] = float("nan")   # an absent pair's values are never read, also by the linear map
+    assert torch.equal(net.lift(x2), lifted)
+    y = net(x)
+    assert y.shape == (2, 2, 16, 16, 16) and torch.isfinite(y).all()
+
+
+def test_tikhonov_channels_need_their_operator():
+    net = DotNet(n_pairs=P, base_filters=4, token_dim=8, output_grid=16, tikhonov_channels=2)
+    with pytest.raises(ValueError, match="tikhonov_channels=2.*inverse of shape"):
+        net.set_geometry(*geometry(grid=8))
+    with pytest.raises(ValueError, match="inverse of shape"):
+        net.set_geometry(*geometry(grid=8), torch.zeros(3, P, 4, 8, 8, 8))
+    with pytest.raises(ValueError, match="tikhonov_channels=0"):
+        make().set_geometry(*geometry(grid=8), torch.zeros(3, P, 2, 8, 8, 8))
+    assert "inverse" not in make(tikhonov_channels=2).state_dict()

@@ -193,6 +193,13 @@ class DotNet(nn.Module):
         Output grid / lift grid; the sensitivity matrix lives on the lift grid.
     spatial_attention : bool
         Spatial attention blocks at the two deepest encoder levels; ``False`` builds none.
+    tikhonov_channels : int
+        Extra lifted channels computed by a fixed linear operator of the measurements (the
+        task passes linearised Tikhonov reconstructions at a few regularisation weights to
+        :meth:`set_geometry`); 0 (default) uses none. The per-pair tokens cannot mix pairs
+        before the lift, so without them the lift is a back-projection the UNet must
+        deconvolve (learned post-processing of a regularised inverse: Jin et al. 2017,
+        "Deep convolutional neural network for inverse problems in imaging").
 
     Attributes
     ----------
@@ -214,11 +221,12 @@ class DotNet(nn.Module):
 
     def __init__(self, in_channels: int = 4, out_channels: int = 2, num_conditions: int = 1, base_filters: int = 16,
                  n_pairs: int = 256, token_dim: int = 32, output_grid: int = 32, upsample: int = 2,
-                 spatial_attention: bool = True) -> None:
+                 spatial_attention: bool = True, tikhonov_channels: int = 0) -> None:
         super().__init__()
         for name, value, low in (("in_channels", in_channels, 2), ("out_channels", out_channels, 1),
                                  ("num_conditions", num_conditions, 1), ("base_filters", base_filters, 2),
-                                 ("n_pairs", n_pairs, 1), ("token_dim", token_dim, 1), ("upsample", upsample, 1)):
+                                 ("n_pairs", n_pairs, 1), ("token_dim", token_dim, 1), ("upsample", upsample, 1),
+                                 ("tikhonov_channels", tikhonov_channels, 0)):
             if int(value) != value or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
         if int(output_grid) != output_grid or output_grid % upsample or output_grid // upsample < 4:
@@ -230,13 +238,15 @@ class DotNet(nn.Module):
         self.output_grid, self.upsample = int(output_grid), int(upsample)
         self.lift_grid = self.output_grid // self.upsample
         self.spatial_attention = bool(spatial_attention)
+        self.tikhonov_channels = int(tikhonov_channels)
 
         self.encoder = PairEncoder(self.in_channels, self.token_dim)
         self.register_buffer("sensitivity", None, persistent=False)  # (P, N) on the lift grid
         self.register_buffer("pair_positions", None, persistent=False)  # (P, 6)
+        self.register_buffer("inverse", None, persistent=False)  # ((F - 1) P, tikhonov_channels N) on the lift grid
 
         c = self.base_filters
-        self.stem = ConvBlock(self.token_dim + 4, c)
+        self.stem = ConvBlock(self.token_dim + 4 + self.tikhonov_channels, c)
         self.down1, self.enc1 = _down(c, 2 * c), ConvBlock(2 * c, 2 * c)
         self.down2, self.enc2 = _down(2 * c, 4 * c), ConvBlock(4 * c, 4 * c)
         self.att1 = SpatialAttentionBlock(2 * c) if self.spatial_attention else None
@@ -253,11 +263,13 @@ class DotNet(nn.Module):
         """Whether :meth:`set_geometry` has been called."""
         return self.sensitivity is not None
 
-    def set_geometry(self, weights: Tensor, pair_positions: Tensor) -> None:
-        """Set the probe geometry: sensitivity ``weights`` (P, X, Y, Z) on the lift grid and
-        ``pair_positions`` (P, 6), source xyz then detector xyz normalised to [-1, 1].
+    def set_geometry(self, weights: Tensor, pair_positions: Tensor, inverse: Optional[Tensor] = None) -> None:
+        """Set the probe geometry: sensitivity ``weights`` (P, X, Y, Z) on the lift grid,
+        ``pair_positions`` (P, 6), source xyz then detector xyz normalised to [-1, 1], and, for a
+        model with ``tikhonov_channels``, the linear ``inverse`` (F - 1, P, tikhonov_channels, X, Y, Z):
+        channel ``c`` of the lifted volume is ``sum_{f, p} x[b, p, f] inverse[f, p, c]``.
 
-        Both are non-persistent buffers (not in the state dict, moved by ``.to()``). The
+        All are non-persistent buffers (not in the state dict, moved by ``.to()``). The
         weights must be nonnegative and finite; rows are used as given (the task
         normalises each to sum 1).
         """
@@ -277,6 +289,18 @@ class DotNet(nn.Module):
             raise ValueError("pair_positions must be finite")
         ref = next(self.parameters())
         dtype = torch.float64 if ref.dtype == torch.float64 else torch.float32
+        if self.tikhonov_channels:
+            want = (self.in_channels - 1, self.n_pairs, self.tikhonov_channels, g, g, g)
+            if inverse is None or tuple(torch.as_tensor(inverse).shape) != want:
+                got = None if inverse is None else tuple(torch.as_tensor(inverse).shape)
+                raise ValueError(f"this model has tikhonov_channels={self.tikhonov_channels}: set_geometry needs "
+                                 f"an inverse of shape {want}, got {got}")
+            inverse = torch.as_tensor(inverse).detach()
+            if not torch.isfinite(inverse).all():
+                raise ValueError("the inverse operator must be finite")
+            self.inverse = inverse.reshape(want[0] * want[1], -1).to(ref.device, dtype).contiguous()
+        elif inverse is not None:
+            raise ValueError("an inverse operator was given to a model built with tikhonov_channels=0")
         self.sensitivity = weights.detach().reshape(self.n_pairs, -1).to(ref.device, dtype).contiguous()
         self.pair_positions = pair_positions.detach().to(ref.device, dtype).contiguous()
 
@@ -297,8 +321,9 @@ class DotNet(nn.Module):
         return self.encoder(x, self.pair_positions, x[..., -1] > 0.5)
 
     def lift(self, x: Tensor) -> Tensor:
-        """The lifted volume (B, token_dim + 4, G_l, G_l, G_l): sensitivity-weighted mean token,
-        coverage (present sensitivity / its maximum) and voxel-centre coordinates in [-1, 1].
+        """The lifted volume (B, token_dim + 4 + tikhonov_channels, G_l, G_l, G_l): sensitivity-weighted
+        mean token, coverage (present sensitivity / its maximum), voxel-centre coordinates in [-1, 1]
+        and the linear reconstructions (when the model has them).
 
         Computed in float32 (float64 for a double model) also under autocast: the weights are small.
         """
@@ -315,7 +340,11 @@ class DotNet(nn.Module):
             coverage = den / peak.clamp_min(1e-12)
             axis = (torch.arange(g, device=x.device, dtype=dtype) + 0.5) * (2.0 / g) - 1.0
             coords = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij")).reshape(1, 3, -1).expand(b, -1, -1)
-            vol = torch.cat([lifted, coverage[:, None], coords], dim=1)
+            parts = [lifted, coverage[:, None], coords]
+            if self.inverse is not None:   # fixed linear reconstructions of the measurements (absent pairs are 0)
+                meas = torch.where(present[..., None], x[..., :-1], 0.0).to(dtype).transpose(1, 2).reshape(b, -1)
+                parts.append((meas @ self.inverse).reshape(b, self.tikhonov_channels, -1))
+            vol = torch.cat(parts, dim=1)
         return vol.reshape(b, -1, g, g, g)
 
     def forward(self, x: Tensor, cond: Optional[Tensor] = None) -> Tensor:

@@ -34,6 +34,9 @@ class DotOptions(TaskOptions):
     subsample_prob: float = Field(0.5, ge=0, le=1, description="share of training cases that lose a random part of "
                                   "their source-detector pairs (seed 002's measurement subsampling)")
     subsample_min: float = Field(0.5, gt=0, le=1, description="least share of pairs such a case keeps")
+    tikhonov_lambdas: tuple[float, ...] = Field((3e-5, 3e-4, 3e-3), description="relative regularisation weights (x the largest "
+                                                "squared singular value) of linear Tikhonov reconstructions the "
+                                                "network reads beside its lifted tokens; () for none")
     channel_weights: tuple[float, float] = Field((2.0, 1.0), description="loss weight of mu_a and mu_s' "
                                                  "(seed 002: absorption is the harder channel)")
 
@@ -71,7 +74,7 @@ class DotTask(Task):
             "data": {"batch_size": 8, "augment": True},
             "model": {"name": "dot_net", "base_filters": 16, "options": {"token_dim": 32, "spatial_attention": True}},
             "loss": {"weights": {"rmse": 0.7, "ssim": 0.3}},
-            "train": {"steps": 500, "lr": 3e-3, "optimizer": "adamw", "betas": (0.9, 0.95), "weight_decay": 1e-4,
+            "train": {"steps": 800, "lr": 3e-3, "optimizer": "adamw", "betas": (0.9, 0.95), "weight_decay": 1e-4,
                       "schedule": "onecycle", "warmup_fraction": 0.2, "val_every": 50, "checkpoint_every": 50,
                       "early_stopping_patience": 6, "grad_clip": 1.0},
         })

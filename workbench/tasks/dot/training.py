@@ -20,6 +20,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 import torch
+from scipy import sparse
 import torch.nn.functional as F
 
 from workbench.tasks.dot.baselines import rytov_data as rytov
@@ -89,6 +90,44 @@ def _lifting_weights(geometry: Geometry, lift_grid: int) -> np.ndarray:
     pooled = F.adaptive_avg_pool3d(t, lift_grid)[:, 0]
     pooled = pooled / pooled.flatten(1).sum(1).clamp_min(1e-30)[:, None, None, None]
     return pooled.numpy()
+
+
+def tikhonov_operator(geometry: Geometry, lift_grid: int, scales: Sequence[float], lambdas: Sequence[float], *,
+                      sigma_amp: float, sigma_phase_deg: float) -> torch.Tensor:
+    """(3, P, 2 L, g, g, g) linear map from the network's normalised features to Tikhonov reconstructions.
+
+    For each relative weight ``lambdas[l]`` (times the largest squared singular value of the
+    noise-weighted Rytov Jacobian ``J`` at the background) the map gives the relative
+    deviations of mu_a (channel ``2 l``) and mu_s' (``2 l + 1``) of
+    ``argmin ||W (J x - y)||^2 + lam ||x||^2`` (as :func:`~workbench.tasks.dot.baselines.tikhonov`
+    with a fixed lam, all pairs), mean-pooled over the body voxels of each lift-grid cell.
+    An absent pair enters as a zero measurement (the network's features are 0 there).
+    """
+    from workbench.tasks.dot import baselines
+
+    rows = np.ones(3 * geometry.n_pairs, bool)
+    sigma_amp, sigma_phase_deg = max(float(sigma_amp), 1e-3), max(float(sigma_phase_deg), 0.05)
+    _, A = baselines._background(geometry)                              # (3P, 2 N_body)
+    evals, U = baselines._background_eig(geometry, sigma_amp, sigma_phase_deg, np.ones(
+        (len(geometry.sources_mm), len(geometry.detectors_mm)), bool).tobytes())
+    w = baselines._weights(geometry.n_pairs, sigma_amp, sigma_phase_deg)[rows]
+    col_scale = np.repeat(np.asarray(scales, float), geometry.n_pairs)   # features are y / scale
+    body = geometry.body_mask
+    n = int(body.sum())
+    g = lift_grid
+    idx = np.argwhere(body)
+    cell = np.ravel_multi_index(tuple(((idx * g) // np.asarray(body.shape)).T), (g,) * 3)
+    count = np.bincount(cell, minlength=g ** 3).astype(np.float64)
+    pool = sparse.csr_matrix((1.0 / count[cell], (cell, np.arange(n))), shape=(g ** 3, n))
+    # pooling is linear: pool the Jacobian's transpose once, then apply each data-space solve (4x fewer rows)
+    At = np.concatenate([pool @ A[:, c * n:(c + 1) * n].T.astype(np.float64) for c in range(2)])  # (2 g^3, 3P)
+    out = []
+    for lam in lambdas:
+        D = (w[:, None] * U) @ ((U.T * w[None, :]) / (evals + float(lam) * evals.max())[:, None])   # (3P, 3P)
+        out.append((At @ D) * col_scale[None, :])                       # (2 g^3, 3P): mu_a rows, then mu_s'
+    op = np.stack(out).reshape(2 * len(lambdas), g ** 3, 3, geometry.n_pairs).transpose(2, 3, 0, 1)
+    return torch.from_numpy(np.ascontiguousarray(op.reshape(3, geometry.n_pairs, 2 * len(lambdas), g, g, g),
+                                                 dtype=np.float32))
 
 
 def pair_positions(geometry: Geometry) -> torch.Tensor:

@@ -59,7 +59,7 @@ def make_trainer(dataset: DotDataset, out_dir: Optional[PathLike], config, *, ca
     """A ready trainer: a seeded tenth of the cases held out for validation (early stopping, best.pt)."""
     from workbench.models import build_model
     from workbench.tasks import get_task
-    from workbench.tasks.dot.training import DotSampler, feature_scales, lifting_weights, make_step, pair_positions
+    from workbench.tasks.dot.training import DotSampler, feature_scales, make_step
     from workbench.training.trainer import Trainer
 
     g = dataset.geometry
@@ -72,14 +72,28 @@ def make_trainer(dataset: DotDataset, out_dir: Optional[PathLike], config, *, ca
                          sigma_phase_deg=opts.noise_phase_deg, subsample_prob=opts.subsample_prob,
                          subsample_min=opts.subsample_min)
     torch.manual_seed(config.train.seed)
+    lambdas = [float(v) for v in opts.tikhonov_lambdas]
+    config.model.options = {**config.model.options, "tikhonov_channels": 2 * len(lambdas)}
     spec = {"in_channels": 4, "out_channels": 2, "n_pairs": g.n_pairs, "output_grid": g.grid}
     model = build_model(config.model, **spec)
-    model.set_geometry(lifting_weights(g, model.lift_grid), pair_positions(g))
+    inverse = {"lambdas": lambdas, "sigma_amp": opts.noise_amplitude, "sigma_phase_deg": opts.noise_phase_deg}
+    _set_geometry(model, g, scales, inverse)
     meta = {"name": config.model.name, **spec}
-    task_meta = {"task": "dot", "geometry": g.to_dict(), "feature_scales": scales,
+    task_meta = {"task": "dot", "geometry": g.to_dict(), "feature_scales": scales, "inverse": inverse,
                  "train_cases": [dataset.names[i] for i in train_idx], "val_cases": [dataset.names[i] for i in val_idx]}
     return Trainer(model, sampler, config, out_dir=out_dir, callbacks=tuple(callbacks), loss_weights=loss_weights,
                    model_meta=meta, task_meta=task_meta, step=make_step(opts.channel_weights))
+
+
+def _set_geometry(model, geometry: Geometry, scales, inverse: Optional[dict]) -> None:
+    """The network's geometry buffers: lifting weights, pair positions and (if it reads them) the Tikhonov map."""
+    from workbench.tasks.dot.training import lifting_weights, pair_positions, tikhonov_operator
+
+    op = None
+    if inverse and inverse.get("lambdas"):
+        op = tikhonov_operator(geometry, model.lift_grid, scales, inverse["lambdas"], sigma_amp=inverse["sigma_amp"],
+                               sigma_phase_deg=inverse["sigma_phase_deg"])
+    model.set_geometry(lifting_weights(geometry, model.lift_grid), pair_positions(geometry), op)
 
 
 def resolve_config(path: Optional[PathLike]):
@@ -117,7 +131,7 @@ class DotPredictor:
     def from_checkpoint(cls, path: Optional[PathLike] = None) -> "DotPredictor":
         from workbench.config import Config
         from workbench.models import build_model
-        from workbench.tasks.dot.training import lifting_weights, pair_positions, reference_data
+        from workbench.tasks.dot.training import reference_data
         from workbench.training.checkpoint import load_checkpoint
         from workbench.training.ema import model_weights
 
@@ -136,7 +150,7 @@ class DotPredictor:
         model = build_model(config.model, **{k: meta[k] for k in ("in_channels", "out_channels", "n_pairs",
                                                                   "output_grid")})
         model.load_state_dict({k: v.float() for k, v in model_weights(ckpt).items()})
-        model.set_geometry(lifting_weights(g, model.lift_grid), pair_positions(g))
+        _set_geometry(model, g, task["feature_scales"], task.get("inverse"))
         reference_data(g)   # the homogeneous reference solve, once here rather than in the first predict
         return cls(model.eval(), g, list(task["feature_scales"]), str(path))
 
