@@ -61,3 +61,35 @@ def test_dot_benchmark_quick(tmp_path, capsys):
     assert "| rmse_mua |" in text and "lower than Tikhonov" in text
     data = json.loads(out.read_text())
     assert data["n_test"] == 6 and (tmp_path / "fig.png").stat().st_size > 10_000
+
+
+def _shift_bench():
+    spec = importlib.util.spec_from_file_location("bench_dot_shift", ROOT / "benchmarks" / "dot_shift.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
+
+
+def test_shift_benchmark_tumours_are_outside_the_training_range():
+    from workbench.tasks.dot.phantoms import DIAMETER_MM, _depth, render_phantom
+
+    bench, g = _shift_bench(), default_geometry(32)
+    for seed in range(5):
+        params = bench.tumour_params(np.random.default_rng(seed), g)
+        assert 1 <= len(params["inclusions"]) <= 2
+        for inc in params["inclusions"]:
+            assert 2 * inc["radius_mm"] > DIAMETER_MM[1] and inc["kind"] == "both"
+            assert (inc["mua_factor"], inc["mus_factor"]) == (2.0, 0.8)
+            assert _depth(g, np.asarray(inc["centre_mm"])) >= inc["radius_mm"] + 2.0
+        mu, labels = render_phantom(params, g)
+        inside = labels > 0
+        assert inside.any() and mu[0][inside].max() > 1.9 * g.background[0]
+
+
+def test_shift_benchmark_quick_prints_every_condition(tmp_path, capsys):
+    bench = _shift_bench()
+    assert bench.main(["--quick", "--work", str(tmp_path), "--workers", "1"]) == 0
+    text = capsys.readouterr().out
+    for label, *_ in bench.CONDITIONS:
+        assert f"| {label} | Tikhonov |" in text and f"| {label} | network |" in text
+    assert len(list(tmp_path.glob("*.npz"))) == len(bench.PHANTOM_SETS)
