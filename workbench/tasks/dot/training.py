@@ -20,8 +20,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 import torch
-from scipy import sparse
 import torch.nn.functional as F
+from scipy import sparse
 
 from workbench.tasks.dot.baselines import rytov_data as rytov
 from workbench.tasks.dot.data import DotDataset, add_noise
@@ -105,12 +105,11 @@ def tikhonov_operator(geometry: Geometry, lift_grid: int, scales: Sequence[float
     """
     from workbench.tasks.dot import baselines
 
-    rows = np.ones(3 * geometry.n_pairs, bool)
     sigma_amp, sigma_phase_deg = max(float(sigma_amp), 1e-3), max(float(sigma_phase_deg), 0.05)
     _, A = baselines._background(geometry)                              # (3P, 2 N_body)
     evals, U = baselines._background_eig(geometry, sigma_amp, sigma_phase_deg, np.ones(
         (len(geometry.sources_mm), len(geometry.detectors_mm)), bool).tobytes())
-    w = baselines._weights(geometry.n_pairs, sigma_amp, sigma_phase_deg)[rows]
+    w = baselines._weights(geometry.n_pairs, sigma_amp, sigma_phase_deg)
     col_scale = np.repeat(np.asarray(scales, float), geometry.n_pairs)   # features are y / scale
     body = geometry.body_mask
     n = int(body.sum())
