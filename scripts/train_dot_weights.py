@@ -6,7 +6,7 @@
 Training data, all generated here, nothing downloaded: ``--n`` phantoms of
 ``workbench dot simulate`` with seed 1 (the benchmark's held-out test phantoms use seed 2).
 Settings: the task's default config (seed 002: AdamW (0.9, 0.95), OneCycleLR to 3e-3 with
-20% warm-up, RMSE 0.7 + SSIM 0.3 per channel weighted mu_a 2 : mu_s' 1, early stopping,
+20% warm-up, RMSE 0.7 + SSIM 0.3 per channel weighted mu_a 3 : mu_s' 1, inclusions x41 in mu_s', early stopping,
 spatial attention; the three linear Tikhonov reconstructions as extra input), seed 0, 800
 steps: the benchmark's ``att_seed0`` run (``benchmarks/dot.py``
 trains the same configuration with seeds 0, 1, 2, with and without attention), so

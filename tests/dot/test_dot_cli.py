@@ -205,3 +205,32 @@ def test_network_reading_tikhonov_reconstructions_trains_and_predicts(cases, tmp
     assert run("dot", "predict", cases / "case_001" / "measurements.npz", "-o", out,
                "--checkpoint", run_dir / "best.pt") == 0
     assert np.isfinite(np.asarray(nib.load(out).dataobj)).all()
+
+
+def test_inclusion_weight_follows_the_true_inclusions_through_the_rotations(cases):
+    """`options.inclusion_weight` weighs the loss per channel: body voxels 1 / (1 + w), inclusion voxels 1, the
+    labels turned with the phantom in the quarter-turn augmentation; the inclusion voxels carry more of the loss."""
+    import torch
+
+    from workbench.tasks.dot.training import DotSampler, feature_scales
+
+    ds = load_dataset(cases)
+    scales = feature_scales(ds, range(len(ds.mu)))
+    plain = DotSampler(ds, range(len(ds.mu)), [], scales, sigma_amp=0.0, sigma_phase_deg=0.0,
+                       subsample_prob=0.0, subsample_min=1.0)
+    weighted = DotSampler(ds, range(len(ds.mu)), [], scales, sigma_amp=0.0, sigma_phase_deg=0.0,
+                          subsample_prob=0.0, subsample_min=1.0, inclusion_weight=(0.0, 9.0))
+    assert plain.sample(2, torch.Generator().manual_seed(0)).mask.shape[1] == 1
+    body = ds.geometry.body_mask
+    for seed in range(6):                              # several draws of the quarter turn
+        batch = weighted.sample(3, torch.Generator().manual_seed(seed))
+        assert batch.mask.shape == (3, 2) + body.shape
+        mua_w, mus_w = batch.mask[:, 0].numpy(), batch.mask[:, 1].numpy()
+        assert np.array_equal(mua_w, np.broadcast_to(body, mua_w.shape).astype(np.float32))   # w = 0: the body
+        assert set(np.unique(mus_w)) <= {0.0, np.float32(0.1), 1.0}
+        for b in range(3):
+            inside = mus_w[b] == 1.0
+            assert inside.any() and not (inside & ~body).any()
+            # the weighted voxels are where the (turned) target leaves the background most
+            dev = np.abs(batch.target[b].numpy()).max(0)
+            assert dev[inside].mean() > 5 * dev[body & ~inside].mean()

@@ -142,23 +142,25 @@ class DotSampler:
 
     def __init__(self, dataset: DotDataset, train_idx: Sequence[int], val_idx: Sequence[int], scales: Sequence[float],
                  *, sigma_amp: float, sigma_phase_deg: float, subsample_prob: float, subsample_min: float,
-                 val_seed: int = 12345, val_batch: int = 8):
+                 inclusion_weight: Sequence[float] = (0.0, 0.0), val_seed: int = 12345, val_batch: int = 8):
         self.ds, self.train_idx, self.val_idx = dataset, list(train_idx), list(val_idx)
         self.scales = list(scales)
         self.sigma_amp, self.sigma_phase = float(sigma_amp), float(sigma_phase_deg)
         self.sub_prob, self.sub_min = float(subsample_prob), float(subsample_min)
         self.ref = reference_data(dataset.geometry)
         self.body = torch.from_numpy(dataset.geometry.body_mask.astype(np.float32))[None]
+        self.inclusion_weight = tuple(float(w) for w in inclusion_weight)
         self._val = None
         self.val_seed, self.val_batch = val_seed, val_batch
 
     def _item(self, i: int, rng: np.random.Generator, augment: bool):
         g = self.ds.geometry
-        data, mu = self.ds.data[i], self.ds.mu[i].astype(np.float32)
+        data, mu, labels = self.ds.data[i], self.ds.mu[i].astype(np.float32), self.ds.labels[i]
         turn = g.quarter_turn() if augment else None
         q = int(rng.integers(4)) if turn is not None else 0
         for _ in range(q):   # exact: the grid and the optode rings map onto themselves
             data, mu = data[:, turn[0]][:, :, turn[1]], np.rot90(mu, 1, axes=(-3, -2))
+            labels = np.rot90(labels, 1, axes=(-3, -2))
         data = add_noise(data, rng, self.sigma_amp, self.sigma_phase)
         mask = None
         if augment and rng.random() < self.sub_prob:
@@ -168,13 +170,20 @@ class DotSampler:
                 mask.flat[rng.integers(mask.size)] = True
         x = features(data, self.ref, self.scales, mask)
         y = relative(np.ascontiguousarray(mu), g)
-        return torch.from_numpy(x), torch.from_numpy(y)
+        return torch.from_numpy(x), torch.from_numpy(y), self._weights(labels)
+
+    def _weights(self, labels: np.ndarray) -> torch.Tensor:
+        """(1 or 2, X, Y, Z) loss weights in [0, 1]: the body, inclusions up-weighted per channel, rescaled."""
+        if not any(self.inclusion_weight):
+            return self.body
+        inside = torch.from_numpy(np.ascontiguousarray(labels) > 0).float()[None]
+        w = torch.tensor(self.inclusion_weight, dtype=torch.float32).reshape(2, 1, 1, 1)
+        return self.body * (1.0 + w * inside) / (1.0 + w)
 
     def _batch(self, items) -> Batch:
-        xs, ys = zip(*items)
+        xs, ys, ms = zip(*items)
         B = len(xs)
-        return Batch(torch.stack(xs), torch.stack(ys), torch.zeros(B, dtype=torch.long),
-                     self.body.expand(B, *self.body.shape).clone())
+        return Batch(torch.stack(xs), torch.stack(ys), torch.zeros(B, dtype=torch.long), torch.stack(ms))
 
     def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
         pick = torch.randint(len(self.train_idx), (batch_size,), generator=generator).tolist()
@@ -190,13 +199,15 @@ class DotSampler:
         return self._val
 
 
-def dot_step(model, batch: Batch, ctx, *, channel_weights=(2.0, 1.0)) -> StepOutput:
-    """Seed 002's objective: the composite loss per channel (RMSE + SSIM by default), weighted mu_a 2 : mu_s' 1."""
+def dot_step(model, batch: Batch, ctx, *, channel_weights=(3.0, 1.0)) -> StepOutput:
+    """Seed 002's objective: the composite loss per channel (RMSE + SSIM by default), weighted mu_a 3 : mu_s' 1
+    (``channel_weights``); ``batch.mask`` holds per-channel voxel weights when inclusions are up-weighted."""
     pred = model(batch.input, batch.cond).float()
     total, terms = 0.0, {}
     wsum = float(sum(channel_weights))
     for c, (w, name) in enumerate(zip(channel_weights, ("mua", "mus"))):
-        loss, t = ctx.criterion(pred[:, c:c + 1], batch.target[:, c:c + 1], batch.mask)
+        mask = batch.mask if batch.mask is None or batch.mask.shape[1] == 1 else batch.mask[:, c:c + 1]
+        loss, t = ctx.criterion(pred[:, c:c + 1], batch.target[:, c:c + 1], mask)
         total = total + (w / wsum) * loss
         for k, v in t.items():
             terms[k] = terms.get(k, 0.0) + (w / wsum) * v

@@ -70,7 +70,7 @@ def make_trainer(dataset: DotDataset, out_dir: Optional[PathLike], config, *, ca
     scales = feature_scales(dataset, train_idx)
     sampler = DotSampler(dataset, train_idx, val_idx, scales, sigma_amp=opts.noise_amplitude,
                          sigma_phase_deg=opts.noise_phase_deg, subsample_prob=opts.subsample_prob,
-                         subsample_min=opts.subsample_min)
+                         subsample_min=opts.subsample_min, inclusion_weight=opts.inclusion_weight)
     torch.manual_seed(config.train.seed)
     lambdas = [float(v) for v in opts.tikhonov_lambdas]
     config.model.options = {**config.model.options, "tikhonov_channels": 2 * len(lambdas)}
