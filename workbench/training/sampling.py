@@ -17,7 +17,8 @@ import torch
 @dataclass
 class Batch:
     """``input`` (B, C_in, D, H, W), ``target`` (B, C_out, D, H, W), ``cond`` (B,) long,
-    ``mask`` (B, 1, D, H, W) float in [0, 1] or None (loss over every voxel)."""
+    ``mask`` (B, 1, D, H, W) float in [0, 1] or None (loss over every voxel); a task's step may pass
+    per-channel weights, (B, C_out, D, H, W) (the ``dot`` task's inclusion weights)."""
 
     input: torch.Tensor
     target: torch.Tensor
