@@ -149,7 +149,8 @@ class DotSampler:
         self.sub_prob, self.sub_min = float(subsample_prob), float(subsample_min)
         self.ref = reference_data(dataset.geometry)
         self.body = torch.from_numpy(dataset.geometry.body_mask.astype(np.float32))[None]
-        self.inclusion_weight = tuple(float(w) for w in inclusion_weight)
+        w = torch.tensor([float(v) for v in inclusion_weight], dtype=torch.float32).reshape(2, 1, 1, 1)
+        self._inclusion_w = w if bool(w.any()) else None
         self._val = None
         self.val_seed, self.val_batch = val_seed, val_batch
 
@@ -174,10 +175,10 @@ class DotSampler:
 
     def _weights(self, labels: np.ndarray) -> torch.Tensor:
         """(1 or 2, X, Y, Z) loss weights in [0, 1]: the body, inclusions up-weighted per channel, rescaled."""
-        if not any(self.inclusion_weight):
+        w = self._inclusion_w
+        if w is None:
             return self.body
         inside = torch.from_numpy(np.ascontiguousarray(labels) > 0).float()[None]
-        w = torch.tensor(self.inclusion_weight, dtype=torch.float32).reshape(2, 1, 1, 1)
         return self.body * (1.0 + w * inside) / (1.0 + w)
 
     def _batch(self, items) -> Batch:
