@@ -169,6 +169,8 @@ def main(argv=None) -> int:
                         help="extra trainings of ours with these loss weights, e.g. mse:1,edge:0.2 (the loss ablation)")
     parser.add_argument("--mppca-stride", type=int, default=None,
                         help="patch-centre spacing of our pipeline's MP-PCA (prior and blend; default: the config's)")
+    parser.add_argument("--prior-folds", type=int, default=None,
+                        help="folds of the split MP-PCA prior (data.prior_folds; default: the config's)")
     parser.add_argument("--jsonl", type=str, default=None,
                         help="append every (setting, seed, method) result to this JSON-lines file as it comes")
     args = parser.parse_args(argv)
@@ -182,8 +184,11 @@ def main(argv=None) -> int:
         config.train.steps = args.steps
     if args.mppca_stride:
         config.data.mppca_stride = config.inference.mppca_stride = args.mppca_stride
+    if args.prior_folds:
+        config.data.prior_folds = args.prior_folds
     print(f"# DWI denoising benchmark: phantom {shape}, seeds {args.seeds}, our steps {config.train.steps}, "
           f"{args.threads} threads, MP-PCA stride {config.data.mppca_stride}/{config.inference.mppca_stride}, "
+          f"{config.data.prior_folds} prior folds, "
           f"torch {torch.__version__}\n", flush=True)
     results: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
     for seed in args.seeds:  # seeds outermost: a cut-short run still covers every setting

@@ -130,6 +130,12 @@ def test_divergence_on_slabs_agrees_with_the_whole_brain():
     slabs = divergence_slabs(p.mask, int(p.mask.sum()) // 3)
     inside = sum(int(p.mask[:, :, a:b].sum()) for a, b in slabs)
     assert len(slabs) >= 2 and p.mask.sum() // 3 <= inside < p.mask.sum()
+    # the default three slabs sit at the brain's axial quantiles 1/6, 1/2, 5/6, not in one block
+    share = np.cumsum(p.mask.sum(axis=(0, 1))) / p.mask.sum()
+    thin = divergence_slabs(p.mask, int(p.mask.sum()) // 10)
+    assert len(thin) == 3
+    for (a, b), q in zip(thin, (1 / 6, 1 / 2, 5 / 6)):
+        assert a <= np.searchsorted(share, q) < b
     assert divergence_slabs(p.mask, 0) == [(0, 30)] == divergence_slabs(p.mask, int(p.mask.sum()))
     full_div, full = mppca_with_divergence(y, p.sigma, p.mask)
     seen = []

@@ -28,7 +28,7 @@ PLAUSIBLE_WEIGHTS = (-0.5, 1.5)
 MIN_SURE_VOXELS = 1000
 
 
-def divergence_slabs(mask: np.ndarray, voxels: int, n_slabs: int = 4, min_planes: int = 4) -> list[tuple[int, int]]:
+def divergence_slabs(mask: np.ndarray, voxels: int, n_slabs: int = 3, min_planes: int = 4) -> list[tuple[int, int]]:
     """Axial slabs ``[z0, z1)`` on which the blend's Monte-Carlo divergence is measured.
 
     The whole volume when ``voxels`` is 0 or at least the brain's voxel count; else
