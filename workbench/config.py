@@ -163,7 +163,7 @@ class InferenceConfig(_Strict):
         100_000, ge=0,
         description="the blend's Monte-Carlo divergence reruns MP-PCA on perturbed data in three axial slabs "
         "spread over the brain holding at least this many brain voxels (0 or more than the brain: the whole "
-        "volume); its relative error goes as 1/sqrt(voxels): ~0.5% per volume at 1e5 on the phantom",
+        "volume); the slabs miss the brain's top and bottom, which costs a few % of the divergence (README)",
     )
     shrinkage: bool = Field(
         True,
