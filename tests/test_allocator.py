@@ -46,3 +46,34 @@ def test_reuse_large_buffers_can_be_switched_off(monkeypatch):
     monkeypatch.setenv("WORKBENCH_MALLOC_TUNING", "0")
     with allocator.reuse_large_buffers() as on:
         assert not on
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="madvise through glibc")
+def test_release_pages_drops_a_block_of_a_live_buffer():
+    """The whole pages inside one block go back to the kernel (they read as zeros, RSS falls);
+    the rest of the buffer keeps its values; non-contiguous blocks are left alone."""
+    import mmap
+
+    import numpy as np
+
+    def rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * mmap.PAGESIZE
+
+    if allocator._glibc() is None:
+        pytest.skip("not glibc")
+    buf = torch.from_numpy(np.full((3, 8, 256, 1024), 7.0, dtype=np.float16))  # 3 x 8 blocks of 512 KiB
+    before = rss()
+    released = sum(allocator.release_pages(buf[p, j]) for p in range(3) for j in range(1, 8))
+    assert released >= 21 * (512 << 10) - 21 * 2 * 4096  # all but the partial pages at each block's ends
+    assert before - rss() > 0.8 * released
+    assert torch.all(buf[:, 0] == 7.0)  # the kept block is intact
+    assert float(buf[1, 3, 10:-10].float().abs().max()) == 0.0  # the released block's inside is gone
+    assert allocator.release_pages(buf[:, 0]) == 0  # not contiguous: nothing released
+    assert allocator.release_pages(buf[0, 0, 0, :8]) == 0  # less than a page
+
+
+def test_release_pages_can_be_switched_off(monkeypatch):
+    monkeypatch.setenv("WORKBENCH_MALLOC_TUNING", "0")
+    buf = torch.ones(4, 1 << 20)
+    assert allocator.release_pages(buf[1]) == 0 and torch.all(buf[1] == 1.0)

@@ -268,11 +268,24 @@ def test_lazy_input_tiles_equal_the_whole_input_and_priors_can_be_released(small
     a = predict_tiled(model, whole, j, tile=12, overlap=4, amp=False)
     b = predict_tiled(model, lazy, j, tile=12, overlap=4, amp=False)
     assert torch.equal(a, b)
+    storage = subject.priors.untyped_storage()
     den = Denoiser(model, cfg, subject.n_volumes, device="cpu", amp=False)
     out = den.denoise(p.noisy, p.bvals, p.bvecs, p.mask, subject=subject, release_priors=True)
     assert out.denoised.shape == p.noisy.shape and not subject.has_priors
+    # the storage itself is dropped (an empty view of it would keep every byte alive)
+    assert subject.priors.untyped_storage().nbytes() == 0 and storage.nbytes() > 0
+    assert subject.priors.shape == (subject.n_priors, 0) + tuple(subject.volumes.shape[1:])
     with pytest.raises(InputError, match="released"):
         den.denoise(p.noisy, p.bvals, p.bvecs, p.mask, subject=subject)
+    # one volume's priors handed back (as whole-series inference does after each volume): its input is
+    # refused, the others' are untouched, and the series counts as released
+    subject = prepare_subject(p.noisy, p.bvals, p.bvecs, cfg.data, mask=p.mask)
+    other = subject.network_input(j + 1)
+    subject.release_volume_priors(j)
+    assert not subject.has_priors
+    with pytest.raises(RuntimeError, match=f"volume {j} were released"):
+        subject.network_input(j)
+    assert torch.equal(subject.network_input(j + 1), other)
 
 
 def test_free_water_floor_in_place_equals_a_new_array():

@@ -43,6 +43,9 @@ def test_round_trip_keeps_affine_header_and_gradients(tmp_path):
     assert np.allclose(back.data, data * 2)
     assert back.header.get_data_dtype() == np.float32
     assert np.allclose(back.bvals, bvals)
+    # C order in memory (nibabel's arrays are Fortran-ordered: NIfTI is x-fastest on disk), same values
+    assert series.data.flags.c_contiguous and np.array_equal(series.data, data)
+    assert np.asarray(nib.load(str(path)).dataobj).flags.f_contiguous
 
 
 def test_integer_input_is_written_as_float(tmp_path):

@@ -112,3 +112,47 @@ def test_blend_falls_back_to_a_convex_mix_on_a_tiny_mask():
     var, _ = rician_noise_stats(pred, p.mask, p.sigma)
     _, weights, _ = blend_with_mppca(pred, noisy, var, p.mask, p.sigma, p.bvals)
     assert p.mask.sum() >= MIN_SURE_VOXELS and np.any(weights[:, 2] != 0)
+
+
+def test_blend_in_place_equals_a_new_array():
+    """``overwrite=True`` writes the blend into the predictions volume by volume: same numbers as a new array,
+    including a volume that falls back to the convex mix (which reads the predictions it overwrites)."""
+    from workbench.data.phantoms import simulate_dwi
+    from workbench.inference import blend_with_mppca, mppca_with_divergence, rician_noise_stats
+
+    p = simulate_dwi(shape=(20, 20, 10), scheme="dti", snr=15.0, seed=5)
+    noisy = np.moveaxis(p.noisy, -1, 0).astype(np.float32)
+    clean = np.moveaxis(p.clean, -1, 0)
+    pred = (clean + np.random.default_rng(0).normal(0, p.sigma, clean.shape)).astype(np.float32)
+    pred[1] = 5.0 * noisy[1]  # a wild volume: its free weights leave the plausible range
+    var, _ = rician_noise_stats(pred, p.mask, p.sigma)
+    mp = mppca_with_divergence(noisy, p.sigma, p.mask)
+    new, w_new, r_new = blend_with_mppca(pred, noisy, var, p.mask, p.sigma, mppca=mp)
+    assert w_new[1, 2] == 0.0 and np.isclose(w_new[1, :2].sum(), 1.0)  # the fallback was taken
+    original = pred.copy()
+    same, w_same, r_same = blend_with_mppca(pred, noisy, var, p.mask, p.sigma, mppca=mp, overwrite=True)
+    assert same is pred and not np.array_equal(pred, original)
+    assert np.array_equal(same, new) and np.array_equal(w_same, w_new) and np.array_equal(r_same, r_new)
+
+
+def test_mppca_blend_reads_the_callers_series_in_place():
+    """Given the caller's (X, Y, Z, N) float32 series in input units, MP-PCA and its divergence are computed on
+    it (no copy of the normalised volumes) and agree with the copy's to float rounding: MP-PCA is scale-equivariant."""
+    from workbench.data.phantoms import simulate_dwi
+    from workbench.inference import mppca_with_divergence
+
+    p = simulate_dwi(shape=(20, 21, 12), scheme="dti", snr=15.0, seed=5)
+    series = np.ascontiguousarray(p.noisy, dtype=np.float32)
+    scale = 371.5
+    noisy = np.ascontiguousarray(np.moveaxis(series, -1, 0)) / np.float32(scale)
+    sigma = p.sigma / scale
+    div, full = mppca_with_divergence(noisy, sigma, p.mask, divergence_voxels=800)
+    div_in_place, full_in_place = mppca_with_divergence(noisy, sigma, p.mask, divergence_voxels=800, series=series,
+                                                        scale=scale)
+    assert np.allclose(full_in_place, full, rtol=0, atol=1e-5 * float(full.max()))
+    assert np.allclose(div_in_place, div, rtol=2e-3)
+    assert not np.allclose(div, 0)
+    # a series in another memory layout (or dtype) is not used: the same result as without it
+    _, other = mppca_with_divergence(noisy, sigma, p.mask, divergence_voxels=800, series=np.asfortranarray(series),
+                                     scale=scale)
+    assert np.array_equal(other, full)

@@ -12,6 +12,10 @@ back to glibc's largest defaults and ``malloc_trim`` hands the free heap back.
 Intel's PyTorch CPU tuning guide gets the same effect by preloading jemalloc or tcmalloc;
 this does it without a preload, and only where it pays. Linux with glibc only; a no-op
 elsewhere, or with ``WORKBENCH_MALLOC_TUNING=0``.
+
+:func:`release_pages` goes the other way: it hands the memory of part of a large array
+back to the kernel while the array lives on (``madvise(MADV_DONTNEED)``), so a series-sized
+buffer consumed block by block (the DWI priors, one volume after another) shrinks as it goes.
 """
 
 from __future__ import annotations
@@ -27,6 +31,9 @@ _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 #: glibc's dynamic thresholds stop growing here (64-bit): what they are restored to
 _DEFAULT_MMAP_MAX = 32 << 20
+
+#: Linux's ``MADV_DONTNEED``: the pages are dropped; a later read of them gives zeros
+_MADV_DONTNEED = 4
 
 _lock = threading.Lock()
 _depth = 0
@@ -70,3 +77,43 @@ def reuse_large_buffers(mmap_threshold: int = 256 << 20, trim_threshold: int = 6
                 libc.mallopt(_M_MMAP_THRESHOLD, _DEFAULT_MMAP_MAX)
                 libc.mallopt(_M_TRIM_THRESHOLD, 2 * _DEFAULT_MMAP_MAX)
                 libc.malloc_trim(0)
+
+
+def release_pages(block) -> int:
+    """Hand the whole memory pages inside a C-contiguous array or tensor back to the kernel.
+
+    The caller gives up the block's contents: afterwards they read as zeros (or, for the
+    partial pages at its ends, which are kept, as before). For a block of a larger buffer
+    that is consumed piece by piece; the buffer itself stays allocated and valid. Returns
+    the bytes released (0 on a platform without ``madvise``, for a non-contiguous or
+    small block, or with ``WORKBENCH_MALLOC_TUNING=0``).
+    """
+    import mmap
+
+    if hasattr(block, "data_ptr"):  # a torch tensor
+        if not block.is_contiguous() or block.device.type != "cpu":
+            return 0
+        start, nbytes = block.data_ptr(), block.numel() * block.element_size()
+    else:
+        if not block.flags.c_contiguous:
+            return 0
+        start, nbytes = block.ctypes.data, block.nbytes
+    libc = _glibc()
+    if libc is None or not hasattr(libc, "madvise"):
+        return 0
+    page = mmap.PAGESIZE
+    first, last = -(-start // page) * page, (start + nbytes) // page * page
+    if last <= first:
+        return 0
+    if libc.madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first), _MADV_DONTNEED) != 0:
+        return 0
+    return last - first
+
+
+def trim_heap() -> None:
+    """Hand the heap's free memory back to the OS (``malloc_trim``), unless a :func:`reuse_large_buffers`
+    block is running (it keeps freed buffers on purpose). After work that freed many buffers between
+    live ones (e.g. MP-PCA's chunks), glibc otherwise keeps the pages: a no-op elsewhere."""
+    libc = _glibc()
+    if libc is not None and _depth == 0:
+        libc.malloc_trim(0)

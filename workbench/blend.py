@@ -72,7 +72,8 @@ def blend_work(shape, mask: np.ndarray, stride: int = 2, divergence_voxels: int 
 
 def mppca_with_divergence(noisy: np.ndarray, sigma: float, mask: np.ndarray, bvals=None, progress=None,
                           stride: int = 2, divergence_voxels: int = 0, should_stop=None,
-                          seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+                          seed: int = 0, series: Optional[np.ndarray] = None,
+                          scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """Full-field-of-view MP-PCA of (N, X, Y, Z) volumes and its divergence per volume in ``mask``.
 
     MP-PCA (Veraart et al. 2016; :func:`workbench.mppca.mppca_batched`) centres a patch on
@@ -85,7 +86,9 @@ def mppca_with_divergence(noisy: np.ndarray, sigma: float, mask: np.ndarray, bva
     full run's); the sum is scaled to the whole mask. Returns ``(divergences (N,), denoised
     (N, X, Y, Z))``. ``progress(done, total)`` counts planes of patch centres over both runs
     (:func:`blend_work`) and may raise to cancel; ``should_stop()`` True cancels between
-    planes. ``bvals`` is unused.
+    planes. ``bvals`` is unused. ``series``, the same data as an (X, Y, Z, N) float32 C-contiguous
+    array times ``scale`` (the caller's series in input units), is read in place: MP-PCA is
+    scale-equivariant and reads that layout fastest, so no (X, Y, Z, N) copy of ``noisy`` is made.
     """
     del bvals
     mask = np.asarray(mask, bool)
@@ -104,15 +107,22 @@ def mppca_with_divergence(noisy: np.ndarray, sigma: float, mask: np.ndarray, bva
         if step == steps:
             done[0] += steps
 
-    base = mppca_batched(np.moveaxis(noisy, 0, -1), None, stride=stride, dense=dense, progress=report,
+    if series is not None and (series.shape != noisy.shape[1:] + noisy.shape[:1] or series.dtype != np.float32
+                               or not series.flags.c_contiguous):
+        series = None
+    # MP-PCA runs on ``source`` (noisy times ``unit``) and is divided by ``unit``
+    source, unit = (series, np.float32(scale)) if series is not None else (np.moveaxis(noisy, 0, -1), np.float32(1))
+    base = mppca_batched(source, None, stride=stride, dense=dense, progress=report,
                          should_stop=should_stop)  # (X, Y, Z, N)
+    base /= unit
     rng = np.random.default_rng(seed)
     div = np.zeros(len(noisy))
     counted = 0
     for z0, z1, a, b in windows:
         probe = rng.standard_normal((len(noisy),) + noisy.shape[1:3] + (b - a,), dtype=np.float32)
-        moved = mppca_batched(np.moveaxis(noisy[..., a:b] + np.float32(eps) * probe, 0, -1), dense[:, :, a:b],
-                              progress=report, should_stop=should_stop)
+        moved = mppca_batched(source[:, :, a:b] + np.float32(eps) * unit * np.moveaxis(probe, 0, -1),
+                              dense[:, :, a:b], progress=report, should_stop=should_stop)
+        moved /= unit
         inside = mask[:, :, z0:z1]
         change = (moved[:, :, z0 - a: z1 - a][inside] - base[:, :, z0:z1][inside]) / np.float32(eps)  # (V, N)
         div += np.einsum("vn,nv->n", change, probe[..., z0 - a: z1 - a][:, inside], dtype=np.float64)
@@ -129,7 +139,7 @@ def can_blend(spatial_shape, n_volumes: int) -> bool:
 
 def blend_with_mppca(preds: np.ndarray, noisy: np.ndarray, noise_var: np.ndarray, mask: np.ndarray,
                      sigma: float, bvals=None, include_noisy: bool = True,
-                     mppca: Optional[tuple[np.ndarray, np.ndarray]] = None,
+                     mppca: Optional[tuple[np.ndarray, np.ndarray]] = None, overwrite: bool = False,
                      ) -> Optional[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Blend (N, X, Y, Z) J-invariant predictions with full-data MP-PCA, SURE-weighted per volume.
 
@@ -146,10 +156,11 @@ def blend_with_mppca(preds: np.ndarray, noisy: np.ndarray, noise_var: np.ndarray
     MP-PCA instead (:func:`workbench.sure.sure_convex_pair`).
 
     Returns ``(blended, weights, risk)``: weights (N, 2 or 3) for prediction,
-    MP-PCA[, noisy], risk (N,) per voxel; or None with a warning when the series
+    MP-PCA[, noisy], risk (N,) per voxel; with ``overwrite`` the blend is written into
+    ``preds`` (no series-sized temporary); or None with a warning when the series
     is too small for MP-PCA's 5x5x5 patches (the caller falls back to shrinkage).
     """
-    from workbench.sure import sure_combine, sure_convex_pair
+    from workbench.sure import sure_convex_weights, sure_weights, weighted_sum
 
     if not can_blend(noisy.shape[1:], len(noisy)):
         warnings.warn(f"MP-PCA blend skipped: {noisy.shape[1:]} voxels x {len(noisy)} volumes is too small for "
@@ -161,16 +172,18 @@ def blend_with_mppca(preds: np.ndarray, noisy: np.ndarray, noise_var: np.ndarray
     if include_noisy:
         estimates.append(noisy)
         divergences.append(np.full(len(noisy), float(mask.sum())))
-    combined, weights, risk = sure_combine(noisy, estimates, divergences, noise_var, mask)
+    weights, risk = sure_weights(noisy, estimates, divergences, noise_var, mask)
     # on few voxels (a tiny or misplaced mask) SURE is noisy and the free weights can run wild (DIPY's
     # small_64D crop, 117 mask voxels: -0.7 on MP-PCA, +1.2 on the noisy volume); such volumes get the
     # convex network/MP-PCA mix instead
     wild = ~np.all((weights >= PLAUSIBLE_WEIGHTS[0]) & (weights <= PLAUSIBLE_WEIGHTS[1]), axis=1)
     wild |= mask.sum() < MIN_SURE_VOXELS
-    if wild.any():
-        combined[wild], t, risk[wild] = sure_convex_pair(noisy[wild], preds[wild], full[wild], zero[wild],
-                                                         div[wild], noise_var[wild], mask)
-        weights[wild] = 0.0
-        weights[wild, 0], weights[wild, 1] = 1 - t, t
-    np.copyto(combined, full, where=~np.asarray(mask, bool)[None])  # in place: no series-sized temporaries
+    for j in np.flatnonzero(wild):
+        t, r = sure_convex_weights(noisy[j:j + 1], preds[j:j + 1], full[j:j + 1], zero[j:j + 1], div[j:j + 1],
+                                   noise_var[j:j + 1], mask)
+        weights[j] = 0.0
+        weights[j, 0], weights[j, 1], risk[j] = 1 - t[0], t[0], r[0]
+    combined = preds if overwrite else None  # in place, volume by volume: no series-sized temporary
+    combined = weighted_sum(estimates, weights, out=combined)
+    np.copyto(combined, full, where=~np.asarray(mask, bool)[None])
     return combined, weights, risk

@@ -247,6 +247,8 @@ class Denoiser:
                 pred = torch.where(outside, subject.volumes[j], self.predict_volume(subject, j))
                 heldout[j] = float(((pred - subject.volumes[j])[brain].double() ** 2).mean())
                 preds[j] = pred.numpy()
+                if release_priors:  # the priors shrink as the predictions grow
+                    subject.release_volume_priors(j)
                 if progress is not None:
                     progress(j + 1, n + blend_units)
         if release_priors:
@@ -263,9 +265,10 @@ class Denoiser:
             if can_blend(data.shape[:3], n):  # MP-PCA's planes count on the same bar; a cancel stops between them
                 mp = mppca_with_divergence(
                     noisy, sig, brain.numpy(), stride=icfg.mppca_stride, divergence_voxels=icfg.divergence_voxels,
+                    series=data, scale=subject.scale,  # read in place when it is float32 (X, Y, Z, N)
                     progress=None if progress is None else (lambda done, total: progress(n + done, n + total)))
             blended = blend_with_mppca(preds, noisy, noise_var, brain.numpy(), sig, subject.bvals,
-                                       include_noisy=icfg.shrinkage, mppca=mp)
+                                       include_noisy=icfg.shrinkage, mppca=mp, overwrite=True)
             del mp
             if blended is not None:
                 preds, weights, risk = blended

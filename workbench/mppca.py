@@ -34,6 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
+from workbench.allocator import trim_heap
 from workbench.tasks.base import check_cancel
 
 __all__ = ["mppca_batched", "patch_centres", "mp_threshold", "dense_region", "centre_grid", "centre_planes"]
@@ -104,7 +105,7 @@ def mp_threshold(eigenvalues: torch.Tensor, n_samples: int, n_features: int) -> 
 
 
 def mppca_batched(data: np.ndarray, mask: np.ndarray | None = None, patch_radius=2, stride: int = 1,
-                  chunk: int = 1024, eig_dtype: torch.dtype = torch.float32, progress=None,
+                  chunk: int = 256, eig_dtype: torch.dtype = torch.float32, progress=None,
                   should_stop=None, dense: np.ndarray | None = None, workers: int | None = None) -> np.ndarray:
     """MP-PCA of a 4D series (X, Y, Z, N) with batched eigendecompositions.
 
@@ -118,7 +119,8 @@ def mppca_batched(data: np.ndarray, mask: np.ndarray | None = None, patch_radius
     stride : int
         Every ``stride``-th voxel per axis is a patch centre (1: DIPY's estimator).
     chunk : int
-        Patches per batched call (memory ~ ``chunk * (2r+1)^3 * N * 4`` bytes, times a few).
+        Patches per batched call (memory ~ ``chunk * (2r+1)^3 * N * 4`` bytes, times a few per
+        worker; 256 ran as fast as 1024 on 128 x 128 x 16 x 65 with a quarter of the extra memory).
     eig_dtype : torch.dtype
         Precision of the covariances and their eigendecomposition (float32, the default,
         is ~1.5x faster than float64 and agrees with DIPY's float64 to ~1e-6 of the signal).
@@ -155,6 +157,7 @@ def mppca_batched(data: np.ndarray, mask: np.ndarray | None = None, patch_radius
         patch_centres(s_, int(r_), stride)  # refuses axes shorter than a patch
     grid = centre_grid(shape, radius, stride, mask, dense)
     planes = np.flatnonzero(grid.any(axis=(0, 1)))
+    # a C-ordered copy of any other layout: patches gather 5-20% faster from it than from an (N, X, Y, Z) view
     vol = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))
     acc = torch.zeros(int(np.prod(shape)), n, dtype=torch.float32)
     weight = torch.zeros(int(np.prod(shape)), dtype=torch.float32)
@@ -193,6 +196,7 @@ def mppca_batched(data: np.ndarray, mask: np.ndarray | None = None, patch_radius
         if pool is not None:
             pool.shutdown(cancel_futures=True)
             torch.set_num_threads(threads)
+        trim_heap()  # the chunks' freed buffers, scattered over the heap, go back to the OS
     out = acc.div_(weight[:, None]).reshape(*shape, n).numpy()
     out = np.nan_to_num(out, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
     np.clip(out, 0.0, None, out=out)

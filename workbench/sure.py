@@ -33,7 +33,8 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["monte_carlo_divergence", "sure_combine", "sure_convex_pair"]
+__all__ = ["monte_carlo_divergence", "sure_combine", "sure_convex_pair", "sure_weights", "sure_convex_weights",
+           "weighted_sum"]
 
 
 def monte_carlo_divergence(denoise: Callable[[np.ndarray], np.ndarray], volumes: np.ndarray, eps: float,
@@ -85,6 +86,13 @@ def sure_combine(noisy: np.ndarray, estimates: Sequence[np.ndarray], divergences
         SURE of the combination per volume, as a mean squared error per voxel
         (an estimate of the error against the noise-free magnitude mean).
     """
+    weights, risk = sure_weights(noisy, estimates, divergences, noise_var, mask)
+    return weighted_sum(estimates, weights), weights, risk
+
+
+def sure_weights(noisy: np.ndarray, estimates: Sequence[np.ndarray], divergences: Sequence[np.ndarray],
+                 noise_var: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The ``weights`` (N, K) and ``risk`` (N,) of :func:`sure_combine`, without the combination."""
     k, n = len(estimates), noisy.shape[0]
     if k == 0 or len(divergences) != k:
         raise ValueError(f"need one divergence per estimate, got {len(estimates)} estimates and "
@@ -92,7 +100,6 @@ def sure_combine(noisy: np.ndarray, estimates: Sequence[np.ndarray], divergences
     m = int(mask.sum())
     if m == 0:
         raise ValueError("the mask is empty: SURE needs voxels to estimate the risk on")
-    combined = np.empty(noisy.shape, dtype=np.float32)
     weights, risk = np.empty((n, k)), np.empty(n)
     for j in range(n):
         y = noisy[j][mask].astype(np.float64)
@@ -104,8 +111,19 @@ def sure_combine(noisy: np.ndarray, estimates: Sequence[np.ndarray], divergences
         theta = np.linalg.solve(gram + 1e-9 * np.trace(gram) / k * np.eye(k), rhs)
         risk[j] = _risk_per_voxel(basis @ theta - y, noise_var[j], float(theta @ div), m)
         weights[j] = theta
-        combined[j] = sum(np.float32(t) * e[j] for t, e in zip(theta, estimates))
-    return combined, weights, risk
+    return weights, risk
+
+
+def weighted_sum(estimates: Sequence[np.ndarray], weights: np.ndarray, out: Optional[np.ndarray] = None) -> np.ndarray:
+    """``sum_k weights[j, k] estimates[k][j]`` for each volume ``j``, as float32.
+
+    Volume by volume, so ``out`` may be one of the estimates (overwritten in place: no
+    series-sized temporary); a new array without it.
+    """
+    out = np.empty(estimates[0].shape, dtype=np.float32) if out is None else out
+    for j in range(len(weights)):
+        out[j] = sum(np.float32(t) * e[j] for t, e in zip(weights[j], estimates))
+    return out
 
 
 def _risk_per_voxel(resid: np.ndarray, noise_var: float, divergence: float, voxels: int) -> float:
@@ -123,8 +141,14 @@ def sure_convex_pair(noisy: np.ndarray, first: np.ndarray, second: np.ndarray, d
     ``mask``) costs little. ``SURE(t)`` is quadratic; its minimiser is clipped.
     Returns ``(mixed (N, X, Y, Z) float32, t (N,), risk (N,))`` as :func:`sure_combine` does.
     """
+    t, risk = sure_convex_weights(noisy, first, second, div_first, div_second, noise_var, mask)
+    return weighted_sum([first, second], np.stack([1.0 - t, t], axis=1)), t, risk
+
+
+def sure_convex_weights(noisy: np.ndarray, first: np.ndarray, second: np.ndarray, div_first: np.ndarray,
+                        div_second: np.ndarray, noise_var: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The ``t`` (N,) and ``risk`` (N,) of :func:`sure_convex_pair`, without the mix."""
     n, m = noisy.shape[0], int(mask.sum())
-    mixed = np.empty(noisy.shape, dtype=np.float32)
     t, risk = np.empty(n), np.empty(n)
     for j in range(n):
         y = noisy[j][mask].astype(np.float64)
@@ -133,7 +157,6 @@ def sure_convex_pair(noisy: np.ndarray, first: np.ndarray, second: np.ndarray, d
         denom = float(d @ d)
         slope = float((a - y) @ d) + noise_var[j] * (float(div_second[j]) - float(div_first[j]))
         t[j] = 0.5 if denom <= 0 else float(np.clip(-slope / denom, 0.0, 1.0))
-        mixed[j] = (1 - np.float32(t[j])) * first[j] + np.float32(t[j]) * second[j]
         div = (1 - t[j]) * float(div_first[j]) + t[j] * float(div_second[j])
         risk[j] = _risk_per_voxel(a + t[j] * d - y, noise_var[j], div, m)
-    return mixed, t, risk
+    return t, risk

@@ -52,6 +52,8 @@ class DWISubject:
     scale: float
     bvals: Optional[np.ndarray] = None
     bvecs: Optional[np.ndarray] = None
+    #: volumes whose priors :meth:`release_volume_priors` handed back (their network input is gone)
+    released: set = field(default_factory=set, repr=False)
 
     @property
     def n_volumes(self) -> int:
@@ -63,8 +65,9 @@ class DWISubject:
 
     @property
     def has_priors(self) -> bool:
-        """False after :meth:`release_priors` (a series without priors, P = 0, always has them)."""
-        return self.n_priors == 0 or self.priors.shape[1] == self.n_volumes
+        """False after :meth:`release_priors` or :meth:`release_volume_priors` (a series without
+        priors, P = 0, always has them)."""
+        return self.n_priors == 0 or (self.priors.shape[1] == self.n_volumes and not self.released)
 
     @property
     def in_channels(self) -> int:
@@ -73,6 +76,8 @@ class DWISubject:
     def network_input(self, j: int, region: Optional[tuple[slice, slice, slice]] = None) -> torch.Tensor:
         """(P + N, ...) input for target volume ``j``; volume ``j`` is zeroed (J-invariance)."""
         region = region or (slice(None),) * 3
+        if j in self.released:
+            raise RuntimeError(f"the priors of volume {j} were released: prepare the series again")
         vols = self.volumes[(slice(None),) + region]
         p = self.n_priors
         out = torch.empty((p + self.n_volumes,) + vols.shape[1:], dtype=self.volumes.dtype)
@@ -82,8 +87,24 @@ class DWISubject:
         return out
 
     def release_priors(self) -> None:
-        """Drop the priors (P x the series' memory) once no more network inputs are needed."""
-        self.priors = self.priors[:, :0]
+        """Drop the priors (P x the series' memory) once no more network inputs are needed.
+
+        A new empty tensor, not a view: an empty view would keep the whole storage alive.
+        """
+        self.priors = self.priors.new_empty((self.n_priors, 0) + tuple(self.priors.shape[2:]))
+
+    def release_volume_priors(self, j: int) -> None:
+        """Hand the memory of volume ``j``'s priors back to the OS once its prediction is done.
+
+        Whole-series inference predicts one volume after another, so the priors shrink as
+        the predictions grow (:func:`workbench.allocator.release_pages`, Linux); the network
+        input of ``j`` is then refused and :attr:`has_priors` is False.
+        """
+        from workbench.allocator import release_pages
+
+        self.released.add(int(j))
+        for p in range(self.n_priors):
+            release_pages(self.priors[p, j])
 
     def lazy_input(self, j: int) -> "LazyInput":
         """:meth:`network_input` of volume ``j`` built tile by tile when indexed (``x[:, region]``),
@@ -135,7 +156,8 @@ def prepare_subject(
         scale = float(np.percentile(data[mask], 99.5))
     if not np.isfinite(scale) or scale <= 0:
         raise InputError("the series has no positive signal inside the mask: check the file and the mask")
-    norm = np.divide(data, scale, dtype=np.float32)
+    norm = np.empty(data.shape, dtype=np.float32)  # C order whatever the input's: (X, Y, Z, N) rows per voxel
+    np.divide(data, scale, out=norm, casting="unsafe")
     priors = qspace_priors(norm, bvals, bvecs, mask, cfg.qspace_prior, cfg.sh_order, cfg.prior_folds,
                            progress=progress, should_stop=should_stop, mppca_stride=cfg.mppca_stride,
                            volumes_first=True, dtype=np.float16)

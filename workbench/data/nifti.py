@@ -63,12 +63,17 @@ def _require_file(path: Path, what: str) -> None:
 
 
 def load_volume(path: str | os.PathLike, what: str = "image") -> tuple[np.ndarray, np.ndarray, nib.Nifti1Header]:
-    """Load any NIfTI image as float32 with its affine and header."""
+    """Load any NIfTI image as a C-ordered float32 array with its affine and header.
+
+    NIfTI stores voxels x-fastest, so nibabel hands back Fortran-ordered arrays; C order is
+    what numpy reshapes and ``torch.from_numpy`` read without copying (and the last axis of a
+    4D series contiguous per voxel, the layout MP-PCA's patches are gathered from fastest).
+    """
     path = Path(path)
     _require_file(path, what)
     try:
         img = nib.load(str(path))
-        data = np.asarray(img.dataobj, dtype=np.float32)
+        data = np.ascontiguousarray(np.asarray(img.dataobj, dtype=np.float32))
     except Exception as exc:  # nibabel raises many types for broken files
         raise InputError(f"cannot read {what} {path} as NIfTI ({type(exc).__name__}: {exc})") from exc
     return data, img.affine.copy(), img.header.copy()
@@ -256,7 +261,7 @@ def save_gradients(stem: str | os.PathLike, bvals: np.ndarray, bvecs: np.ndarray
 
 def save_dwi(path: str | os.PathLike, series: DWISeries, data: np.ndarray, write_gradients: bool = True) -> Path:
     """Write ``data`` with ``series``' affine/header, and copy its bval/bvec beside it."""
-    path = save_volume(path, data.astype(np.float32), series.affine, series.header)
+    path = save_volume(path, data.astype(np.float32, copy=False), series.affine, series.header)
     if write_gradients and series.bvals is not None and series.bvecs is not None:
         save_gradients(strip_nifti_suffix(path), series.bvals, series.bvecs)
     return path

@@ -248,7 +248,8 @@ def split_mppca_prior(
                 raise ValueError(f"fold {k}: only {len(src)} other volumes; MP-PCA needs at least 4")
             out[..., dst] = fallback[..., dst]
             continue
-        den = mppca_batched(data[..., src], grown, patch_radius=radius, stride=stride,
+        # np.take keeps the (X, Y, Z, N) layout MP-PCA reads fastest (data[..., src] would be volumes-first)
+        den = mppca_batched(np.take(data, src, axis=-1), grown, patch_radius=radius, stride=stride,
                             progress=fold_progress, should_stop=should_stop)
         flat = den.reshape(-1, len(src))  # float32; float64 only for the fit's voxels
         pred = np.empty((flat.shape[0], len(dst)), dtype=np.float32)
@@ -299,35 +300,47 @@ def qspace_priors(
     if kind == "none":
         return out
 
-    def put(index: int, prior: np.ndarray) -> None:
-        prior = clip_for(out.dtype, prior)
-        out[index] = np.moveaxis(prior, -1, 0) if volumes_first else prior
-
+    # the linear priors are computed one x-plane at a time and written straight into their slots
+    # (no series-sized float32 temporaries); the split MP-PCA prior (slot 0) then reads the
+    # regression prior from its slot as its fallback in the air
+    names = {"regression": ["regression"], "sh": ["sh"], "both": ["regression", "sh"],
+             "mppca": ["mppca", "regression", "sh"]}[kind]
     flat = data.reshape(-1, n)
     inside = fit_voxels(data, mask, n).reshape(-1)
-    checker = checkerboard(data.shape[:3]).reshape(-1)
-    reg_pred = np.empty(flat.shape, dtype=np.float32)
-    for parity in (0, 1):  # cross-fitting: weights fitted on one parity, applied to the other
-        reg = regression_loo_matrix(flat[inside & (checker != parity)])
-        apply = checker == parity
-        reg_pred[apply] = flat[apply] @ reg[:, :n].T.astype(np.float32) + reg[:, n].astype(np.float32)
-    reg_pred = clip_for(out.dtype, reg_pred.reshape(data.shape))  # also fills the split prior's air
-    index = 0
+    checker = checkerboard(data.shape[:3])
+    # cross-fitting: the weights applied to one parity are fitted on the other
+    reg = [regression_loo_matrix(flat[inside & (checker.reshape(-1) != parity)]) for parity in (0, 1)]
+    sh, unfilled = None, None
+    if "sh" in names and bvals is not None and bvecs is not None:
+        w, unfilled = sh_prior_matrix(bvals, bvecs, sh_order)
+        sh = w.T.astype(np.float32)
+    slots = [out[names.index(name)] for name in ("regression", "sh") if name in names]
+    for x in range(data.shape[0]):
+        block = np.ascontiguousarray(data[x], dtype=np.float32).reshape(-1, n)
+        parity = checker[x].reshape(-1)
+        reg_plane = np.empty(block.shape, dtype=np.float32)
+        for k in (0, 1):
+            apply = parity == k
+            reg_plane[apply] = block[apply] @ reg[k][:, :n].T.astype(np.float32) + reg[k][:, n].astype(np.float32)
+        planes = []
+        if "regression" in names:
+            planes.append(reg_plane)
+        if "sh" in names:
+            if sh is None:  # no gradient table: the SH prior falls back to regression
+                planes.append(reg_plane)
+            else:
+                sh_plane = block @ sh
+                sh_plane[:, unfilled] = reg_plane[:, unfilled]
+                planes.append(sh_plane)
+        for slot, plane in zip(slots, planes):
+            plane = clip_for(out.dtype, plane)
+            if volumes_first:
+                slot[:, x] = plane.T.reshape((n,) + data.shape[1:3])
+            else:
+                slot[x] = plane.reshape(data.shape[1:3] + (n,))
     if kind == "mppca":
-        # written straight into its slot (volumes-first: an (X, Y, Z, N) view), not into a copy of the series
-        split_mppca_prior(data, bvals, mask, n_folds=n_folds, fallback=reg_pred, progress=progress,
-                          should_stop=should_stop, stride=mppca_stride,
-                          out=np.moveaxis(out[0], 0, -1) if volumes_first else out[0])
-        index = 1
-    if kind in ("regression", "both", "mppca"):
-        put(index, reg_pred)
-        index += 1
-    if kind in ("sh", "both", "mppca"):
-        if bvals is None or bvecs is None:
-            put(index, reg_pred)
-        else:
-            w, unfilled = sh_prior_matrix(bvals, bvecs, sh_order)
-            sh_pred = (flat @ w.T.astype(np.float32)).astype(np.float32, copy=False).reshape(data.shape)
-            sh_pred[..., unfilled] = reg_pred[..., unfilled]
-            put(index, sh_pred)
+        regression = out[1]
+        split_mppca_prior(data, bvals, mask, n_folds=n_folds, progress=progress, should_stop=should_stop,
+                          fallback=np.moveaxis(regression, 0, -1) if volumes_first else regression,
+                          stride=mppca_stride, out=np.moveaxis(out[0], 0, -1) if volumes_first else out[0])
     return out
