@@ -82,9 +82,9 @@ def reuse_large_buffers(mmap_threshold: int = 256 << 20, trim_threshold: int = 6
 def release_pages(block) -> int:
     """Hand the whole memory pages inside a C-contiguous array or tensor back to the kernel.
 
-    The caller gives up the block's contents: afterwards they read as zeros (or, for the
-    partial pages at its ends, which are kept, as before). For a block of a larger buffer
-    that is consumed piece by piece; the buffer itself stays allocated and valid. Returns
+    The caller gives up the block's contents: afterwards the whole pages inside it read as
+    zeros (the partial pages at its two ends are kept). For a block of a larger buffer that
+    is consumed piece by piece; the buffer itself stays allocated and valid. Returns
     the bytes released (0 on a platform without ``madvise``, for a non-contiguous or
     small block, or with ``WORKBENCH_MALLOC_TUNING=0``).
     """

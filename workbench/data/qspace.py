@@ -310,6 +310,7 @@ def qspace_priors(
     checker = checkerboard(data.shape[:3])
     # cross-fitting: the weights applied to one parity are fitted on the other
     reg = [regression_loo_matrix(flat[inside & (checker.reshape(-1) != parity)]) for parity in (0, 1)]
+    reg = [(w[:, :n].T.astype(np.float32), w[:, n].astype(np.float32)) for w in reg]  # (weights, intercepts)
     sh, unfilled = None, None
     if "sh" in names and bvals is not None and bvecs is not None:
         w, unfilled = sh_prior_matrix(bvals, bvecs, sh_order)
@@ -321,7 +322,7 @@ def qspace_priors(
         reg_plane = np.empty(block.shape, dtype=np.float32)
         for k in (0, 1):
             apply = parity == k
-            reg_plane[apply] = block[apply] @ reg[k][:, :n].T.astype(np.float32) + reg[k][:, n].astype(np.float32)
+            reg_plane[apply] = block[apply] @ reg[k][0] + reg[k][1]
         planes = []
         if "regression" in names:
             planes.append(reg_plane)
