@@ -21,6 +21,7 @@ table; RMSE to the clean phantom (inside the brain) shows the output is the same
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import subprocess
@@ -112,6 +113,7 @@ def one_run(data_dir: str, mode: str, checkpoint: str | None, steps: int, stride
     """One (size, mode) in this process: the stages of ``workbench denoise`` on ``data_dir``, timed."""
     import nibabel as nib
 
+    from workbench.allocator import trim_heap
     from workbench.api import make_trainer, noise_sigma
     from workbench.config import Config
     from workbench.data.nifti import load_dwi, save_dwi
@@ -119,10 +121,15 @@ def one_run(data_dir: str, mode: str, checkpoint: str | None, steps: int, stride
 
     folder = Path(data_dir)
     src = folder / "dwi.nii.gz"
+    brain = np.asarray(nib.load(folder / "brain.nii.gz").dataobj).astype(bool)
+    noisy_rmse = rmse_to_clean(folder, load_dwi(src).data, brain)  # before the clock (the data are consumed)
+    trim_heap()
     with tempfile.TemporaryDirectory(prefix="dwi-scale-") as tmp:
         clock = StageClock()
         clock.enter("load + mask + sigma")
         series = load_dwi(src)
+        input_gb = series.data.astype(np.float32, copy=False).nbytes / 2**30
+        # as `workbench denoise`: sigma first, then the series is normalised in place and worked on (consumed)
         if mode == "pretrained":  # as `workbench denoise --checkpoint`: the priors are prepared inside denoise()
             denoiser = Denoiser.from_checkpoint(checkpoint)
             sigma, _ = noise_sigma(series, None, denoiser.config)
@@ -131,13 +138,16 @@ def one_run(data_dir: str, mode: str, checkpoint: str | None, steps: int, stride
         else:
             cfg = configured(Config(), stride)
             cfg.train.steps = steps
+            sigma, _ = noise_sigma(series, None, cfg)
             clock.enter("q-space priors")
-            trainer = make_trainer([series], tmp, cfg)
+            trainer = make_trainer([series], tmp, cfg, overwrite_input=True)
             clock.enter("training")
             result = trainer.fit()
             denoiser = Denoiser.from_checkpoint(result.best_checkpoint or result.last_checkpoint)
             subject = trainer.subjects[0]
-            sigma, _ = noise_sigma(series, None, denoiser.config)
+            del trainer, result  # as denoise_series: training's model, optimizer and heap are let go
+            gc.collect()
+            trim_heap()
         n = series.n_volumes
 
         def prepare_progress(done: int, total: int) -> None:
@@ -153,21 +163,27 @@ def one_run(data_dir: str, mode: str, checkpoint: str | None, steps: int, stride
         if subject is not None:
             clock.enter("network")
         out = denoiser.denoise(series.data, series.bvals, series.bvecs, progress=progress, sigma=sigma,
-                               subject=subject, prepare_progress=prepare_progress, release_priors=True)
+                               subject=subject, prepare_progress=prepare_progress, release_priors=True,
+                               overwrite_input=True)
         clock.enter("write")
         save_dwi(Path(tmp) / "out.nii.gz", series, out.denoised)
         clock.close()
         import resource
 
         max_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-        brain = np.asarray(nib.load(folder / "brain.nii.gz").dataobj).astype(bool)
-        clean = np.asarray(nib.load(folder / "clean.nii.gz").dataobj, dtype=np.float32)[brain]
-        rmse = float(np.sqrt(np.mean((out.denoised[brain] - clean).astype(np.float64) ** 2)))
+        rmse = rmse_to_clean(folder, out.denoised, brain)
         return {"size": "x".join(map(str, series.spatial_shape)), "mode": mode, "seconds": clock.seconds,
                 "peak_gb": {k: v / 2**30 for k, v in clock.peak.items()},
                 "max_rss_gb": max_rss,
-                "input_gb": series.data.astype(np.float32).nbytes / 2**30, "rmse": rmse,
-                "noisy_rmse": float(np.sqrt(np.mean((series.data[brain] - clean).astype(np.float64) ** 2)))}
+                "input_gb": input_gb, "rmse": rmse, "noisy_rmse": noisy_rmse}
+
+
+def rmse_to_clean(folder: Path, series: np.ndarray, brain: np.ndarray) -> float:
+    """RMSE of a (X, Y, Z, N) series to the phantom's clean series inside the brain."""
+    import nibabel as nib
+
+    clean = np.asarray(nib.load(folder / "clean.nii.gz").dataobj, dtype=np.float32)[brain]
+    return float(np.sqrt(np.mean((series[brain] - clean).astype(np.float64) ** 2)))
 
 
 def main(argv=None) -> int:

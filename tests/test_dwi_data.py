@@ -115,3 +115,23 @@ def test_rot90_is_applied_to_all_and_inverts():
     # non-square in-plane patches fall back to half turns (shape kept)
     z = torch.rand(1, 4, 5, 3)
     assert apply_augment(AugmentParams((), 1.0, 1), z, z)[0].shape == z.shape
+
+
+def test_overwrite_input_normalises_in_place_and_otherwise_leaves_the_data_alone(small_phantom):
+    """``overwrite_input`` makes a float32 C-ordered series the subject's volumes (no copy, same
+    numbers as the copying path); without it, or for another dtype, the caller's array is untouched."""
+    p = small_phantom
+    cfg = DataConfig(qspace_prior="both")
+    data = np.ascontiguousarray(p.noisy, dtype=np.float32)
+    kept = data.copy()
+    copied = prepare_subject(data, p.bvals, p.bvecs, cfg, mask=p.mask)
+    assert np.array_equal(data, kept) and not np.shares_memory(copied.volumes.numpy(), data)
+    owned = prepare_subject(data, p.bvals, p.bvecs, cfg, mask=p.mask, overwrite_input=True)
+    assert np.shares_memory(owned.volumes.numpy(), data) and owned.scale == copied.scale
+    assert torch.equal(owned.volumes, copied.volumes)
+    assert np.array_equal(data, np.moveaxis(copied.volumes.numpy(), 0, -1))  # the data now hold the normalised series
+    assert torch.equal(owned.network_input(5), copied.network_input(5))
+    as64 = kept.astype(np.float64)
+    other = prepare_subject(as64, p.bvals, p.bvecs, cfg, mask=p.mask, overwrite_input=True)
+    assert np.array_equal(as64, kept.astype(np.float64))  # float64 is copied (divided in float64: rounding differs)
+    torch.testing.assert_close(other.volumes, copied.volumes, rtol=1e-6, atol=1e-7)

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from workbench.config import Config, ModelConfig
+from workbench.data.qspace import qspace_priors
 from workbench.inference import Denoiser, edge_map, predict_tiled, tile_starts
 
 
@@ -203,10 +204,17 @@ def test_denoise_series_without_air_takes_sigma_from_mppca():
     cfg = Config(model=ModelConfig(name="denoiser", base_filters=8, embedding_dim=8))
     cfg.data.patch_size, cfg.data.batch_size = 8, 2
     cfg.train.steps, cfg.train.val_every, cfg.train.checkpoint_every = 3, 3, 3
+    data = series.data.copy()
     out, report = api.denoise_series(series, config=cfg, mask=p.mask[crop])
     assert out.shape == series.data.shape and np.isfinite(out).all()
     assert report.extra["sigma_source"] == "mppca" and report.extra["rician_correction"]
     assert report.sigma == pytest.approx(p.sigma, rel=0.2)
+    assert np.array_equal(series.data, data)  # the caller's series is left alone by default
+    # consumed (as `workbench denoise` does with the series it loaded): worked on in place, same result
+    owned = DWISeries(data.copy(), p.affine, None, p.bvals, p.bvecs)
+    again, report2 = api.denoise_series(owned, config=cfg, mask=p.mask[crop], consume=True)
+    assert report2.sigma == report.sigma and not np.array_equal(owned.data, data)
+    np.testing.assert_allclose(again, out, rtol=1e-5, atol=1e-5 * float(out.max()))
 
 
 def test_air_outside_the_mask_is_mppca_or_passed_through_not_extrapolated():
@@ -260,7 +268,12 @@ def test_lazy_input_tiles_equal_the_whole_input_and_priors_can_be_released(small
     j = 2
     whole = subject.network_input(j)
     assert whole.dtype == torch.float32 and float(whole[subject.n_priors + j].abs().max()) == 0.0
-    assert torch.equal(whole[:subject.n_priors], subject.priors[:, j].float())
+    stored = subject.priors.shape[0]  # the split MP-PCA prior; the regression and SH priors are computed per region
+    assert stored == 1 and subject.n_priors == 3
+    assert torch.equal(whole[:stored], subject.priors[:, j].float())
+    norm = (p.noisy / subject.scale).astype(np.float32)
+    linear = qspace_priors(norm, p.bvals, p.bvecs, p.mask, "both")[..., j]  # (2, X, Y, Z), written out
+    np.testing.assert_allclose(whole[stored:subject.n_priors].numpy(), linear, rtol=1e-5, atol=1e-5)
     lazy = subject.lazy_input(j)
     assert lazy.shape == tuple(whole.shape)
     region = (slice(None), slice(3, 17), slice(0, 9), slice(2, 12))
@@ -274,7 +287,7 @@ def test_lazy_input_tiles_equal_the_whole_input_and_priors_can_be_released(small
     assert out.denoised.shape == p.noisy.shape and not subject.has_priors
     # the storage itself is dropped (an empty view of it would keep every byte alive)
     assert subject.priors.untyped_storage().nbytes() == 0 and storage.nbytes() > 0
-    assert subject.priors.shape == (subject.n_priors, 0) + tuple(subject.volumes.shape[1:])
+    assert subject.priors.shape == (stored, 0) + tuple(subject.volumes.shape[1:])
     with pytest.raises(InputError, match="released"):
         den.denoise(p.noisy, p.bvals, p.bvecs, p.mask, subject=subject)
     # one volume's priors handed back (as whole-series inference does after each volume): its input is

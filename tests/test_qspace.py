@@ -186,3 +186,29 @@ def test_priors_written_in_place_as_float16_equal_the_float32_ones(small_phantom
     direct = split_mppca_prior(data, p.bvals, p.mask, n_folds=3, fallback=ref[1], out=out)
     assert direct is out
     np.testing.assert_array_equal(out, ref[0])
+
+
+@pytest.mark.parametrize("with_gradients", [True, False])
+def test_linear_priors_on_a_region_equal_the_written_out_priors(small_phantom, with_gradients):
+    """The regression and SH priors the network reads are computed per region (a 32^3 patch, a tile):
+    on any region, odd offsets included (the checkerboard parity is global), they equal the priors
+    written out for the whole series; without a gradient table SH falls back to regression."""
+    import torch
+
+    from workbench.data.linear_priors import parity_of
+    from workbench.data.qspace import stored_and_linear_priors
+
+    p = small_phantom
+    data = (p.noisy / np.percentile(p.noisy[p.mask], 99.5)).astype(np.float32)
+    bvecs = p.bvecs if with_gradients else None
+    whole = qspace_priors(data, p.bvals, bvecs, p.mask, "both")  # (2, X, Y, Z, N)
+    stored, linear = stored_and_linear_priors(data, p.bvals, bvecs, p.mask, "both")
+    assert stored.shape[0] == 0 and linear.names == ("regression", "sh")
+    volumes = torch.from_numpy(np.moveaxis(data, -1, 0).copy())
+    region = (slice(3, 16), slice(1, 22), slice(5, 12))
+    for j in (0, 4, data.shape[-1] - 1):
+        got = linear.predict(volumes[(slice(None),) + region], j, parity_of(region, data.shape[:3]))
+        np.testing.assert_allclose(got.numpy(), whole[(slice(None),) + region + (j,)], rtol=1e-5, atol=1e-6)
+    assert np.array_equal(whole[0], whole[1]) != with_gradients
+    # J-invariance holds for the operators themselves: no volume predicts itself
+    assert float(linear.weights.diagonal(dim1=2, dim2=3).abs().max()) == 0.0

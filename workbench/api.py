@@ -6,6 +6,7 @@ functions; none of them re-implements a step.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import tempfile
@@ -17,6 +18,7 @@ from typing import Callable, Iterable, Optional, Sequence
 import numpy as np
 import torch
 
+from workbench.allocator import trim_heap
 from workbench.config import Config, load_config
 from workbench.data.dwi import DWIPatchSampler, DWISubject, compute_mask, prepare_subject
 from workbench.data.nifti import (
@@ -85,12 +87,15 @@ def make_trainer(
     callbacks: Iterable[Callback] = (),
     loss_weights=None,
     progress: Optional[Callable[[int, int], None]] = None,
+    overwrite_input: bool = False,
 ):
     """Prepare the data, build the model and return a ready :class:`~workbench.training.trainer.Trainer`.
 
     Front ends that need to stop training or change loss weights while it runs
     keep the returned trainer (``request_stop()``, ``loss_weights.set()``).
     ``progress(done, total)`` follows the preparation of the q-space priors (MP-PCA planes of patch centres per fold).
+    ``overwrite_input``: each series' float32 data is normalised in place and trained on (no copy; see
+    :func:`workbench.data.dwi.prepare_subject`).
     """
     from workbench.models import build_model
     from workbench.tasks.dwi.objective import jinvariant_step
@@ -100,7 +105,8 @@ def make_trainer(
     subjects = []
     for i, (s, m) in enumerate(zip(series, masks)):
         part = None if progress is None else (lambda d, t, i=i: progress(i * t + d, len(series) * t))
-        subjects.append(prepare_subject(s.data, s.bvals, s.bvecs, config.data, mask=m, progress=part))
+        subjects.append(prepare_subject(s.data, s.bvals, s.bvecs, config.data, mask=m, progress=part,
+                                        overwrite_input=overwrite_input))
     sampler = DWIPatchSampler(subjects, patch_size=config.data.patch_size, augment=config.data.augment)
     meta = model_meta_for(config, subjects[0])
     torch.manual_seed(config.train.seed)
@@ -142,7 +148,8 @@ def train(
     series = [load_dwi(p, nan_to_zero=config.data.nan_to_zero) for p in dwi_paths]
     masks = [load_mask(m, s.spatial_shape) for s, m in
              zip(series, mask_paths or [None] * len(series))]
-    trainer = make_trainer(series, out_dir, config, masks=masks, callbacks=callbacks, progress=progress)
+    trainer = make_trainer(series, out_dir, config, masks=masks, callbacks=callbacks, progress=progress,
+                           overwrite_input=True)  # the series are this function's own
     return trainer.fit(resume=resume)
 
 
@@ -199,40 +206,50 @@ def denoise_series(
     callbacks: Iterable[Callback] = (),
     progress: Optional[Callable[[int, int], None]] = None,
     prepare_progress: Optional[Callable[[int, int], None]] = None,
+    consume: bool = False,
 ) -> tuple[np.ndarray, DenoiseReport]:
     """Denoise an in-memory series; returns the (X, Y, Z, N) result in input units and a report.
 
     ``prepare_progress`` follows the q-space priors before training, ``progress`` the prediction
     (with a checkpoint the priors are prepared inside the prediction and count on ``progress``).
+    ``consume``: the series' data (float32) becomes the working copy, normalised in place, so the
+    series is held once instead of twice; ``series.data`` is not the input any more afterwards.
     """
     from workbench.inference import Denoiser
 
-    t0 = time.perf_counter()
     steps = 0
     subject = None
     if checkpoint is not None:
         if config is not None:
             raise InputError("--config and --checkpoint exclude each other: the checkpoint carries its config")
         denoiser = Denoiser.from_checkpoint(checkpoint, device=device or "auto", amp=amp)
+        # measured before the preparation may normalise the data in place (``consume``)
+        sigma, sigma_source = noise_sigma(series, mask, denoiser.config)
+        t0 = time.perf_counter()
     else:
         cfg = resolve_config(config).model_copy(deep=True)
         if device is not None:
             cfg.train.device = device
         if amp is not None:
             cfg.train.amp = amp
+        sigma, sigma_source = noise_sigma(series, mask, cfg)
+        t0 = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="workbench-run-") as tmp:
             trainer = make_trainer([series], run_dir or tmp, cfg, masks=[mask], callbacks=callbacks,
-                                   progress=prepare_progress)
+                                   progress=prepare_progress, overwrite_input=consume)
             result = trainer.fit()
             steps = result.steps_done
             best = Path(result.best_checkpoint or result.last_checkpoint)
             denoiser = Denoiser.from_checkpoint(best, device=cfg.train.device, amp=cfg.train.amp)
             subject = trainer.subjects[0]  # same data and mask: its priors need not be computed twice
+            del trainer, result  # the model, optimizer and batches of training are not needed to denoise
+            gc.collect()  # the trainer may sit in reference cycles (callbacks)
+            trim_heap()  # and the heap training freed goes back to the OS before the predictions are allocated
     t_train = time.perf_counter() - t0
-    sigma, sigma_source = noise_sigma(series, mask, denoiser.config)
     t1 = time.perf_counter()
     out = denoiser.denoise(series.data, series.bvals, series.bvecs, mask, progress=progress, sigma=sigma,
-                           subject=subject, prepare_progress=prepare_progress, release_priors=True)
+                           subject=subject, prepare_progress=prepare_progress, release_priors=True,
+                           overwrite_input=consume)
     t_inf = time.perf_counter() - t1
     report = DenoiseReport(
         output="", n_volumes=series.n_volumes, trained_steps=steps, train_seconds=t_train,
@@ -289,7 +306,7 @@ def denoise(
     mask_arr = load_mask(mask, series.spatial_shape)
     denoised, report = denoise_series(series, checkpoint=checkpoint, config=config, mask=mask_arr, device=device,
                                       amp=amp, run_dir=run_dir, callbacks=callbacks, progress=progress,
-                                      prepare_progress=prepare_progress)
+                                      prepare_progress=prepare_progress, consume=True)
     save_dwi(out_path, series, denoised)
     report.output = str(out_path)
     atomic_write_text(strip_nifti_suffix(out_path).with_suffix(".json"), json.dumps(asdict(report), indent=2))

@@ -120,8 +120,11 @@ def mppca_with_divergence(noisy: np.ndarray, sigma: float, mask: np.ndarray, bva
     counted = 0
     for z0, z1, a, b in windows:
         probe = rng.standard_normal((len(noisy),) + noisy.shape[1:3] + (b - a,), dtype=np.float32)
-        moved = mppca_batched(source[:, :, a:b] + np.float32(eps) * unit * np.moveaxis(probe, 0, -1),
-                              dense[:, :, a:b], progress=report, should_stop=should_stop)
+        perturbed = np.multiply(np.moveaxis(probe, 0, -1), np.float32(eps) * unit,
+                                out=np.empty(source.shape[:2] + (b - a, len(noisy)), np.float32))
+        perturbed += source[:, :, a:b]  # C-ordered, as MP-PCA reads it: no copy there
+        moved = mppca_batched(perturbed, dense[:, :, a:b], progress=report, should_stop=should_stop)
+        del perturbed
         moved /= unit
         inside = mask[:, :, z0:z1]
         change = (moved[:, :, z0 - a: z1 - a][inside] - base[:, :, z0:z1][inside]) / np.float32(eps)  # (V, N)

@@ -195,9 +195,10 @@ class Denoiser:
             )
 
     def prepare(self, data: np.ndarray, bvals, bvecs, mask: Optional[np.ndarray] = None,
-                progress: Optional[ProgressFn] = None) -> DWISubject:
+                progress: Optional[ProgressFn] = None, overwrite_input: bool = False) -> DWISubject:
         self.check_series(data.shape[-1])
-        return prepare_subject(data, bvals, bvecs, self.config.data, mask=mask, progress=progress)
+        return prepare_subject(data, bvals, bvecs, self.config.data, mask=mask, progress=progress,
+                               overwrite_input=overwrite_input)
 
     def predict_volume(self, subject: DWISubject, j: int) -> torch.Tensor:
         """Held-out prediction of volume ``j`` (normalised units), (X, Y, Z)."""
@@ -208,7 +209,8 @@ class Denoiser:
     def denoise(self, data: np.ndarray, bvals=None, bvecs=None, mask: Optional[np.ndarray] = None,
                 progress: Optional[ProgressFn] = None, sigma: Optional[float] = None,
                 subject: Optional[DWISubject] = None, keep_raw: bool = False,
-                prepare_progress: Optional[ProgressFn] = None, release_priors: bool = False) -> DenoiseOutput:
+                prepare_progress: Optional[ProgressFn] = None, release_priors: bool = False,
+                overwrite_input: bool = False) -> DenoiseOutput:
         """Denoise every volume of a (X, Y, Z, N) series.
 
         Each volume gets its J-invariant prediction; with a noise ``sigma``
@@ -220,10 +222,12 @@ class Denoiser:
         follows the q-space priors when the series is prepared here. The priors are
         released once every volume is predicted when the series is prepared here or
         ``release_priors`` is set (the caller's ``subject`` then has no network input left).
+        ``overwrite_input`` lets the preparation normalise a float32 C-ordered ``data`` in place and work
+        on it (one copy of the series less; ``data`` holds the normalised series afterwards).
         """
         icfg = self.config.inference
         if subject is None:
-            subject = self.prepare(data, bvals, bvecs, mask, progress=prepare_progress)
+            subject = self.prepare(data, bvals, bvecs, mask, prepare_progress, overwrite_input)
             release_priors = True
         else:
             self.check_series(subject.n_volumes)
@@ -258,14 +262,13 @@ class Denoiser:
         noise_var = np.full(n, np.nan)
         if sig is not None:
             noise_var, _ = rician_noise_stats(preds, brain.numpy(), sig)
-        noisy = subject.volumes.numpy()
+        noisy = subject.volumes.numpy()  # (N, X, Y, Z) view of the (X, Y, Z, N) series MP-PCA reads in place
         weights, risk = None, None
         if sig is not None and icfg.mppca_blend:
             mp = None
             if can_blend(data.shape[:3], n):  # MP-PCA's planes count on the same bar; a cancel stops between them
                 mp = mppca_with_divergence(
                     noisy, sig, brain.numpy(), stride=icfg.mppca_stride, divergence_voxels=icfg.divergence_voxels,
-                    series=data, scale=subject.scale,  # read in place when it is float32 (X, Y, Z, N)
                     progress=None if progress is None else (lambda done, total: progress(n + done, n + total)))
             blended = blend_with_mppca(preds, noisy, noise_var, brain.numpy(), sig, subject.bvals,
                                        include_noisy=icfg.shrinkage, mppca=mp, overwrite=True)

@@ -198,8 +198,10 @@ def split_mppca_prior(
     n_folds, patch_radius, ridge
     stride : int
         Patch-centre spacing of MP-PCA (:func:`workbench.mppca.mppca_batched`; 1 = DIPY's estimator).
-    fallback : (X, Y, Z, N), optional
-        Used for a fold whose complement has fewer than 4 volumes (MP-PCA needs a spectrum).
+    fallback : (X, Y, Z, N) array or callable, optional
+        Used for a fold whose complement has fewer than 4 volumes (MP-PCA needs a spectrum) and
+        outside the denoised region; a callable ``fallback(where)`` returns its (V, N) values at the
+        voxels of the (X, Y, Z) bool ``where`` (a prior computed only where it is needed).
     out : (X, Y, Z, N) array, optional
         Written in place and returned (any float dtype and strides, e.g. a view of the
         float16 priors the network reads; values are clipped to float16's range there),
@@ -246,7 +248,8 @@ def split_mppca_prior(
         if len(src) < 4:
             if fallback is None:
                 raise ValueError(f"fold {k}: only {len(src)} other volumes; MP-PCA needs at least 4")
-            out[..., dst] = fallback[..., dst]
+            out[..., dst] = _fallback_at(fallback, np.ones(data.shape[:3], bool))[:, dst].reshape(
+                data.shape[:3] + (len(dst),))
             continue
         # np.take keeps the (X, Y, Z, N) layout MP-PCA reads fastest (data[..., src] would be volumes-first)
         den = mppca_batched(np.take(data, src, axis=-1), grown, patch_radius=radius, stride=stride,
@@ -265,8 +268,59 @@ def split_mppca_prior(
         del den, flat
         out[..., dst] = clip_for(out.dtype, pred).reshape(data.shape[:3] + (len(dst),))
     if fallback is not None:  # beyond the denoised region (air) the regression prior is the better guess
-        out[~grown] = fallback[~grown]
+        out[~grown] = clip_for(out.dtype, _fallback_at(fallback, ~grown))
     return out
+
+
+def _fallback_at(fallback, where: np.ndarray) -> np.ndarray:
+    """(V, N) values of ``fallback`` (an array or a callable, see :func:`split_mppca_prior`) at ``where``."""
+    return np.asarray(fallback(where) if callable(fallback) else fallback[where], dtype=np.float32)
+
+
+def prior_names(kind: str) -> tuple[list[str], list[str]]:
+    """The stored (non-linear) and the linear priors of ``kind``, in channel order (stored first)."""
+    known = {"none": ([], []), "regression": ([], ["regression"]), "sh": ([], ["sh"]),
+             "both": ([], ["regression", "sh"]), "mppca": (["mppca"], ["regression", "sh"])}
+    if kind not in known:
+        raise ValueError(f"unknown q-space prior {kind!r}; known: {', '.join(known)}")
+    return known[kind]
+
+
+def stored_and_linear_priors(
+    data: np.ndarray,
+    bvals: np.ndarray | None,
+    bvecs: np.ndarray | None,
+    mask: np.ndarray | None,
+    kind: str = "both",
+    sh_order: int = 4,
+    n_folds: int = 2,
+    progress=None,
+    should_stop=None,
+    mppca_stride: int = 1,
+    volumes_first: bool = False,
+    dtype=np.float32,
+):
+    """The priors of :func:`qspace_priors` as the network reads them: the split MP-PCA prior stored,
+    (S, X, Y, Z, N) (``volumes_first``: (S, N, X, Y, Z)) in ``dtype``, S = 1 for ``mppca`` else 0,
+    and the linear ones as a :class:`workbench.data.linear_priors.LinearPriors` applied on demand.
+    ``progress``/``should_stop`` report and cancel the split prior's MP-PCA planes."""
+    from workbench.data.linear_priors import linear_priors
+
+    stored_names, linear_names = prior_names(kind)
+    n = data.shape[-1]
+    stored = np.empty(((len(stored_names), n) + data.shape[:3]) if volumes_first
+                      else ((len(stored_names),) + data.shape), dtype=dtype)
+    linear = linear_priors(data, bvals, bvecs, mask, tuple(linear_names), sh_order) if linear_names else None
+    if stored_names:  # beyond the denoised region the split prior falls back to the regression prior
+        checker = checkerboard(data.shape[:3])
+
+        def regression_at(where: np.ndarray) -> np.ndarray:
+            return linear.predict_rows(data[where], checker[where], linear_names.index("regression"))
+
+        split_mppca_prior(data, bvals, mask, n_folds=n_folds, progress=progress, should_stop=should_stop,
+                          fallback=regression_at, stride=mppca_stride,
+                          out=np.moveaxis(stored[0], 0, -1) if volumes_first else stored[0])
+    return stored, linear
 
 
 def qspace_priors(
@@ -290,58 +344,27 @@ def qspace_priors(
     lowest error and is the one the network corrects. Without gradient
     information the SH prior falls back to regression. ``progress``/``should_stop``
     report and cancel the split MP-PCA prior (:func:`split_mppca_prior`), the slow part.
-    ``volumes_first`` returns (P, N, X, Y, Z), the layout :class:`workbench.data.dwi.DWISubject`
-    keeps, written prior by prior (no second full-size copy). Arithmetic is float32 but for
-    the regressions' fits (float64 Gram matrices); ``dtype`` is what the priors are stored in.
+    ``volumes_first`` returns (P, N, X, Y, Z). Arithmetic is float32 but for the regressions'
+    fits (float64 Gram matrices); ``dtype`` is what the priors are stored in. The network
+    itself reads the linear priors on demand (:func:`stored_and_linear_priors`); this
+    function writes them out, one x-plane at a time.
     """
-    n = data.shape[-1]
-    count = {"none": 0, "regression": 1, "sh": 1, "both": 2, "mppca": 3}[kind]
-    out = np.empty(((count, n) + data.shape[:3]) if volumes_first else ((count,) + data.shape), dtype=dtype)
-    if kind == "none":
-        return out
-
-    # the linear priors are computed one x-plane at a time and written straight into their slots
-    # (no series-sized float32 temporaries); the split MP-PCA prior (slot 0) then reads the
-    # regression prior from its slot as its fallback in the air
-    names = {"regression": ["regression"], "sh": ["sh"], "both": ["regression", "sh"],
-             "mppca": ["mppca", "regression", "sh"]}[kind]
-    flat = data.reshape(-1, n)
-    inside = fit_voxels(data, mask, n).reshape(-1)
+    stored, linear = stored_and_linear_priors(data, bvals, bvecs, mask, kind, sh_order, n_folds, progress,
+                                              should_stop, mppca_stride, volumes_first, dtype)
+    if linear is None:
+        return stored
+    n, s = data.shape[-1], len(stored)
+    out = np.empty(((s + len(linear), n) + data.shape[:3]) if volumes_first
+                   else ((s + len(linear),) + data.shape), dtype=dtype)
+    out[:s] = stored
+    del stored
     checker = checkerboard(data.shape[:3])
-    # cross-fitting: the weights applied to one parity are fitted on the other
-    reg = [regression_loo_matrix(flat[inside & (checker.reshape(-1) != parity)]) for parity in (0, 1)]
-    reg = [(w[:, :n].T.astype(np.float32), w[:, n].astype(np.float32)) for w in reg]  # (weights, intercepts)
-    sh, unfilled = None, None
-    if "sh" in names and bvals is not None and bvecs is not None:
-        w, unfilled = sh_prior_matrix(bvals, bvecs, sh_order)
-        sh = w.T.astype(np.float32)
-    slots = [out[names.index(name)] for name in ("regression", "sh") if name in names]
     for x in range(data.shape[0]):
         block = np.ascontiguousarray(data[x], dtype=np.float32).reshape(-1, n)
-        parity = checker[x].reshape(-1)
-        reg_plane = np.empty(block.shape, dtype=np.float32)
-        for k in (0, 1):
-            apply = parity == k
-            reg_plane[apply] = block[apply] @ reg[k][0] + reg[k][1]
-        planes = []
-        if "regression" in names:
-            planes.append(reg_plane)
-        if "sh" in names:
-            if sh is None:  # no gradient table: the SH prior falls back to regression
-                planes.append(reg_plane)
-            else:
-                sh_plane = block @ sh
-                sh_plane[:, unfilled] = reg_plane[:, unfilled]
-                planes.append(sh_plane)
-        for slot, plane in zip(slots, planes):
-            plane = clip_for(out.dtype, plane)
+        for k in range(len(linear)):
+            plane = clip_for(dtype, linear.predict_rows(block, checker[x].reshape(-1), k))
             if volumes_first:
-                slot[:, x] = plane.T.reshape((n,) + data.shape[1:3])
+                out[s + k][:, x] = plane.T.reshape((n,) + data.shape[1:3])
             else:
-                slot[x] = plane.reshape(data.shape[1:3] + (n,))
-    if kind == "mppca":
-        regression = out[1]
-        split_mppca_prior(data, bvals, mask, n_folds=n_folds, progress=progress, should_stop=should_stop,
-                          fallback=np.moveaxis(regression, 0, -1) if volumes_first else regression,
-                          stride=mppca_stride, out=np.moveaxis(out[0], 0, -1) if volumes_first else out[0])
+                out[s + k][x] = plane.reshape(data.shape[1:3] + (n,))
     return out
