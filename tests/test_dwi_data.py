@@ -122,7 +122,7 @@ def test_overwrite_input_normalises_in_place_and_otherwise_leaves_the_data_alone
     numbers as the copying path); without it, or for another dtype, the caller's array is untouched."""
     p = small_phantom
     cfg = DataConfig(qspace_prior="both")
-    data = np.ascontiguousarray(p.noisy, dtype=np.float32)
+    data = np.array(p.noisy, dtype=np.float32, order="C")  # a copy: the session's phantom must not be normalised
     kept = data.copy()
     copied = prepare_subject(data, p.bvals, p.bvecs, cfg, mask=p.mask)
     assert np.array_equal(data, kept) and not np.shares_memory(copied.volumes.numpy(), data)
