@@ -101,7 +101,7 @@ def ours(phantom, config: Config, sigma: float, label: tuple = ()) -> dict[str, 
     # the same MP-PCA run and divergence probe as the default's blend (seed 0), computed once for the ablations
     icfg = denoiser.config.inference
     mppca_run = mppca_with_divergence(y, sigma / sc, brain, stride=icfg.mppca_stride,
-                                      divergence_voxels=icfg.divergence_voxels)
+                                      divergence_voxels=icfg.divergence_voxels, lattice=icfg.mppca_lattice)
 
     def post(preds: np.ndarray, shrink: bool, rician: bool, floor: bool, blend: bool = False) -> np.ndarray:
         heldout = ((preds - y)[:, brain].astype(np.float64) ** 2).mean(axis=1)
@@ -169,6 +169,11 @@ def main(argv=None) -> int:
                         help="extra trainings of ours with these loss weights, e.g. mse:1,edge:0.2 (the loss ablation)")
     parser.add_argument("--mppca-stride", type=int, default=None,
                         help="patch-centre spacing of our pipeline's MP-PCA (prior and blend; default: the config's)")
+    parser.add_argument("--prior-lattice", type=int, default=None, choices=(1, 2, 4),
+                        help="patch centres of the split prior's MP-PCA in the brain: 1 every voxel, 2 checkerboard, "
+                        "4 body-centred cubic (data.mppca_lattice; default: the config's)")
+    parser.add_argument("--blend-lattice", type=int, default=None, choices=(1, 2, 4),
+                        help="the same for the blend's MP-PCA (inference.mppca_lattice; default: the config's)")
     parser.add_argument("--prior-folds", type=int, default=None,
                         help="folds of the split MP-PCA prior (data.prior_folds; default: the config's)")
     parser.add_argument("--jsonl", type=str, default=None,
@@ -184,10 +189,15 @@ def main(argv=None) -> int:
         config.train.steps = args.steps
     if args.mppca_stride:
         config.data.mppca_stride = config.inference.mppca_stride = args.mppca_stride
+    if args.prior_lattice:
+        config.data.mppca_lattice = args.prior_lattice
+    if args.blend_lattice:
+        config.inference.mppca_lattice = args.blend_lattice
     if args.prior_folds:
         config.data.prior_folds = args.prior_folds
     print(f"# DWI denoising benchmark: phantom {shape}, seeds {args.seeds}, our steps {config.train.steps}, "
           f"{args.threads} threads, MP-PCA stride {config.data.mppca_stride}/{config.inference.mppca_stride}, "
+          f"lattice {config.data.mppca_lattice}/{config.inference.mppca_lattice}, "
           f"{config.data.prior_folds} prior folds, "
           f"torch {torch.__version__}\n", flush=True)
     results: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))

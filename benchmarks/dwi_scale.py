@@ -1,7 +1,7 @@
 """DWI denoising at clinical size: seconds and peak resident memory per stage.
 
     python benchmarks/dwi_scale.py [--sizes 64x64x32 96x96x60 128x128x80] [--modes pretrained scratch]
-                                   [--mppca-stride 2] [--steps 400] [--threads 2]
+                                   [--mppca-stride 2] [--mppca-lattice 4] [--steps 400] [--threads 2]
 
 Each (size, mode) runs in a fresh process (so its peak RSS is its own: the phantom is
 simulated and written beforehand) on a multishell 65-volume phantom at SNR 10 (seed 0),
@@ -71,14 +71,14 @@ class StageClock:
         self._stop.set()
 
 
-def make_checkpoint(path: Path, steps: int, stride: int | None) -> float:
+def make_checkpoint(path: Path, steps: int, stride: int | None, lattice: int | None = None) -> float:
     from workbench.api import make_trainer
     from workbench.config import Config
     from workbench.data.nifti import DWISeries
     from workbench.data.phantoms import simulate_dwi
 
     ph = simulate_dwi(shape=(64, 64, 32), scheme="multishell", snr=10.0, seed=7)
-    cfg = configured(Config(), stride)
+    cfg = configured(Config(), stride, lattice)
     cfg.train.steps = steps
     t0 = time.perf_counter()
     trainer = make_trainer([DWISeries(ph.noisy, ph.affine, None, ph.bvals, ph.bvecs)], str(path.parent), cfg,
@@ -88,9 +88,11 @@ def make_checkpoint(path: Path, steps: int, stride: int | None) -> float:
     return time.perf_counter() - t0
 
 
-def configured(cfg, stride: int | None):
+def configured(cfg, stride: int | None, lattice: int | None = None):
     if stride:
         cfg.data.mppca_stride = cfg.inference.mppca_stride = stride
+    if lattice:
+        cfg.data.mppca_lattice = cfg.inference.mppca_lattice = lattice
     return cfg
 
 
@@ -109,7 +111,8 @@ def write_phantom(size: tuple[int, int, int], folder: Path) -> None:
     np.savetxt(folder / "dwi.bvec", ph.bvecs.T, fmt="%.6f")
 
 
-def one_run(data_dir: str, mode: str, checkpoint: str | None, steps: int, stride: int | None) -> dict:
+def one_run(data_dir: str, mode: str, checkpoint: str | None, steps: int, stride: int | None,
+            lattice: int | None = None) -> dict:
     """One (size, mode) in this process: the stages of ``workbench denoise`` on ``data_dir``, timed."""
     import nibabel as nib
 
@@ -132,11 +135,12 @@ def one_run(data_dir: str, mode: str, checkpoint: str | None, steps: int, stride
         # as `workbench denoise`: sigma first, then the series is normalised in place and worked on (consumed)
         if mode == "pretrained":  # as `workbench denoise --checkpoint`: the priors are prepared inside denoise()
             denoiser = Denoiser.from_checkpoint(checkpoint)
+            configured(denoiser.config, None, lattice)
             sigma, _ = noise_sigma(series, None, denoiser.config)
             clock.enter("q-space priors")
             subject = None
         else:
-            cfg = configured(Config(), stride)
+            cfg = configured(Config(), stride, lattice)
             cfg.train.steps = steps
             sigma, _ = noise_sigma(series, None, cfg)
             clock.enter("q-space priors")
@@ -192,6 +196,8 @@ def main(argv=None) -> int:
     parser.add_argument("--modes", nargs="+", default=["pretrained", "scratch"], choices=["pretrained", "scratch"])
     parser.add_argument("--steps", type=int, default=400, help="training steps (checkpoint and scratch)")
     parser.add_argument("--mppca-stride", type=int, default=None, help="default: the config's")
+    parser.add_argument("--mppca-lattice", type=int, default=None, choices=(1, 2, 4),
+                        help="patch centres of MP-PCA in the brain (prior and blend; default: the config's)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: every core)")
     parser.add_argument("--checkpoint", default=None, help="a pretrained checkpoint to use (default: train one)")
     parser.add_argument("--one", nargs=3, metavar=("DATA_DIR", "MODE", "CHECKPOINT"), help=argparse.SUPPRESS)
@@ -201,22 +207,24 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.one:
-        print(json.dumps(one_run(args.one[0], args.one[1], args.one[2], args.steps, args.mppca_stride)))
+        print(json.dumps(one_run(args.one[0], args.one[1], args.one[2], args.steps, args.mppca_stride,
+                                 args.mppca_lattice)))
         return 0
 
     from workbench.config import Config
     from workbench.training.schedules import cpu_has_native_bf16, cpu_model_name
 
     stride = args.mppca_stride or Config().inference.mppca_stride
+    lattice = args.mppca_lattice or Config().inference.mppca_lattice
     print(f"# DWI at scale: {cpu_model_name()}, {os.cpu_count()} cores, native bfloat16 {cpu_has_native_bf16()}, "
           f"torch {torch.__version__} with {torch.get_num_threads()} threads, OMP_NUM_THREADS="
-          f"{os.environ.get('OMP_NUM_THREADS', 'unset')}, MP-PCA stride {stride}, {args.steps} training steps\n",
+          f"{os.environ.get('OMP_NUM_THREADS', 'unset')}, MP-PCA stride {stride}, lattice {lattice}, {args.steps} training steps\n",
           flush=True)
     rows = []
     with tempfile.TemporaryDirectory(prefix="dwi-scale-ckpt-") as tmp:
         ckpt = Path(args.checkpoint or Path(tmp) / "pretrained.pt")
         if "pretrained" in args.modes and not args.checkpoint:
-            print(f"(checkpoint trained on 64x64x32x65, seed 7: {make_checkpoint(ckpt, args.steps, args.mppca_stride):.0f} s, "
+            print(f"(checkpoint trained on 64x64x32x65, seed 7: {make_checkpoint(ckpt, args.steps, args.mppca_stride, args.mppca_lattice):.0f} s, "
                   "not counted below)\n", flush=True)
         for size in args.sizes:
             folder = Path(tmp) / size
@@ -225,6 +233,8 @@ def main(argv=None) -> int:
                 cmd = [sys.executable, __file__, "--one", str(folder), mode, str(ckpt), "--steps", str(args.steps)]
                 if args.mppca_stride:
                     cmd += ["--mppca-stride", str(args.mppca_stride)]
+                if args.mppca_lattice:
+                    cmd += ["--mppca-lattice", str(args.mppca_lattice)]
                 if args.threads:
                     cmd += ["--threads", str(args.threads)]
                 done = subprocess.run(cmd, capture_output=True, text=True)

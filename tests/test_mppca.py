@@ -121,7 +121,54 @@ def test_bad_shapes_are_refused():
         mppca_batched(np.ones((8, 8, 8), np.float32))
 
 
-def test_divergence_on_slabs_agrees_with_the_whole_brain():
+def test_lattices_thin_the_centres_evenly_and_every_voxel_stays_covered():
+    from scipy import ndimage
+
+    from workbench.mppca import centre_grid, dense_region, lattice_points
+
+    shape = (27, 26, 17)
+    for lattice, share in ((1, 1.0), (2, 0.5), (4, 0.25)):
+        points = lattice_points(shape, lattice)
+        assert abs(points.mean() - share) < 0.01
+        # every voxel has a lattice point within one voxel per axis
+        assert ndimage.maximum_filter(points, size=3, mode="constant").all()
+    # global coordinates: a window's lattice is the volume's lattice cut at that window
+    assert np.array_equal(lattice_points((5, 6, 7), 4, origin=(3, 1, 2)), lattice_points((8, 7, 9), 4)[3:, 1:, 2:])
+    with pytest.raises(ValueError, match="lattice must be one of"):
+        lattice_points(shape, 3)
+    p = simulate_dwi(shape=shape, scheme="dti", snr=10.0, seed=5)
+    dense = dense_region(p.mask)
+    one = centre_grid(shape, 2, 2, None, dense, 1)
+    four = centre_grid(shape, 2, 2, None, dense, 4)
+    assert four.sum() < 0.45 * one.sum()
+    # a lattice alone (no strided grid) in a mask touching the field of view's edge: every voxel of it is
+    # still reached, by extra centres at the edge where the lattice alone would miss it
+    edge = np.zeros(shape, bool)
+    edge[:, 23:, 14:] = True  # voxels at y = 25, z = 16 need a centre at y = 23, z = 14: never a BCC point
+    thin = centre_grid(shape, 2, None, edge, edge, 4)
+    assert ndimage.maximum_filter(thin, size=5, mode="constant")[edge].all()
+    assert not ndimage.maximum_filter(lattice_points(shape, 4) & edge & centre_grid(shape, 2, 1), size=5,
+                                      mode="constant")[edge].all()
+
+
+def test_a_lattice_of_centres_in_the_brain_stays_close_to_every_voxel(odd_phantom):
+    from workbench.mppca import dense_region
+
+    p = simulate_dwi(shape=(27, 26, 17), scheme="dti", snr=10.0, seed=5)
+    dense = dense_region(p.mask)
+    err = lambda x: np.sqrt(np.mean((x - p.clean)[p.mask] ** 2))  # noqa: E731
+    one = mppca_batched(p.noisy, None, stride=2, dense=dense)
+    seen = []
+    four = mppca_batched(p.noisy, None, stride=2, dense=dense, lattice=4, progress=lambda d, t: seen.append(t))
+    assert np.abs(four - one)[p.mask].max() > 1e-2  # fewer patches: not the same numbers
+    assert err(four) < 1.03 * err(one) < 0.7 * err(p.noisy)
+    assert np.isfinite(four).all() and (four[p.mask] > 0).mean() > 0.99
+    from workbench.mppca import centre_planes
+    assert seen[-1] == centre_planes(p.noisy.shape[:3], 2, 2, None, dense, 4)
+
+
+@pytest.mark.parametrize("lattice", [1, 4])
+def test_divergence_on_slabs_agrees_with_the_whole_brain(lattice):
     """The perturbed rerun on a third of the brain, scaled to the whole, estimates the same divergence."""
     from workbench.blend import blend_work, divergence_slabs, mppca_with_divergence
 
@@ -137,12 +184,12 @@ def test_divergence_on_slabs_agrees_with_the_whole_brain():
     for (a, b), q in zip(thin, (1 / 6, 1 / 2, 5 / 6)):
         assert a <= np.searchsorted(share, q) < b
     assert divergence_slabs(p.mask, 0) == [(0, 30)] == divergence_slabs(p.mask, int(p.mask.sum()))
-    full_div, full = mppca_with_divergence(y, p.sigma, p.mask)
+    full_div, full = mppca_with_divergence(y, p.sigma, p.mask, lattice=lattice)
     seen = []
     part_div, part = mppca_with_divergence(y, p.sigma, p.mask, divergence_voxels=int(p.mask.sum()) // 3,
-                                           progress=lambda d, t: seen.append((d, t)))
+                                           progress=lambda d, t: seen.append((d, t)), lattice=lattice)
     np.testing.assert_array_equal(part, full)
-    total = blend_work(p.mask.shape, p.mask, 2, int(p.mask.sum()) // 3)
+    total = blend_work(p.mask.shape, p.mask, 2, int(p.mask.sum()) // 3, lattice)
     assert seen == [(k + 1, total) for k in range(total)]
     assert np.all(full_div > 0)
     assert np.median(np.abs(part_div / full_div - 1)) < 0.15

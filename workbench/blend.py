@@ -19,7 +19,7 @@ from typing import Optional
 
 import numpy as np
 
-from workbench.mppca import centre_planes, dense_region, mppca_batched
+from workbench.mppca import centre_grid, dense_region, mppca_batched
 
 #: Range of blend weights taken as trustworthy; outside it a volume falls back to a convex mix.
 PLAUSIBLE_WEIGHTS = (-0.5, 1.5)
@@ -61,44 +61,55 @@ def _windows(slabs, nz: int, radius: int = 2) -> list[tuple[int, int, int, int]]
     return [(z0, z1, max(0, z0 - 2 * radius), min(nz, z1 + 2 * radius)) for z0, z1 in slabs]
 
 
-def blend_work(shape, mask: np.ndarray, stride: int = 2, divergence_voxels: int = 0) -> int:
-    """Planes of patch centres :func:`mppca_with_divergence` processes (its progress total)."""
+def _divergence_centres(grid: np.ndarray, dense: np.ndarray, a: int, b: int, radius: int = 2) -> np.ndarray:
+    """The full run's patch centres in the window ``[a, b)`` that reach the slab inside it (those in ``dense``)."""
+    centres = grid[:, :, a:b] & dense[:, :, a:b]
+    centres[:, :, :radius] = False  # outside the window's valid range; the slab needs none of them
+    centres[:, :, centres.shape[2] - radius:] = False
+    return centres
+
+
+def _centres(shape, mask: np.ndarray, stride: int, divergence_voxels: int, lattice: int):
+    """The blend's patch centres: the full run's grid, and per divergence window its slab's share."""
     dense = dense_region(mask)
-    total = centre_planes(shape, 2, stride, None, dense)
-    for _z0, _z1, a, b in _windows(divergence_slabs(mask, divergence_voxels), shape[2]):
-        total += centre_planes(shape[:2] + (b - a,), 2, 1, dense[:, :, a:b])
-    return total
+    grid = centre_grid(shape, 2, stride, None, dense, lattice)
+    windows = _windows(divergence_slabs(mask, divergence_voxels), shape[2])
+    return dense, grid, [(z0, z1, a, b, _divergence_centres(grid, dense, a, b)) for z0, z1, a, b in windows]
+
+
+def blend_work(shape, mask: np.ndarray, stride: int = 2, divergence_voxels: int = 0, lattice: int = 1) -> int:
+    """Planes of patch centres :func:`mppca_with_divergence` processes (its progress total)."""
+    _, grid, windows = _centres(shape, mask, stride, divergence_voxels, lattice)
+    planes = lambda g: int(g.any(axis=(0, 1)).sum())  # noqa: E731
+    return planes(grid) + sum(planes(w[-1]) for w in windows)
 
 
 def mppca_with_divergence(noisy: np.ndarray, sigma: float, mask: np.ndarray, bvals=None, progress=None,
                           stride: int = 2, divergence_voxels: int = 0, should_stop=None,
-                          seed: int = 0, series: Optional[np.ndarray] = None,
-                          scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+                          seed: int = 0, lattice: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Full-field-of-view MP-PCA of (N, X, Y, Z) volumes and its divergence per volume in ``mask``.
 
     MP-PCA (Veraart et al. 2016; :func:`workbench.mppca.mppca_batched`) centres a patch on
-    every voxel of ``mask`` dilated by the patch radius (there it is DIPY's estimator) and on
-    every ``stride``-th voxel elsewhere (air). It runs again on the data perturbed by 1% of
+    every voxel of ``mask`` dilated by the patch radius (there it is DIPY's estimator; with
+    ``lattice`` 2 or 4 on every second or fourth voxel of it, :func:`workbench.mppca.lattice_points`)
+    and on every ``stride``-th voxel elsewhere (air). It runs again on the data perturbed by 1% of
     ``sigma`` times a standard normal probe ``b`` (Ramani et al. 2008):
-    ``div_j = sum_x b_j(x) [f(y + eps b) - f(y)]_j(x) / eps``, with patches only where the
+    ``div_j = sum_x b_j(x) [f(y + eps b) - f(y)]_j(x) / eps``, with the same patches where the
     mask's voxels need them and only in the :func:`divergence_slabs` holding
     ``divergence_voxels`` mask voxels (each with its patch margin, so its values equal the
     full run's); the sum is scaled to the whole mask. Returns ``(divergences (N,), denoised
     (N, X, Y, Z))``. ``progress(done, total)`` counts planes of patch centres over both runs
     (:func:`blend_work`) and may raise to cancel; ``should_stop()`` True cancels between
-    planes. ``bvals`` is unused. ``series``, the same data as an (X, Y, Z, N) float32 C-contiguous
-    array times ``scale`` (the caller's series in input units), is read in place: MP-PCA is
-    scale-equivariant and reads that layout fastest, so no (X, Y, Z, N) copy of ``noisy`` is made.
+    planes. ``bvals`` is unused. ``noisy`` is read in place when it is an (X, Y, Z, N) C-ordered
+    float32 array seen as (N, X, Y, Z) (the layout MP-PCA reads fastest; the DWI subject's volumes are).
     """
     del bvals
     mask = np.asarray(mask, bool)
     eps = 0.01 * float(sigma)
     if eps <= 0:
         raise ValueError(f"sigma must be > 0, got {sigma}")
-    nz = noisy.shape[3]
-    dense = dense_region(mask)
-    windows = _windows(divergence_slabs(mask, divergence_voxels), nz)
-    total = blend_work(noisy.shape[1:], mask, stride, divergence_voxels)
+    dense, grid, windows = _centres(noisy.shape[1:], mask, stride, divergence_voxels, lattice)
+    total = blend_work(noisy.shape[1:], mask, stride, divergence_voxels, lattice)
     done = [0]
 
     def report(step, steps):
@@ -107,25 +118,18 @@ def mppca_with_divergence(noisy: np.ndarray, sigma: float, mask: np.ndarray, bva
         if step == steps:
             done[0] += steps
 
-    if series is not None and (series.shape != noisy.shape[1:] + noisy.shape[:1] or series.dtype != np.float32
-                               or not series.flags.c_contiguous):
-        series = None
-    # MP-PCA runs on ``source`` (noisy times ``unit``) and is divided by ``unit``
-    source, unit = (series, np.float32(scale)) if series is not None else (np.moveaxis(noisy, 0, -1), np.float32(1))
-    base = mppca_batched(source, None, stride=stride, dense=dense, progress=report,
-                         should_stop=should_stop)  # (X, Y, Z, N)
-    base /= unit
+    source = np.moveaxis(noisy, 0, -1)  # (X, Y, Z, N): no copy when noisy is a view of that layout
+    base = mppca_batched(source, None, centres=grid, progress=report, should_stop=should_stop)
     rng = np.random.default_rng(seed)
     div = np.zeros(len(noisy))
     counted = 0
-    for z0, z1, a, b in windows:
+    for z0, z1, a, b, centres in windows:
         probe = rng.standard_normal((len(noisy),) + noisy.shape[1:3] + (b - a,), dtype=np.float32)
-        perturbed = np.multiply(np.moveaxis(probe, 0, -1), np.float32(eps) * unit,
+        perturbed = np.multiply(np.moveaxis(probe, 0, -1), np.float32(eps),
                                 out=np.empty(source.shape[:2] + (b - a, len(noisy)), np.float32))
-        perturbed += source[:, :, a:b]  # C-ordered, as MP-PCA reads it: no copy there
-        moved = mppca_batched(perturbed, dense[:, :, a:b], progress=report, should_stop=should_stop)
+        perturbed += source[:, :, a:b]
+        moved = mppca_batched(perturbed, dense[:, :, a:b], centres=centres, progress=report, should_stop=should_stop)
         del perturbed
-        moved /= unit
         inside = mask[:, :, z0:z1]
         change = (moved[:, :, z0 - a: z1 - a][inside] - base[:, :, z0:z1][inside]) / np.float32(eps)  # (V, N)
         div += np.einsum("vn,nv->n", change, probe[..., z0 - a: z1 - a][:, inside], dtype=np.float64)

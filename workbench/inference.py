@@ -240,7 +240,8 @@ class Denoiser:
         # the MP-PCA runs of the blend report on the same bar, so it is known from the start how much is left
         blend_units = 0
         if progress is not None and sigma is not None and icfg.mppca_blend and can_blend(data.shape[:3], n):
-            blend_units = blend_work(data.shape[:3], brain.numpy(), icfg.mppca_stride, icfg.divergence_voxels)
+            blend_units = blend_work(data.shape[:3], brain.numpy(), icfg.mppca_stride, icfg.divergence_voxels,
+                                     icfg.mppca_lattice)
         heldout = np.empty(n)
         # outside the brain mask the prediction is the input (not the priors' extrapolated grey, with a ring at
         # the edge); the MP-PCA blend then replaces it with MP-PCA there, or, without the blend, only the Rician
@@ -269,6 +270,7 @@ class Denoiser:
             if can_blend(data.shape[:3], n):  # MP-PCA's planes count on the same bar; a cancel stops between them
                 mp = mppca_with_divergence(
                     noisy, sig, brain.numpy(), stride=icfg.mppca_stride, divergence_voxels=icfg.divergence_voxels,
+                    lattice=icfg.mppca_lattice,
                     progress=None if progress is None else (lambda done, total: progress(n + done, n + total)))
             blended = blend_with_mppca(preds, noisy, noise_var, brain.numpy(), sig, subject.bvals,
                                        include_noisy=icfg.shrinkage, mppca=mp, overwrite=True)

@@ -176,7 +176,8 @@ def prepare_subject(
     np.divide(data, scale, out=norm, casting="unsafe")
     priors, linear = stored_and_linear_priors(
         norm, bvals, bvecs, mask, cfg.qspace_prior, cfg.sh_order, cfg.prior_folds, progress=progress,
-        should_stop=should_stop, mppca_stride=cfg.mppca_stride, volumes_first=True, dtype=np.float16)
+        should_stop=should_stop, mppca_stride=cfg.mppca_stride, volumes_first=True, dtype=np.float16,
+        mppca_lattice=cfg.mppca_lattice)
     loss_mask = ndimage.binary_dilation(mask, iterations=2)
     return DWISubject(
         volumes=torch.from_numpy(norm).permute(3, 0, 1, 2),

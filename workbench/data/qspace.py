@@ -179,6 +179,7 @@ def split_mppca_prior(
     fallback: np.ndarray | None = None,
     stride: int = 1,
     out: np.ndarray | None = None,
+    lattice: int = 1,
 ) -> np.ndarray:
     """Leave-one-fold-out prediction of every volume from MP-PCA-denoised other volumes.
 
@@ -198,6 +199,9 @@ def split_mppca_prior(
     n_folds, patch_radius, ridge
     stride : int
         Patch-centre spacing of MP-PCA (:func:`workbench.mppca.mppca_batched`; 1 = DIPY's estimator).
+    lattice : {1, 2, 4}
+        With ``stride`` 1: patch centres on every voxel (1), every second (2, checkerboard) or every
+        fourth (4, body-centred cubic) of the grown brain (:func:`workbench.mppca.lattice_points`).
     fallback : (X, Y, Z, N) array or callable, optional
         Used for a fold whose complement has fewer than 4 volumes (MP-PCA needs a spectrum) and
         outside the denoised region; a callable ``fallback(where)`` returns its (V, N) values at the
@@ -222,7 +226,7 @@ def split_mppca_prior(
     """
     from scipy import ndimage
 
-    from workbench.mppca import centre_planes, mppca_batched
+    from workbench.mppca import centre_grid, mppca_batched
 
     n = data.shape[-1]
     brain = fit_voxels(data, mask, n // max(n_folds, 1) * (n_folds - 1) + 1)
@@ -235,11 +239,14 @@ def split_mppca_prior(
         out = np.zeros(data.shape, dtype=np.float32)
     elif out.shape != data.shape:
         raise ValueError(f"out has shape {out.shape}, the data {data.shape}")
-    per_fold = centre_planes(data.shape[:3], radius, stride, grown)  # the planes mppca_batched reports
+    # patch centres: every ``stride``-th voxel of the grown brain, or with ``lattice`` > 1 (and stride 1)
+    # the lattice's points in it
+    centres = (centre_grid(data.shape[:3], radius, None, grown, grown, lattice) if lattice > 1 and stride == 1
+               else centre_grid(data.shape[:3], radius, stride, grown))
+    per_fold = int(centres.any(axis=(0, 1)).sum())  # the planes mppca_batched reports
     for k in range(n_folds):
-        fold_progress = None
-        if progress is not None:
-            def fold_progress(done, _total, k=k):
+        def fold_progress(done, _total, k=k):
+            if progress is not None:
                 progress(k * per_fold + done, n_folds * per_fold)
 
         dst, src = np.flatnonzero(labels == k), np.flatnonzero(labels != k)
@@ -252,7 +259,7 @@ def split_mppca_prior(
                 data.shape[:3] + (len(dst),))
             continue
         # np.take keeps the (X, Y, Z, N) layout MP-PCA reads fastest (data[..., src] would be volumes-first)
-        den = mppca_batched(np.take(data, src, axis=-1), grown, patch_radius=radius, stride=stride,
+        den = mppca_batched(np.take(data, src, axis=-1), grown, patch_radius=radius, centres=centres,
                             progress=fold_progress, should_stop=should_stop)
         flat = den.reshape(-1, len(src))  # float32; float64 only for the fit's voxels
         pred = np.empty((flat.shape[0], len(dst)), dtype=np.float32)
@@ -299,6 +306,7 @@ def stored_and_linear_priors(
     mppca_stride: int = 1,
     volumes_first: bool = False,
     dtype=np.float32,
+    mppca_lattice: int = 1,
 ):
     """The priors of :func:`qspace_priors` as the network reads them: the split MP-PCA prior stored,
     (S, X, Y, Z, N) (``volumes_first``: (S, N, X, Y, Z)) in ``dtype``, S = 1 for ``mppca`` else 0,
@@ -318,7 +326,7 @@ def stored_and_linear_priors(
             return linear.predict_rows(data[where], checker[where], linear_names.index("regression"))
 
         split_mppca_prior(data, bvals, mask, n_folds=n_folds, progress=progress, should_stop=should_stop,
-                          fallback=regression_at, stride=mppca_stride,
+                          fallback=regression_at, stride=mppca_stride, lattice=mppca_lattice,
                           out=np.moveaxis(stored[0], 0, -1) if volumes_first else stored[0])
     return stored, linear
 
@@ -336,6 +344,7 @@ def qspace_priors(
     mppca_stride: int = 1,
     volumes_first: bool = False,
     dtype=np.float32,
+    mppca_lattice: int = 1,
 ) -> np.ndarray:
     """Leave-one-out predictions, shaped (P, X, Y, Z, N): P = 3 for ``mppca``, 2 for ``both``,
     1 for ``sh``/``regression``, 0 for ``none``.
@@ -350,7 +359,7 @@ def qspace_priors(
     function writes them out, one x-plane at a time.
     """
     stored, linear = stored_and_linear_priors(data, bvals, bvecs, mask, kind, sh_order, n_folds, progress,
-                                              should_stop, mppca_stride, volumes_first, dtype)
+                                              should_stop, mppca_stride, volumes_first, dtype, mppca_lattice)
     if linear is None:
         return stored
     n, s = data.shape[-1], len(stored)
