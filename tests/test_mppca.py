@@ -115,6 +115,13 @@ def test_progress_per_plane_and_cancel_between_planes(odd_phantom):
 
 
 def test_bad_shapes_are_refused():
+    data = np.ones((9, 9, 9, 6), np.float32)
+    centres = np.zeros((9, 9, 9), bool)
+    centres[1, 4, 4] = True  # its 5x5x5 patch would leave the volume
+    with pytest.raises(ValueError, match="within \\(2, 2, 2\\) voxels of the edge"):
+        mppca_batched(data, centres=centres)
+    with pytest.raises(ValueError, match="centres shape"):
+        mppca_batched(data, centres=centres[:8])
     with pytest.raises(ValueError, match="shorter than the 5-voxel patch"):
         mppca_batched(np.ones((4, 8, 8, 6), np.float32))
     with pytest.raises(ValueError, match="4D"):

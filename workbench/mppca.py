@@ -207,7 +207,7 @@ def mppca_batched(data: np.ndarray, mask: np.ndarray | None = None, patch_radius
         edge = grid.copy()
         edge[radius[0]: shape[0] - radius[0], radius[1]: shape[1] - radius[1], radius[2]: shape[2] - radius[2]] = False
         if edge.any():
-            raise ValueError(f"centres within {tuple(radius)} voxels of the edge: their patches would leave the volume")
+            raise ValueError(f"centres within {tuple(int(r) for r in radius)} voxels of the edge: their patches would leave the volume")
     planes = np.flatnonzero(grid.any(axis=(0, 1)))
     # a C-ordered copy of any other layout: patches gather 5-20% faster from it than from an (N, X, Y, Z) view
     vol = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))
