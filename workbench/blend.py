@@ -77,11 +77,15 @@ def _centres(shape, mask: np.ndarray, stride: int, divergence_voxels: int, latti
     return dense, grid, [(z0, z1, a, b, _divergence_centres(grid, dense, a, b)) for z0, z1, a, b in windows]
 
 
+def _planes(grid: np.ndarray, windows) -> int:
+    """Axial planes holding patch centres in the full run's ``grid`` and in each divergence window."""
+    return sum(int(g.any(axis=(0, 1)).sum()) for g in [grid] + [w[-1] for w in windows])
+
+
 def blend_work(shape, mask: np.ndarray, stride: int = 2, divergence_voxels: int = 0, lattice: int = 1) -> int:
     """Planes of patch centres :func:`mppca_with_divergence` processes (its progress total)."""
     _, grid, windows = _centres(shape, mask, stride, divergence_voxels, lattice)
-    planes = lambda g: int(g.any(axis=(0, 1)).sum())  # noqa: E731
-    return planes(grid) + sum(planes(w[-1]) for w in windows)
+    return _planes(grid, windows)
 
 
 def mppca_with_divergence(noisy: np.ndarray, sigma: float, mask: np.ndarray, bvals=None, progress=None,
@@ -109,7 +113,7 @@ def mppca_with_divergence(noisy: np.ndarray, sigma: float, mask: np.ndarray, bva
     if eps <= 0:
         raise ValueError(f"sigma must be > 0, got {sigma}")
     dense, grid, windows = _centres(noisy.shape[1:], mask, stride, divergence_voxels, lattice)
-    total = blend_work(noisy.shape[1:], mask, stride, divergence_voxels, lattice)
+    total = _planes(grid, windows)
     done = [0]
 
     def report(step, steps):
