@@ -1,12 +1,16 @@
 """Whole-volume inference: tiles cover everything, tiled equals untiled, maps are retrievable."""
 
+import itertools
+import math
+
 import numpy as np
 import pytest
 import torch
 
 from workbench.config import Config, ModelConfig
 from workbench.data.qspace import qspace_priors
-from workbench.inference import Denoiser, edge_map, predict_tiled, tile_starts
+from workbench.inference import Denoiser, edge_map, predict_tiled
+from workbench.tiling import even_tiles, tile_layout, tile_starts
 
 
 @pytest.mark.parametrize("size,tile,overlap", [(33, 16, 4), (34, 16, 8), (35, 35, 8), (10, 64, 16), (64, 32, 8)])
@@ -24,7 +28,6 @@ def test_tile_starts_cover_the_axis(size, tile, overlap):
 
 @pytest.mark.parametrize("size,tile,overlap", [(128, 64, 16), (80, 64, 16), (33, 16, 4), (35, 35, 8), (97, 40, 8)])
 def test_even_tiles_cover_the_axis_with_no_more_tiles_and_less_work(size, tile, overlap):
-    from workbench.inference import even_tiles
 
     length, starts = even_tiles(size, tile, overlap)
     assert length <= tile and len(starts) <= len(tile_starts(size, tile, overlap))
@@ -36,6 +39,56 @@ def test_even_tiles_cover_the_axis_with_no_more_tiles_and_less_work(size, tile, 
     for a, b in zip(starts, starts[1:]):
         assert a + length - b >= min(overlap, length // 2)
     assert even_tiles(128, 64, 16) == (54, [0, 38, 74])
+
+
+@pytest.mark.parametrize("size", [(128, 128, 80), (96, 96, 60), (33, 34, 35), (256, 200, 150), (70, 9, 41)])
+@pytest.mark.parametrize("max_voxels", [None, 262_144, 40_000])
+def test_tile_layout_covers_the_volume_within_the_voxel_bound_and_least_work(size, max_voxels):
+
+    layout = tile_layout(size, 96, 16, max_voxels)
+    for s, (length, starts) in zip(size, layout):
+        assert length <= 96
+        covered = np.zeros(s, bool)
+        for a in starts:
+            covered[a:a + length] = True
+        assert covered.all() and starts[-1] + length == s
+        for a, b in zip(starts, starts[1:]):
+            assert a + length - b >= min(16, length // 2)
+    voxels = math.prod(length for length, _ in layout)
+    work = math.prod(length * len(starts) for length, starts in layout)
+    plain = [even_tiles(s, 96, 16) for s in size]
+    if max_voxels is None:
+        assert layout == plain
+    else:
+        assert voxels <= max_voxels
+        # no layout of even_tiles with 0-2 more tiles per axis fits the bound with less work
+        for extra in itertools.product(range(3), repeat=3):
+            cand = []
+            for s, k, (length, starts) in zip(size, extra, plain):
+                count = len(starts) + k
+                cand_len = -(-(s + (count - 1) * 16) // count) if k else length
+                cand.append((cand_len, count))
+            if math.prod(c[0] for c in cand) <= max_voxels and all(c[0] - 16 >= 1 or c[1] == 1 for c in cand):
+                assert work <= math.prod(c[0] * c[1] for c in cand)
+
+
+def test_tile_layout_example_and_fallback():
+
+    assert tile_layout((128, 128, 80), 96, 16) == [(72, [0, 56]), (72, [0, 56]), (80, [0])]
+    assert tile_layout((128, 128, 80), 96, 16, 327_680) == [(72, [0, 56]), (54, [0, 38, 74]), (80, [0])]
+    assert tile_layout((128, 128, 80), 96, 16, 262_144) == [(72, [0, 56]), (72, [0, 56]), (48, [0, 32])]
+    assert Config().inference.tile_voxels == 262_144
+    # nothing fits 512 voxels: the shortest tiles an axis of 40 can take (9 of 19 = ceil((40 + 8 * 16) / 9))
+    assert [length for length, _ in tile_layout((40, 40, 40), 96, 16, 512)] == [19, 19, 19]
+
+
+def test_predict_tiled_with_a_voxel_bound_matches_untiled():
+    model = _model()
+    x = torch.rand(5, 35, 34, 33)
+    whole = predict_tiled(model, x, 1, tile=64, overlap=0, amp=False)
+    bounded = predict_tiled(model, x, 1, tile=64, overlap=10, amp=False, max_voxels=35 * 34 * 20)
+    rel = float((whole - bounded).abs().mean() / whole.abs().mean())
+    assert rel < 0.02, rel
 
 
 def _model(in_ch=5, n=3):

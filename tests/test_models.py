@@ -237,6 +237,26 @@ def test_bfloat16_autocast_forward(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_input_cast_with_the_layout_change_is_exact_under_autocast(name, monkeypatch):
+    """prepare() copies the input straight to bfloat16 under autocast (half the bytes): the
+    output is bit-identical to the float32 copy the first convolution would cast itself, and
+    the float32 residual channel is not rounded."""
+    model = perturb_(make(name, base_filters=8, residual_channel=1), scale=0.1).eval()
+    x, cond = inputs(1, 5, (9, 8, 7), 4)
+    x[:, 1] += 1000.0 + torch.rand(x.shape[2:]) * 1e-3  # a residual that bfloat16 would round away
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        xp, _ = model.prepare(x)
+        y = model(x, cond)
+        monkeypatch.setattr(type(model), "prepare", lambda self, t: (
+            pad_to_multiple(t, self.size_multiple)[0].contiguous(memory_format=torch.channels_last_3d),
+            tuple(t.shape[2:])))
+        ref = model(x, cond)
+    if name != "frequency":  # it keeps its own float32 prepare (the low band is pooled first)
+        assert xp.dtype == torch.bfloat16 and xp.is_contiguous(memory_format=torch.channels_last_3d)
+    assert torch.equal(y, ref)
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_bfloat16_autocast_backward(name):
     model = make(name, base_filters=8, residual_channel=0)
     x, cond = inputs(1, 5, (8, 8, 8), 4)

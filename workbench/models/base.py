@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 
 from workbench.models.blocks import ConditionEmbedding, crop_to, pad_to_multiple, small_init_
+from workbench.models.utils import first_conv_dtype
 
 Tensor = torch.Tensor
 
@@ -91,9 +92,15 @@ class ConditionedReconNet(nn.Module):
 
     def prepare(self, x: Tensor) -> tuple[Tensor, tuple[int, int, int]]:
         """Pad ``x`` to :attr:`size_multiple` and use the channels-last-3d layout
-        (about 3x faster convolutions on CPU with oneDNN, and the cuDNN-preferred layout)."""
+        (about 3x faster convolutions on CPU with oneDNN, and the cuDNN-preferred layout).
+
+        Under autocast the copy is made in the autocast dtype: the padded input's only reader is
+        the stem's convolution, which autocast would cast to that dtype anyway (the same values),
+        so one half-size copy replaces a float32 copy plus the cast (~170 -> 56 MB for a
+        68-channel 72 x 72 x 80 DWI tile). The residual channel is read from ``x`` itself.
+        """
         xp, size = pad_to_multiple(x, self.size_multiple)
-        return xp.contiguous(memory_format=torch.channels_last_3d), size
+        return xp.to(dtype=first_conv_dtype(xp), memory_format=torch.channels_last_3d), size
 
     def forward(self, x: Tensor, cond: Tensor) -> Tensor:
         """``x`` (B, in_channels, D, H, W), ``cond`` (B,) long -> (B, out_channels, D, H, W)."""

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 Tensor = torch.Tensor
 
 __all__ = ["group_count", "GroupNorm32", "norm3d", "pad_to_multiple", "crop_to", "small_init_", "autocast_on",
-           "spatial_mean_max"]
+           "first_conv_dtype", "spatial_mean_max"]
 
 
 def group_count(channels: int, max_groups: int = 8) -> int:
@@ -25,6 +25,14 @@ def group_count(channels: int, max_groups: int = 8) -> int:
 def autocast_on(x: Tensor) -> bool:
     """Whether autocast is active for the device of ``x``."""
     return torch.is_autocast_enabled(x.device.type)
+
+
+def first_conv_dtype(x: Tensor) -> torch.dtype:
+    """The dtype a convolution reading ``x`` computes in: autocast's lower-precision dtype for a
+    float32 ``x`` while autocast is on for its device, else ``x.dtype``."""
+    if x.dtype == torch.float32 and autocast_on(x):
+        return torch.get_autocast_dtype(x.device.type)
+    return x.dtype
 
 
 def spatial_mean_max(x: Tensor, row: int = 16) -> tuple[Tensor, Tensor]:
