@@ -213,3 +213,32 @@ def test_demo_writes_figure_and_table(sim, tmp_path, capsys):
     assert "estimated RMSE to clean" in table and "per shell: b=0:" in table and "b=1000:" in table
     with pytest.raises(Exception, match="not empty"):
         run_demo(out, config=str(sim / "tiny.yaml"), shape=(16, 18, 10), scheme="dti")
+
+
+def test_progress_bar_is_one_bar_per_stage(capsys):
+    """A stage that reports 0 of N first (a resumed DOT dataset) keeps one bar; a new name, total or a count that
+    goes back starts the next."""
+    from workbench.cli import _ProgressBar
+
+    bar = _ProgressBar().stage("simulating", "case")
+    bar.inference(0, 3)
+    first = bar.bar
+    bar.inference(1, 3)
+    bar.inference(2, 3)
+    assert bar.bar is first and first.n == 2
+    bar.inference(3, 3)
+    assert bar.bar is None and first.n == 3
+    priors, blend = bar.stage_fn("priors", "plane"), bar.stage_fn("blend", "plane")
+    priors(1, 5)
+    in_priors = bar.bar
+    assert in_priors.desc.startswith("priors")
+    blend(1, 5)
+    assert bar.bar is not in_priors and bar.bar.desc.startswith("blend")
+    in_blend = bar.bar
+    blend(4, 5)
+    blend(2, 5)  # a count that went back: a second run of the stage
+    assert bar.bar is not in_blend and bar.bar.n == 2
+    bar.inference(5, 5)
+    assert bar.bar is None
+    err = capsys.readouterr().err
+    assert err.count("simulating") >= 1 and "blend" in err

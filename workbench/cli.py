@@ -34,8 +34,7 @@ class _ProgressBar:
     def stage_fn(self, desc: str, unit: str = "it"):
         """A progress callable that names its own bar (for several stages handed out at once)."""
         def report(done: int, total: int) -> None:
-            if done == 1 or self.bar is None:
-                self.stage(desc, unit)
+            self.stage(desc, unit)
             self.inference(done, total)
         return report
 
@@ -63,7 +62,12 @@ class _ProgressBar:
 
         if not self.enabled:
             return
-        if done == 1 or self.bar is None:
+        # One bar per stage: a stage may report 0 of N first (a resumed dataset); a new stage is one with another
+        # name or total, or whose count went back.
+        if self.bar is not None and (self.bar.desc != self.desc or self.bar.total != total or done < self.bar.n):
+            self.bar.close()
+            self.bar = None
+        if self.bar is None:
             self.bar = tqdm(total=total, desc=self.desc, unit=self.unit, dynamic_ncols=True)
         self.bar.n = done
         self.bar.refresh()
