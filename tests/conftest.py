@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 
 import numpy as np
 import pytest
@@ -10,6 +13,9 @@ import torch
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 torch.set_num_threads(2)
+# the DOT network's geometry buffers (workbench.tasks.dot.geometry_cache): a cache of this session, not the user's
+os.environ["WORKBENCH_CACHE_DIR"] = _CACHE = tempfile.mkdtemp(prefix="workbench-test-cache-")
+atexit.register(shutil.rmtree, _CACHE, True)
 
 
 @pytest.fixture(scope="session")

@@ -86,14 +86,13 @@ def make_trainer(dataset: DotDataset, out_dir: Optional[PathLike], config, *, ca
 
 
 def _set_geometry(model, geometry: Geometry, scales, inverse: Optional[dict]) -> None:
-    """The network's geometry buffers: lifting weights, pair positions and (if it reads them) the Tikhonov map."""
-    from workbench.tasks.dot.training import lifting_weights, pair_positions, tikhonov_operator
+    """The network's geometry buffers: lifting weights, pair positions and (if it reads them) the Tikhonov map
+    (computed once per geometry and kept on disk: :mod:`.geometry_cache`)."""
+    from workbench.tasks.dot.geometry_cache import geometry_buffers
+    from workbench.tasks.dot.training import pair_positions
 
-    op = None
-    if inverse and inverse.get("lambdas"):
-        op = tikhonov_operator(geometry, model.lift_grid, scales, inverse["lambdas"], sigma_amp=inverse["sigma_amp"],
-                               sigma_phase_deg=inverse["sigma_phase_deg"])
-    model.set_geometry(lifting_weights(geometry, model.lift_grid), pair_positions(geometry), op)
+    lift, op = geometry_buffers(geometry, model.lift_grid, scales, inverse)
+    model.set_geometry(torch.from_numpy(lift), pair_positions(geometry), None if op is None else torch.from_numpy(op))
 
 
 def resolve_config(path: Optional[PathLike]):

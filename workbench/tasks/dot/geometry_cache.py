@@ -1,0 +1,97 @@
+"""On-disk cache of what a trained DOT network derives from its geometry.
+
+A checkpoint stores the geometry, not the network's geometry buffers: the lifting weights (the pairs' sensitivity,
+pooled to the lift grid) and the Tikhonov map (one regularised Rytov inversion per weight). Both come from the
+background Jacobian (two sparse LU factorisations and adjoint solves per frequency) and an eigendecomposition of
+its 3P x 3P Gram matrix: ~15 s on 2 cores at grid 32, paid by every process that loads the network (each
+``workbench dot predict``, the napari panel's first reconstruction). They are a pure function of the geometry, the
+lift grid, the feature scales, the Tikhonov settings and the code that computes them, so they are kept in a cache
+folder under a key made of all of these, the source of the modules that compute them included (a changed solver
+never reads an old entry). Entries are written atomically; a missing, damaged or unwritable entry means computing
+again, never an error.
+
+The folder: ``$WORKBENCH_CACHE_DIR``, else ``$XDG_CACHE_HOME/recon-workbench``, else ``~/.cache/recon-workbench``;
+``WORKBENCH_CACHE_DIR=off`` turns the cache off.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import zipfile
+from functools import lru_cache
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from workbench.io_utils import atomic_path
+from workbench.tasks.dot.physics import Geometry
+
+CACHE_ENV = "WORKBENCH_CACHE_DIR"
+FORMAT = 1
+
+
+def cache_dir() -> Optional[Path]:
+    """The cache folder, or None when ``$WORKBENCH_CACHE_DIR`` is ``off``."""
+    chosen = os.environ.get(CACHE_ENV)
+    if chosen:
+        return None if chosen.lower() == "off" else Path(chosen).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "recon-workbench"
+
+
+@lru_cache(maxsize=1)
+def _code_digest() -> str:
+    from workbench.tasks.dot import baselines, physics, training
+
+    h = hashlib.sha256()
+    for module in (physics, baselines, training):
+        h.update(Path(module.__file__).read_bytes())
+    return h.hexdigest()
+
+
+def buffers_key(geometry: Geometry, lift_grid: int, scales: Sequence[float], inverse: Optional[dict]) -> str:
+    """The entry's name: a hash of everything the buffers depend on."""
+    what = {"format": FORMAT, "geometry": geometry.to_dict(), "lift_grid": int(lift_grid),
+            "scales": [float(s) for s in scales], "inverse": inverse or None, "code": _code_digest()}
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def geometry_buffers(geometry: Geometry, lift_grid: int, scales: Sequence[float],
+                     inverse: Optional[dict]) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    """``(lifting weights (P, g, g, g), Tikhonov map (3, P, 2 L, g, g, g) or None)`` as float32, from the cache
+    when an entry is there, else computed (:func:`~workbench.tasks.dot.training.lifting_weights`,
+    :func:`~workbench.tasks.dot.training.tikhonov_operator`) and stored."""
+    folder = cache_dir()
+    path = None if folder is None else folder / f"dot_buffers_{buffers_key(geometry, lift_grid, scales, inverse)}.npz"
+    if path is not None and path.is_file():
+        try:
+            with np.load(path) as entry:
+                lift = entry["lift"]
+                op = entry["op"] if "op" in entry.files else None
+            return lift, op
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+            pass  # damaged (an interrupted copy, a full disk): compute again and replace it
+    lift, op = _compute(geometry, lift_grid, scales, inverse)
+    if path is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(path) as tmp:
+                with open(tmp, "wb") as f:
+                    np.savez(f, lift=lift, **({} if op is None else {"op": op}))
+        except OSError:
+            pass  # a read-only or full cache folder: the buffers are computed each time, as without a cache
+    return lift, op
+
+
+def _compute(geometry: Geometry, lift_grid: int, scales: Sequence[float],
+             inverse: Optional[dict]) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    from workbench.tasks.dot.training import lifting_weights, tikhonov_operator
+
+    op = None
+    if inverse and inverse.get("lambdas"):
+        op = tikhonov_operator(geometry, lift_grid, scales, inverse["lambdas"], sigma_amp=inverse["sigma_amp"],
+                               sigma_phase_deg=inverse["sigma_phase_deg"]).numpy()
+    return lifting_weights(geometry, lift_grid).numpy(), op
