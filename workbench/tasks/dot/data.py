@@ -37,7 +37,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -45,6 +44,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from workbench.io_utils import InputError, atomic_path, atomic_write_text
+from workbench.tasks.case_pool import run_cases
 from workbench.tasks.dot.physics import Geometry, default_geometry
 
 FORMAT = "workbench-dot/1"
@@ -198,8 +198,6 @@ def simulate_dataset(out_dir: PathLike, n: int, *, geometry: Optional[Geometry] 
     ``workers`` defaults to the CPU count (each solve is single-threaded SuperLU). With
     ``cache`` the cases are then gathered into ``dataset.npz``.
     """
-    from workbench.tasks.base import Cancelled
-
     geometry = geometry or default_geometry()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -214,35 +212,8 @@ def simulate_dataset(out_dir: PathLike, n: int, *, geometry: Optional[Geometry] 
         "geometry": geometry.to_dict()}, indent=2))
     dirs = [out / f"case_{i:03d}" for i in range(n)]
     todo = [(str(d), case_seed(seed, i), geometry.to_dict()) for i, d in enumerate(dirs) if not case_complete(d)]
-    done = n - len(todo)
-    if progress:
-        progress(done, n)
-    workers = max(1, min(workers or os.cpu_count() or 1, len(todo) or 1))
-    if todo and workers == 1:
-        for item in todo:
-            if should_stop and should_stop():
-                raise Cancelled("cancelled")
-            _worker(item)
-            done += 1
-            if progress:
-                progress(done, n)
-    elif todo:
-        import multiprocessing as mp
-
-        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-            futures = [pool.submit(_worker, item) for item in todo]
-            try:
-                for fut in as_completed(futures):
-                    fut.result()
-                    done += 1
-                    if progress:
-                        progress(done, n)
-                    if should_stop and should_stop():
-                        raise Cancelled("cancelled")
-            except BaseException:
-                for f in futures:
-                    f.cancel()
-                raise
+    run_cases(_worker, todo, total=n, workers=workers or os.cpu_count() or 1, progress=progress,
+              should_stop=should_stop)
     if cache:
         build_cache(out, dirs)
     return dirs

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -29,6 +28,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from workbench.io_utils import InputError, atomic_path, atomic_write_text
+from workbench.tasks.case_pool import run_cases
 from workbench.tasks.xray2ct.geometry import XrayGeometry, add_photon_noise, default_geometry, project_hu
 
 PathLike = str | os.PathLike
@@ -205,8 +205,6 @@ def simulate_dataset(out_dir: PathLike, n: int, *, geometry: Optional[XrayGeomet
                      hr_size: int = 0, workers: Optional[int] = None, progress: Optional[Callable] = None,
                      should_stop: Optional[Callable[[], bool]] = None) -> list[Path]:
     """``n`` phantom cases in ``out_dir``, one process per core; complete cases already there are kept (resumable)."""
-    from workbench.tasks.base import Cancelled
-
     g = geometry or default_geometry()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -221,35 +219,8 @@ def simulate_dataset(out_dir: PathLike, n: int, *, geometry: Optional[XrayGeomet
     atomic_write_text(manifest, json.dumps(record, indent=2))
     dirs = [out / f"case_{i:03d}" for i in range(n)]
     todo = [(str(d), case_seed(seed, i), g.to_dict(), hr_size) for i, d in enumerate(dirs) if not case_complete(d)]
-    done = n - len(todo)
-    if progress:
-        progress(done, n)
-    workers = max(1, min(workers or os.cpu_count() or 1, len(todo) or 1))
-    if todo and workers == 1:
-        for item in todo:
-            if should_stop and should_stop():
-                raise Cancelled("cancelled")
-            _worker(item)
-            done += 1
-            if progress:
-                progress(done, n)
-    elif todo:
-        import multiprocessing as mp
-
-        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-            futures = [pool.submit(_worker, item) for item in todo]
-            try:
-                for fut in as_completed(futures):
-                    fut.result()
-                    done += 1
-                    if progress:
-                        progress(done, n)
-                    if should_stop and should_stop():
-                        raise Cancelled("cancelled")
-            except BaseException:
-                for f in futures:
-                    f.cancel()
-                raise
+    run_cases(_worker, todo, total=n, workers=workers or os.cpu_count() or 1, progress=progress,
+              should_stop=should_stop)
     return dirs
 
 
