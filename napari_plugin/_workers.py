@@ -158,6 +158,19 @@ def _pump(fn: Callable[[Callable[[Any], None]], Any], control: Optional[Control]
     return box.get("result")
 
 
+def _pump_stoppable(fn: Callable[[Callable[[Any], None]], Any], control: Control) -> Iterator[Any]:
+    """:func:`_pump` for work the core stops (it raises :class:`workbench.tasks.base.Cancelled` when
+    ``control.cancelled()``): returns None then; ``control.done`` is set however it ends."""
+    from workbench.tasks.base import Cancelled as CoreCancelled
+
+    try:
+        return (yield from _pump(fn, control))
+    except CoreCancelled:
+        return None
+    finally:
+        control.done.set()
+
+
 @thread_worker(ignore_errors=True)
 def train_worker(task_name: str, inputs: Callable[[], dict], config, run_dir: str, *, resume: bool = False,
                  loss_weights=None, control: Optional[Control] = None, data_dir: Optional[str] = None):
@@ -318,8 +331,6 @@ def predict_worker(task_name: str, image: np.ndarray, affine: np.ndarray, choice
     Stop answers within one tile or step (the core polls ``control.cancelled``) and returns None.
     """
     from workbench.tasks import get_task
-    from workbench.tasks.base import Cancelled as CoreCancelled
-
     control = control or Control()
     task = get_task(task_name)
     yield Status(f"Loading the {task.label} network…")
@@ -331,9 +342,4 @@ def predict_worker(task_name: str, image: np.ndarray, affine: np.ndarray, choice
         att = task.attention_array(image, affine, checkpoint=checkpoint or None, **choices) if attention else None
         return out, out_affine, att, (extras[0] if extras else {})
 
-    try:
-        return (yield from _pump(run, control))
-    except CoreCancelled:
-        return None
-    finally:
-        control.done.set()
+    return (yield from _pump_stoppable(run, control))

@@ -20,7 +20,7 @@ import numpy as np
 from napari.qt.threading import thread_worker
 
 from napari_plugin._layers import unwrap
-from napari_plugin._workers import Control, Progress, Status, _pump
+from napari_plugin._workers import Control, Progress, Status, _pump_stoppable
 
 METHODS = (("network", "Network (trained)"), ("tikhonov", "Tikhonov (one Rytov step, GCV)"),
            ("gauss-newton", "Gauss-Newton (3 iterations)"))
@@ -162,7 +162,7 @@ def reconstruct_worker(method: str, inp: DotInput, checkpoint: Optional[str], ca
     """Reconstruct, simulate the boundary data of the result, score it against a phantom; returns a
     :class:`DotResult` (None when stopped). Stop is honoured between stages (a Gauss-Newton solve
     itself reports no progress and cannot be interrupted)."""
-    from workbench.tasks.base import Cancelled, check_cancel
+    from workbench.tasks.base import check_cancel
 
     control = control or Control()
 
@@ -219,19 +219,12 @@ def reconstruct_worker(method: str, inp: DotInput, checkpoint: Optional[str], ca
         return DotResult(method, mu, geometry, attention, measured, predicted, meas.mask, metrics, seconds, model,
                          scalars)
 
-    try:
-        return (yield from _pump(run, control))
-    except Cancelled:
-        return None
-    finally:
-        control.done.set()
+    return (yield from _pump_stoppable(run, control))
 
 
 @thread_worker(ignore_errors=True)
 def simulate_worker(folder: str, n: int, grid_size: int, control: Optional[Control] = None):
     """``workflow.simulate`` into ``folder`` (resumable); yields Progress per case; returns the case folders."""
-    from workbench.tasks.base import Cancelled
-
     control = control or Control()
 
     def run(emit):
@@ -241,12 +234,7 @@ def simulate_worker(folder: str, n: int, grid_size: int, control: Optional[Contr
         return simulate(folder, n=n, grid=grid_size, workers=workers, should_stop=control.cancelled,
                         progress=lambda done, total: emit(Progress(done, total, "cases")))
 
-    try:
-        return (yield from _pump(run, control))
-    except Cancelled:
-        return None
-    finally:
-        control.done.set()
+    return (yield from _pump_stoppable(run, control))
 
 
 def show_colorbar(layer, on: bool) -> None:

@@ -19,7 +19,7 @@ import numpy as np
 from napari.qt.threading import thread_worker
 
 from napari_plugin._layers import is_map_layer, unwrap
-from napari_plugin._workers import Control, Progress, Status, _pump
+from napari_plugin._workers import Control, Progress, Status, _pump_stoppable
 
 #: (key, shown in the combo box, used in layer names)
 METHODS = (("network", "Network (64³)", "network"),
@@ -156,7 +156,7 @@ def reconstruct_worker(method: str, inp: XrayInput, paths: dict, cache: dict, co
     ``paths``: ``stage1``, ``stage2``, ``linear`` files (None: the shipped ones). Stop is honoured
     between stages and between the refinement's tiles.
     """
-    from workbench.tasks.base import Cancelled, check_cancel
+    from workbench.tasks.base import check_cancel
 
     control = control or Control()
 
@@ -235,12 +235,7 @@ def reconstruct_worker(method: str, inp: XrayInput, paths: dict, cache: dict, co
         emit(Progress(4, 4, "stages"))
         return XrayResult(method, hu, g, xrays, projected, metrics, note, diff, seconds, model)
 
-    try:
-        return (yield from _pump(run, control))
-    except Cancelled:
-        return None
-    finally:
-        control.done.set()
+    return (yield from _pump_stoppable(run, control))
 
 
 # ------------------------------------------------------------------ what the panel shows
