@@ -99,3 +99,21 @@ def test_default_folder_follows_xdg(monkeypatch, tmp_path):
     monkeypatch.delenv(C.CACHE_ENV, raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert C.cache_dir() == tmp_path / "recon-workbench"
+
+
+def test_reference_data_kept_on_disk(cache, monkeypatch):
+    from workbench.tasks.dot.physics import homogeneous, simulate_measurements
+    from workbench.tasks.dot.training import reference_data
+
+    reference_data.cache_clear()
+    first = reference_data(G)
+    (entry,) = sorted(cache.glob("dot_reference_*.npz"))
+    np.testing.assert_array_equal(first, simulate_measurements(G, homogeneous(G)))
+    with np.load(entry) as z:
+        np.savez(entry, data=z["data"] * 2)
+    reference_data.cache_clear()
+    np.testing.assert_array_equal(reference_data(G), first * 2)   # read from the entry
+    reference_data.cache_clear()
+    monkeypatch.setenv(C.CACHE_ENV, "off")
+    np.testing.assert_array_equal(reference_data(G), first)
+    reference_data.cache_clear()

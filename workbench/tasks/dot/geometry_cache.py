@@ -6,7 +6,8 @@ background Jacobian (two sparse LU factorisations and adjoint solves per frequen
 its 3P x 3P Gram matrix: ~15 s on 2 cores at grid 32, paid by every process that loads the network (each
 ``workbench dot predict``, the napari panel's first reconstruction). They are a pure function of the geometry, the
 lift grid, the feature scales, the Tikhonov settings and the code that computes them, so they are kept in a cache
-folder under a key made of all of these, the source of the modules that compute them included (a changed solver
+folder under a key made of all of these (as is the homogeneous reference data, one forward solve per frequency:
+:func:`~workbench.tasks.dot.training.reference_data`), the source of the modules that compute them included (a changed solver
 never reads an old entry). Entries are written atomically; a missing, damaged or unwritable entry means computing
 again, never an error.
 
@@ -22,7 +23,7 @@ import os
 import zipfile
 from functools import lru_cache
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -52,11 +53,41 @@ def _code_digest() -> str:
     return h.hexdigest()
 
 
+def entry_key(kind: str, what: dict) -> str:
+    """The name of an entry: ``kind`` and a hash of everything its arrays depend on (``what``, the code)."""
+    record = {"format": FORMAT, "kind": kind, **what, "code": _code_digest()}
+    return f"dot_{kind}_{hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:24]}"
+
+
+def cached_arrays(kind: str, what: dict, compute: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """The arrays of the entry (``kind``, ``what``) from the cache folder, else ``compute()``'s, then stored."""
+    folder = cache_dir()
+    path = None if folder is None else folder / f"{entry_key(kind, what)}.npz"
+    if path is not None and path.is_file():
+        try:
+            with np.load(path) as entry:
+                return {k: entry[k] for k in entry.files}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+            pass  # damaged (an interrupted copy, a full disk): compute again and replace it
+    arrays = compute()
+    if path is not None:
+        try:
+            with atomic_path(path) as tmp:
+                with open(tmp, "wb") as f:
+                    np.savez(f, **arrays)
+        except OSError:
+            pass  # a read-only or full cache folder: computed each time, as without a cache
+    return arrays
+
+
 def buffers_key(geometry: Geometry, lift_grid: int, scales: Sequence[float], inverse: Optional[dict]) -> str:
-    """The entry's name: a hash of everything the buffers depend on."""
-    what = {"format": FORMAT, "geometry": geometry.to_dict(), "lift_grid": int(lift_grid),
-            "scales": [float(s) for s in scales], "inverse": inverse or None, "code": _code_digest()}
-    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:24]
+    """The entry of :func:`geometry_buffers`."""
+    return entry_key("buffers", _buffers_what(geometry, lift_grid, scales, inverse))
+
+
+def _buffers_what(geometry, lift_grid, scales, inverse) -> dict:
+    return {"geometry": geometry.to_dict(), "lift_grid": int(lift_grid), "scales": [float(s) for s in scales],
+            "inverse": inverse or None}
 
 
 def geometry_buffers(geometry: Geometry, lift_grid: int, scales: Sequence[float],
@@ -64,34 +95,17 @@ def geometry_buffers(geometry: Geometry, lift_grid: int, scales: Sequence[float]
     """``(lifting weights (P, g, g, g), Tikhonov map (3, P, 2 L, g, g, g) or None)`` as float32, from the cache
     when an entry is there, else computed (:func:`~workbench.tasks.dot.training.lifting_weights`,
     :func:`~workbench.tasks.dot.training.tikhonov_operator`) and stored."""
-    folder = cache_dir()
-    path = None if folder is None else folder / f"dot_buffers_{buffers_key(geometry, lift_grid, scales, inverse)}.npz"
-    if path is not None and path.is_file():
-        try:
-            with np.load(path) as entry:
-                lift = entry["lift"]
-                op = entry["op"] if "op" in entry.files else None
-            return lift, op
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
-            pass  # damaged (an interrupted copy, a full disk): compute again and replace it
-    lift, op = _compute(geometry, lift_grid, scales, inverse)
-    if path is not None:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with atomic_path(path) as tmp:
-                with open(tmp, "wb") as f:
-                    np.savez(f, lift=lift, **({} if op is None else {"op": op}))
-        except OSError:
-            pass  # a read-only or full cache folder: the buffers are computed each time, as without a cache
-    return lift, op
+    def compute() -> dict[str, np.ndarray]:
+        from workbench.tasks.dot.training import lifting_weights, tikhonov_operator
 
+        out = {"lift": lifting_weights(geometry, lift_grid).numpy()}
+        if inverse and inverse.get("lambdas"):
+            out["op"] = tikhonov_operator(geometry, lift_grid, scales, inverse["lambdas"],
+                                          sigma_amp=inverse["sigma_amp"],
+                                          sigma_phase_deg=inverse["sigma_phase_deg"]).numpy()
+        return out
 
-def _compute(geometry: Geometry, lift_grid: int, scales: Sequence[float],
-             inverse: Optional[dict]) -> tuple[np.ndarray, Optional[np.ndarray]]:
-    from workbench.tasks.dot.training import lifting_weights, tikhonov_operator
-
-    op = None
-    if inverse and inverse.get("lambdas"):
-        op = tikhonov_operator(geometry, lift_grid, scales, inverse["lambdas"], sigma_amp=inverse["sigma_amp"],
-                               sigma_phase_deg=inverse["sigma_phase_deg"]).numpy()
-    return lifting_weights(geometry, lift_grid).numpy(), op
+    arrays = cached_arrays("buffers", _buffers_what(geometry, lift_grid, scales, inverse), compute)
+    if "lift" not in arrays:
+        arrays = compute()  # an entry without its arrays: not ours to trust
+    return arrays["lift"], arrays.get("op")

@@ -34,8 +34,13 @@ N_FEATURES = 3  # CW log-amplitude, modulated log-amplitude, modulated phase
 
 @lru_cache(maxsize=8)
 def reference_data(geometry: Geometry) -> np.ndarray:
-    """(2, S, D) complex data of the homogeneous background medium (the Rytov reference)."""
-    return simulate_measurements(geometry, homogeneous(geometry))
+    """(2, S, D) complex data of the homogeneous background medium (the Rytov reference); kept on disk per
+    geometry (:mod:`~workbench.tasks.dot.geometry_cache`)."""
+    from workbench.tasks.dot.geometry_cache import cached_arrays
+
+    arrays = cached_arrays("reference", {"geometry": geometry.to_dict()},
+                           lambda: {"data": simulate_measurements(geometry, homogeneous(geometry))})
+    return arrays["data"] if "data" in arrays else simulate_measurements(geometry, homogeneous(geometry))
 
 
 def feature_scales(dataset: DotDataset, indices: Sequence[int]) -> list[float]:
