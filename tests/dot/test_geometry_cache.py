@@ -117,3 +117,31 @@ def test_reference_data_kept_on_disk(cache, monkeypatch):
     monkeypatch.setenv(C.CACHE_ENV, "off")
     np.testing.assert_array_equal(reference_data(G), first)
     reference_data.cache_clear()
+
+
+def test_least_recently_used_entries_go_first(tmp_path):
+    import os
+
+    folder = tmp_path / "cache"
+    folder.mkdir()
+    paths = []
+    for i in range(4):
+        path = folder / f"dot_buffers_{i}.npz"
+        path.write_bytes(b"x" * 100)
+        os.utime(path, (1000 + i, 1000 + i))
+        paths.append(path)
+    (folder / "other.npz").write_bytes(b"y" * 1000)   # not ours: never counted or removed
+    os.utime(paths[0], (2000, 2000))                   # read most recently
+    removed = C.evict(folder, 250, keep=paths[1])
+    assert removed == [paths[2], paths[3]]             # 400 -> 300 -> 200 bytes, the kept one skipped
+    assert paths[0].is_file() and paths[1].is_file() and (folder / "other.npz").is_file()
+
+
+def test_reading_an_entry_marks_it_used(cache):
+    import os
+
+    C.geometry_buffers(G, LIFT, SCALES, None)
+    (entry,) = entries(cache)
+    os.utime(entry, (1000, 1000))
+    C.geometry_buffers(G, LIFT, SCALES, None)
+    assert entry.stat().st_mtime > 1000

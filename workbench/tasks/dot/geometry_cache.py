@@ -32,6 +32,9 @@ from workbench.tasks.dot.physics import Geometry
 
 CACHE_ENV = "WORKBENCH_CACHE_DIR"
 FORMAT = 1
+#: the folder's DOT entries are kept within this many bytes, the least recently used removed first (an entry of the
+#: built-in geometry at grid 32 is 80 MB; every trained network has its own feature scales, so its own entry)
+LIMIT_BYTES = 1 << 30
 
 
 def cache_dir() -> Optional[Path]:
@@ -66,7 +69,9 @@ def cached_arrays(kind: str, what: dict, compute: Callable[[], dict[str, np.ndar
     if path is not None and path.is_file():
         try:
             with np.load(path) as entry:
-                return {k: entry[k] for k in entry.files}
+                arrays = {k: entry[k] for k in entry.files}
+            os.utime(path)  # used now: the last to be removed
+            return arrays
         except (OSError, ValueError, EOFError, zipfile.BadZipFile):
             pass  # damaged (an interrupted copy, a full disk): compute again and replace it
     arrays = compute()
@@ -75,9 +80,36 @@ def cached_arrays(kind: str, what: dict, compute: Callable[[], dict[str, np.ndar
             with atomic_path(path) as tmp:
                 with open(tmp, "wb") as f:
                     np.savez(f, **arrays)
+            evict(path.parent, LIMIT_BYTES, keep=path)
         except OSError:
             pass  # a read-only or full cache folder: computed each time, as without a cache
     return arrays
+
+
+def evict(folder: Path, limit_bytes: int, keep: Optional[Path] = None) -> list[Path]:
+    """Remove the least recently used DOT entries of ``folder`` until they fit in ``limit_bytes`` (never ``keep``);
+    returns what was removed."""
+    entries = []
+    for path in folder.glob("dot_*.npz"):
+        try:
+            st = path.stat()
+        except OSError:
+            continue  # removed meanwhile by another process
+        entries.append((st.st_mtime, st.st_size, path))
+    total = sum(size for _, size, _ in entries)
+    removed = []
+    for _, size, path in sorted(entries, key=lambda e: e[0]):
+        if total <= limit_bytes:
+            break
+        if keep is not None and path == keep:
+            continue
+        try:
+            path.unlink()
+        except OSError:
+            continue
+        total -= size
+        removed.append(path)
+    return removed
 
 
 def buffers_key(geometry: Geometry, lift_grid: int, scales: Sequence[float], inverse: Optional[dict]) -> str:
