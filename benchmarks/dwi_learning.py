@@ -24,6 +24,13 @@ Variants: ``default``; ``wide`` (base_filters 48); ``patch48`` (48^3 patches); `
 other volumes zeroed: priors only); ``no-reg-sh`` (the regression and spherical-harmonic priors zeroed);
 ``mse`` (no edge term); ``lr3e-3`` (peak learning rate 3e-3). Channels are zeroed in the sampler and at
 evaluation, so the architecture stays the same.
+
+Diagnostics of the training signal (not trainable on real data: they read the phantom's truth): the
+network is trained against ``E[noisy] + a (noisy - E[noisy])``, the J-invariant target with its noise
+scaled by ``a``: ``target-noise-0.5`` (a = 0.5, what averaging four repeats of each volume would give)
+and ``oracle-target`` (a = 0, the Rician mean itself). Same inputs (noisy), same architecture and steps;
+if these beat the prior by far more than the default, the noise in the self-supervised target, not the
+inputs or the capacity, is what holds the network back.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ import torch
 
 from workbench.config import Config
 from workbench.data.dwi import DWIPatchSampler, prepare_subject
+from workbench.data.transforms import apply_augment, sample_augment
 from workbench.data.phantoms import simulate_dwi
 from workbench.inference import predict_tiled
 from workbench.models import build_model
@@ -47,6 +55,8 @@ from workbench.training.schedules import cpu_has_native_bf16, cpu_model_name
 from workbench.training.trainer import Trainer
 
 VARIANTS = ("default", "wide", "patch48", "no-volumes", "no-reg-sh", "mse", "lr3e-3")
+#: diagnostics that read the truth: the scale of the target's noise (run only when asked for)
+TARGET_NOISE = {"target-noise-0.5": 0.5, "oracle-target": 0.0}
 
 
 def configure(name: str, steps: int) -> tuple[Config, str]:
@@ -67,8 +77,8 @@ def configure(name: str, steps: int) -> tuple[Config, str]:
         cfg.loss.weights = {"mse": 1.0}
     elif name == "lr3e-3":
         cfg.train.lr = 3e-3
-    elif name != "default":
-        raise SystemExit(f"unknown variant {name!r}; known: {', '.join(VARIANTS)}")
+    elif name != "default" and name not in TARGET_NOISE:
+        raise SystemExit(f"unknown variant {name!r}; known: {', '.join(VARIANTS + tuple(TARGET_NOISE))}")
     return cfg, zero
 
 
@@ -83,9 +93,31 @@ def zero_channels(image: torch.Tensor, zero: str, n_priors: int) -> torch.Tensor
 
 
 class ZeroingSampler(DWIPatchSampler):
-    """The real patch sampler with some input channels zeroed."""
+    """The real patch sampler with some input channels zeroed, and (diagnostics) its targets' noise scaled."""
 
     zero: str = ""
+    #: (E[noisy] (N, X, Y, Z) in the subject's units, a): targets become E[noisy] + a (noisy - E[noisy])
+    target_noise: tuple | None = None
+
+    def _draw(self, generator, augment):
+        if self.target_noise is None:
+            return super()._draw(generator, augment)
+        # DWIPatchSampler._draw with the target rescaled around E[noisy]; the inputs stay the noisy ones
+        mean, a = self.target_noise
+        s = int(torch.randint(len(self.subjects), (1,), generator=generator))
+        subject = self.subjects[s]
+        voxels = self._brain_voxels[s]
+        center = voxels[int(torch.randint(len(voxels), (1,), generator=generator))]
+        j = int(torch.randint(subject.n_volumes, (1,), generator=generator))
+        region = self._region(subject, center)
+        image = subject.network_input(j, region)
+        index = (slice(j, j + 1),) + region
+        expected = torch.from_numpy(np.ascontiguousarray(mean[index]))
+        target = expected + a * (subject.volumes[index] - expected)
+        mask = subject.loss_mask[region][None]
+        if augment:
+            image, target, mask = apply_augment(sample_augment(generator), image, target, mask)
+        return image, target, mask, j
 
     def _batch(self, generator, batch_size, augment):
         batch = super()._batch(generator, batch_size, augment)
@@ -130,6 +162,8 @@ def run_variant(name, steps, eval_at, subject, clean, target, volumes) -> list[d
     cfg, zero = configure(name, steps)
     sampler = ZeroingSampler([subject], patch_size=cfg.data.patch_size, augment=cfg.data.augment)
     sampler.zero = zero
+    if name in TARGET_NOISE:
+        sampler.target_noise = (target, TARGET_NOISE[name])
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model, in_channels=subject.in_channels, out_channels=1,
                         num_conditions=subject.n_volumes, residual_channel=0)
@@ -154,7 +188,7 @@ def run_variant(name, steps, eval_at, subject, clean, target, volumes) -> list[d
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS + tuple(TARGET_NOISE))
     parser.add_argument("--steps", nargs="+", type=int, default=[400],
                         help="training lengths (each a separate run with its own schedule); "
                              "'default' also runs 1600")

@@ -200,7 +200,10 @@ def test_priors_written_in_place_as_float16_equal_the_float32_ones(small_phantom
     out = np.full(data.shape, np.nan, np.float32)
     direct = split_mppca_prior(data, p.bvals, p.mask, n_folds=3, fallback=ref[1], out=out)
     assert direct is out
-    np.testing.assert_array_equal(out, ref[0])
+    # MP-PCA's own voxels exactly; outside them the regression fallback, which qspace_priors evaluates in other
+    # row blocks than its written-out prior: equal to float32 rounding (bit-equal on some BLAS builds, not all)
+    np.testing.assert_array_equal(out[p.mask], ref[0][p.mask])
+    np.testing.assert_allclose(out, ref[0], rtol=0, atol=1e-6 * float(np.abs(ref[0]).max()))
 
 
 @pytest.mark.parametrize("with_gradients", [True, False])
