@@ -24,25 +24,15 @@ from workbench.config import Config, save_config
 from workbench.io_utils import InputError
 from workbench.loss_weights import CompositeLoss, LossWeights
 from workbench.training import distributed as wdist
-from workbench.training.checkpoint import (
-    capture_rng_state, check_compatible, config_differences, load_checkpoint, restore_rng_state, save_checkpoint)
+from workbench.training import run_state
+from workbench.training.checkpoint import capture_rng_state, restore_rng_state, save_checkpoint
 from workbench.training.ema import ema_model
 from workbench.training.events import Callback, Failed, Finished, StepEnd, Validation, WeightsChanged
 from workbench.training.interrupt import graceful_interrupt
 from workbench.training.run_log import RunLog
 from workbench.training.sampling import Batch, PatchSampler
 from workbench.training.steps import StepContext, resolve_step
-from workbench.training.schedules import (
-    amp_settings, build_optimizer, build_scheduler, load_scheduler_state, steps_per_iteration)
-
-RESUME_KEYS = ("optimizer_state", "scheduler_state", "scaler_state", "rng", "sampler_generator_state",
-               "best_loss", "bad_validations", "loss_weights", "loss_weights_history", "val_history")
-
-
-RUNTIME_ONLY_KEYS = ("train.steps", "train.device", "train.threads", "train.compile", "train.checkpoint_every",
-                     "inference")
-"""Config keys a resumed run may change: they do not alter what the next step computes on one device."""
-
+from workbench.training.schedules import amp_settings, build_optimizer, build_scheduler, steps_per_iteration
 
 class NonFiniteLossError(InputError):
     """The training loss became NaN or infinite (the fix is a smaller lr or clipping)."""
@@ -361,18 +351,7 @@ class Trainer:
             self._saved_step = self.step
         if not self.writes:
             return None
-        state = {
-            "step": self.step, "config": self.config.model_dump(mode="json"),
-            "model_state": self.raw_model.state_dict(), "optimizer_state": self.optimizer.state_dict(),
-            "ema_state": self.ema.state_dict() if self.ema is not None else {},
-            "scheduler_state": self.scheduler.state_dict() if self.scheduler is not None else {},
-            "scaler_state": self.scaler.state_dict(), "rng": capture_rng_state(),
-            "sampler_generator_state": self.generator.get_state(), "rank_rng": per_rank,
-            "best_loss": float(self.best_loss), "bad_validations": self.bad_validations,
-            "loss_weights": self._active_weights.get(), "loss_weights_history": [dict(h) for h in self.weights_history],
-            "val_history": [dict(h) for h in self.val_history],
-            "model_meta": dict(self.model_meta), "task_meta": dict(self.task_meta),
-        }
+        state = run_state.trainer_state(self, per_rank)
         path = save_checkpoint(self.run_dir / name, state)
         if self._log is not None:
             self._log.flush()
@@ -380,51 +359,7 @@ class Trainer:
 
     def _resume(self) -> None:
         """Restore everything from ``out_dir/last.pt``."""
-        if self.run_dir is None:
-            raise InputError("resume needs a run folder: pass out_dir (the folder holding last.pt)")
-        path = self.run_dir / "last.pt"
-        if not path.is_file():
-            raise InputError(f"no last.pt in {self.run_dir}: start without --resume")
-        ckpt = load_checkpoint(path)
-        missing = [k for k in RESUME_KEYS if k not in ckpt]
-        if missing:
-            raise InputError(f"{path} cannot be resumed (missing {', '.join(missing)}): start a new run")
-        diffs = config_differences(ckpt["config"], self.config.model_dump(mode="json"), ignore=RUNTIME_ONLY_KEYS)
-        if diffs:
-            raise InputError(f"{path} was trained with a different config ({', '.join(diffs)} differ): "
-                             "resume with the run's config.yaml (only steps, device, threads, compile and checkpoint_every may change) or start a new run")
-        check_compatible(ckpt, self.model_meta)
-        self.raw_model.load_state_dict(ckpt["model_state"])
-        self.optimizer.load_state_dict(ckpt["optimizer_state"])
-        if self.ema is not None:
-            if not ckpt.get("ema_state"):
-                raise InputError(f"{path} has no averaged (EMA) weights to resume: start a new run")
-            self.ema.load_state_dict(ckpt["ema_state"])
-        load_scheduler_state(self.scheduler, ckpt["scheduler_state"])
-        if ckpt["scaler_state"] and self.scaler.is_enabled():
-            self.scaler.load_state_dict(ckpt["scaler_state"])
-        self.step, self.best_loss = int(ckpt["step"]), float(ckpt["best_loss"])
-        self.bad_validations = int(ckpt["bad_validations"])
-        self.val_history = [dict(h) for h in ckpt["val_history"]]
-        self.weights_history = [dict(h) for h in ckpt["loss_weights_history"]]
-        # the loss continues with the checkpoint's weights; a front end's weights that differ (moved while
-        # stopped) then take effect at the next step as recorded WeightsChanged events, not silently reset
-        for weights in (self._active_weights,) if self._caller_weights else (self.loss_weights, self._active_weights):
-            current, saved = weights.get(), ckpt["loss_weights"]
-            for name in sorted(set(current) | set(saved)):
-                if float(current.get(name, 0.0)) != float(saved.get(name, 0.0)):
-                    weights.set(name, float(saved.get(name, 0.0)), step=self.step)
-        self._weights_version = -1 if self._caller_weights else self.loss_weights.version
-        restore_rng_state(ckpt["rng"])
-        self.generator.set_state(ckpt["sampler_generator_state"])
-        per_rank = ckpt.get("rank_rng") or []
-        if self.dist.rank < len(per_rank) and self.dist.rank > 0:
-            self.generator.set_state(per_rank[self.dist.rank]["generator"])
-            torch.set_rng_state(per_rank[self.dist.rank]["torch"])
-        elif self.dist.rank > 0:  # world grew: fresh, distinct streams for the new ranks
-            self.generator.manual_seed(self.config.train.seed + self.dist.rank + 7919 * self.step)
-        self._saved_step = self.step
-
+        run_state.restore_trainer(self)
 
 
 def _registered(name: str):
