@@ -44,7 +44,6 @@ import torch
 
 from workbench.config import Config
 from workbench.data.dwi import DWIPatchSampler, prepare_subject
-from workbench.data.transforms import apply_augment, sample_augment
 from workbench.data.phantoms import simulate_dwi
 from workbench.inference import predict_tiled
 from workbench.models import build_model
@@ -99,25 +98,13 @@ class ZeroingSampler(DWIPatchSampler):
     #: (E[noisy] (N, X, Y, Z) in the subject's units, a): targets become E[noisy] + a (noisy - E[noisy])
     target_noise: tuple | None = None
 
-    def _draw(self, generator, augment):
+    def _target(self, subject, j, region):
+        noisy = super()._target(subject, j, region)
         if self.target_noise is None:
-            return super()._draw(generator, augment)
-        # DWIPatchSampler._draw with the target rescaled around E[noisy]; the inputs stay the noisy ones
+            return noisy
         mean, a = self.target_noise
-        s = int(torch.randint(len(self.subjects), (1,), generator=generator))
-        subject = self.subjects[s]
-        voxels = self._brain_voxels[s]
-        center = voxels[int(torch.randint(len(voxels), (1,), generator=generator))]
-        j = int(torch.randint(subject.n_volumes, (1,), generator=generator))
-        region = self._region(subject, center)
-        image = subject.network_input(j, region)
-        index = (slice(j, j + 1),) + region
-        expected = torch.from_numpy(np.ascontiguousarray(mean[index]))
-        target = expected + a * (subject.volumes[index] - expected)
-        mask = subject.loss_mask[region][None]
-        if augment:
-            image, target, mask = apply_augment(sample_augment(generator), image, target, mask)
-        return image, target, mask, j
+        expected = torch.from_numpy(np.ascontiguousarray(mean[(slice(j, j + 1),) + region]))
+        return expected + a * (noisy - expected)
 
     def _batch(self, generator, batch_size, augment):
         batch = super()._batch(generator, batch_size, augment)

@@ -9,6 +9,7 @@ trained here (2 steps), so the 128³ test stays short.
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -348,8 +349,8 @@ def test_stop_adds_no_layer(make_napari_viewer, qtbot, stage1):
 
 
 def test_screenshot_shows_both_xrays_and_the_reconstruction(stage1, tmp_path):
-    """docs/screenshots/xray2ct_reconstruct.png (and xray2ct_3d.png) with the shipped network; with the tiny
-    network of this run the pictures go to a temporary folder only."""
+    """The screenshots of the X-ray panel; with the shipped network and ``WORKBENCH_UPDATE_DOCS=1`` they replace
+    docs/screenshots/xray2ct_reconstruct.png and xray2ct_3d.png (a test run leaves the source tree alone)."""
     from PIL import Image
     from screenshots import main_xray2ct
 
@@ -359,5 +360,5 @@ def test_screenshot_shows_both_xrays_and_the_reconstruction(stage1, tmp_path):
     for name in ("xray2ct_reconstruct.png", "xray2ct_3d.png"):
         img = np.asarray(Image.open(tmp_path / name).convert("L"), float)
         assert img.shape[1] >= 1600 and img.std() > 20  # a full window with pictures in it
-        if shipped:
+        if shipped and os.environ.get("WORKBENCH_UPDATE_DOCS") == "1":
             shutil.copyfile(tmp_path / name, DOCS / name)

@@ -242,11 +242,15 @@ class DWIPatchSampler:
         j = int(torch.randint(subject.n_volumes, (1,), generator=generator))
         region = self._region(subject, center)
         image = subject.network_input(j, region)
-        target = subject.volumes[(slice(j, j + 1),) + region]
+        target = self._target(subject, j, region)
         mask = subject.loss_mask[region][None]
         if augment:
             image, target, mask = apply_augment(sample_augment(generator), image, target, mask)
         return image, target, mask, j
+
+    def _target(self, subject, j: int, region: tuple[slice, slice, slice]) -> torch.Tensor:
+        """(1, x, y, z) training target of volume ``j`` in ``region``: the noisy volume itself (J-invariance)."""
+        return subject.volumes[(slice(j, j + 1),) + region]
 
     def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
         return self._batch(generator, batch_size, self.augment)
