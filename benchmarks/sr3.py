@@ -1,14 +1,16 @@
 """SR3 diffusion benchmark: soil slices at 8x in-plane, against bicubic and the sr task's regression network.
 
     python benchmarks/sr3.py                    # 3 held-out volumes, 8 slices each, K=4, 20 steps
+    python benchmarks/sr3.py --grain-radius 10  # coarser held-out soils (median grain radius 10 voxels)
     python benchmarks/sr3.py --quick            # 1 volume, 2 slices, K=2, 5 steps (CI smoke run)
 
 Held-out data: soil volumes simulated with seeds 10000 + k (the shipped SR3 checkpoint and the
-regression network trained on seeds 0..11), 128^3, degraded in-plane with their own drawn PSF
-and noise (``workflow.sample_case(..., inplane=True)``); the central ``--depth`` slices are
-scored. The regression network is the sr task's shipped ``rrdb_sr`` at x8 in-plane, trained on
-the same 12 soil volumes as the SR3 checkpoint (``scripts/train_sr_weights.py --scale 8
---inplane`` and ``scripts/train_sr3_weights.py``). Metrics (``evaluate_slices``): PSNR over the stack, mean 2D SSIM, and
+regression network trained on 24 volumes drawn from seed 0, grain radii 2-16 voxels), 128^3,
+median grain radius drawn in 2-6 voxels (the simulator's default) or ``--grain-radius``,
+degraded in-plane with their own drawn PSF and noise (``workflow.sample_case(..., inplane=True)``);
+the central ``--depth`` slices are scored. The regression network is the sr task's shipped
+``rrdb_sr`` at x8 in-plane, trained on the same volumes as the SR3 checkpoint
+(``scripts/train_sr_weights.py --scale 8 --inplane`` and ``scripts/train_sr3_weights.py``). Metrics (``evaluate_slices``): PSNR over the stack, mean 2D SSIM, and
 after one fixed 3-phase segmentation (thresholds of the HR reference) the porosity error,
 the 2D two-point-correlation error and the pore-size-distribution distance. Also: sampling
 time per slice for 10/25/50 DDIM steps, and the calibration of the uncertainty map
@@ -48,7 +50,8 @@ def calibration(mean: np.ndarray, std: np.ndarray, hr: np.ndarray) -> dict[str, 
 
 
 def run_case(seed: int, args, regression: SRPredictor, sr3: SR3Predictor) -> tuple[dict, dict, dict]:
-    case = workflow.sample_case("soil", scale=8, size=args.size, seed=seed, inplane=True, depth=args.depth)
+    case = workflow.sample_case("soil", scale=8, size=args.size, seed=seed, inplane=True, depth=args.depth,
+                                grain_radius=args.grain_radius)
     lr, hr, bicubic = case["lr"][0], case["hr"][0], case["tricubic"][0]
     with torch.no_grad():
         reg = regression.predict(lr)
@@ -108,6 +111,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="held-out soil seeds (10000 + k)")
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--depth", type=int, default=8, help="central slices scored per volume")
+    ap.add_argument("--grain-radius", type=float, default=None,
+                    help="median grain radius of the held-out soils in HR voxels (default: drawn in 2-6, as in training)")
     ap.add_argument("--samples", type=int, default=4)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--timing-steps", type=int, nargs="*", default=[10, 25, 50])
@@ -128,7 +133,8 @@ def main(argv=None) -> int:
                   else SRPredictor.default(8, inplane=True))
     print(f"CPU: {cpu_model_name()}; torch threads {torch.get_num_threads()}; SR3 bf16 autocast {sr3.amp}; "
           f"K = {args.samples} samples, {args.steps} DDIM steps; held-out soil seeds "
-          f"{[10000 + s for s in args.seeds]}, {args.size}^2 slices x {args.depth}\n")
+          f"{[10000 + s for s in args.seeds]}, {args.size}^2 slices x {args.depth}"
+          + (f", grain radius {args.grain_radius:g} voxels" if args.grain_radius else "") + "\n")
     per_method = {m: {k: [] for k in METRICS} for m in METHODS}
     cal_all: dict[str, list] = {}
     images = None

@@ -71,3 +71,27 @@ def test_bad_arguments_raise_input_error(kwargs):
     kwargs = {"shape": (8, 8, 8), **kwargs}
     with pytest.raises(InputError):
         simulate_soil(**kwargs)
+
+
+def test_simulated_pairs_draw_the_grain_radius_in_the_asked_range(tmp_path):
+    """``workflow.simulate(grain_radius=(lo, hi))``: coarser grains, same volume seeds and degradations."""
+    import json
+
+    import nibabel as nib
+
+    from workbench.tasks.sr import workflow
+
+    def simulate(name, **kw):
+        folder = tmp_path / name
+        workflow.simulate(folder, kind="soil", scale=8, inplane=True, n=2, size=48, seed=5, **kw)
+        hr = [np.asarray(nib.load(folder / f"hr_{i:03d}.nii.gz").dataobj) for i in range(2)]
+        return hr, json.loads((folder / "pairs.json").read_text())["cases"]
+
+    fine, fine_cases = simulate("fine", grain_radius=(2.0, 2.2))
+    coarse, coarse_cases = simulate("coarse", grain_radius=(10.0, 12.0))
+    default, default_cases = simulate("default")
+    assert coarse_cases == fine_cases == default_cases  # the degradations do not depend on the radius
+    for f, c in zip(fine, coarse):  # bigger grains: fewer edges per voxel
+        assert np.abs(np.diff(c, axis=0)).mean() < 0.8 * np.abs(np.diff(f, axis=0)).mean()
+    with pytest.raises(InputError, match="grain_radius"):
+        workflow.simulate(tmp_path / "bad", kind="soil", n=1, size=32, grain_radius=(6.0, 2.0))

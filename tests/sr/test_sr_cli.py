@@ -142,3 +142,14 @@ def test_cancel_answers_within_one_window_and_writes_nothing(pairs, tmp_path):
     with pytest.raises(Cancelled):
         workflow.predict(pairs / "lr_000.nii.gz", out, scale=2, should_stop=lambda: True)
     assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_simulate_grain_radius_range(tmp_path, capsys):
+    """`--grain-radius LO HI` draws coarser soils; a reversed range is one line, exit 2, nothing written."""
+    assert run("sr", "simulate", tmp_path / "coarse", "--scale", "8", "--inplane", "--n", "1", "--size", "32",
+               "--grain-radius", "8", "10") == 0
+    assert (tmp_path / "coarse" / "hr_000.nii.gz").exists()
+    assert run("sr", "simulate", tmp_path / "bad", "--scale", "8", "--inplane", "--n", "1", "--size", "32",
+               "--grain-radius", "6", "2") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "grain_radius" in err and not (tmp_path / "bad").exists()

@@ -224,6 +224,9 @@ class SrTask(Task):
         p.add_argument("--inplane", action="store_true", help="downsample x and y only (2D slices, e.g. for sr3)")
         p.add_argument("--heldout", action="store_true",
                        help="chest: crop the held-out top 25%% of axial slices (evaluation only)")
+        p.add_argument("--grain-radius", type=float, nargs=2, metavar=("LO", "HI"),
+                       help="soil: each volume's median grain radius drawn log-uniformly in [LO, HI] voxels "
+                            "(default: uniform in 2-6)")
 
         p = sub.add_parser("degrade", help="make an LR volume from any HR volume (PSF blur, area downsampling, noise)")
         p.add_argument("hr")
@@ -286,7 +289,8 @@ class SrTask(Task):
         if verb == "simulate":
             written = workflow.simulate(args.out_dir, kind=args.kind, scale=args.scale, n=args.n, size=args.size,
                                         seed=args.seed, heldout=args.heldout, inplane=args.inplane,
-                                        progress=progress.stage("simulating", "pair").inference)
+                                        progress=progress.stage("simulating", "pair").inference,
+                                        grain_radius=args.grain_radius)
             print(f"wrote {len(written) - 1} files and pairs.json to {args.out_dir}")
         elif verb == "degrade":
             info = workflow.degrade_file(args.hr, args.output, scale=args.scale, seed=args.seed, inplane=args.inplane)

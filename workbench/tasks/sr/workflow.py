@@ -39,7 +39,8 @@ def load_3d(path: PathLike, what: str, nan_to_zero: bool = False) -> tuple[np.nd
 # --------------------------------------------------------------------------- simulate / degrade
 def simulate(out_dir: PathLike, *, kind: str = "soil", scale: int = 4, n: int = 4, size: int = 64,
              seed: int = 0, heldout: bool = False, inplane: bool = False,
-             progress: Optional[ProgressFn] = None) -> dict[str, Path]:
+             progress: Optional[ProgressFn] = None,
+             grain_radius: Optional[tuple[float, float]] = None) -> dict[str, Path]:
     """Write ``n`` HR/LR pairs (``hr_000.nii.gz``, ``lr_000.nii.gz``, ...) with ground truth.
 
     ``kind="soil"``: procedural 3-phase soil micro-CT (20 um voxels), ``size`` voxels per edge.
@@ -47,6 +48,8 @@ def simulate(out_dir: PathLike, *, kind: str = "soil", scale: int = 4, n: int = 
     training part, or with ``heldout`` from the top 25% of its axial slices (evaluation only).
     Each LR is the HR degraded with seeded, documented parameters (``pairs.json``); with
     ``inplane`` only x and y are downsampled (the slice axis keeps its spacing).
+    ``grain_radius=(lo, hi)`` (soil): each volume's median grain radius drawn log-uniformly
+    in ``[lo, hi]`` voxels instead of uniformly in 2-6 (:func:`~workbench.tasks.sr.soil.simulate_soil`).
     """
     from workbench.tasks.sr import degrade as dg
 
@@ -56,7 +59,10 @@ def simulate(out_dir: PathLike, *, kind: str = "soil", scale: int = 4, n: int = 
         raise InputError(f"need --n >= 1 and --size >= {4 * scale} at scale {scale}, got n={n}, size={size}")
     out = Path(out_dir)
     rng = np.random.default_rng(seed)
-    volumes = _simulated_volumes(kind, n, size, scale, rng, seed, heldout)
+    if grain_radius is not None and not 0 < grain_radius[0] <= grain_radius[1]:
+        raise InputError("grain_radius (--grain-radius LO HI) needs 0 < LO <= HI voxels, got "
+                         + " ".join(f"{r:g}" for r in grain_radius))
+    volumes = _simulated_volumes(kind, n, size, scale, rng, seed, heldout, grain_radius)
     s3 = scale_tuple(scale, inplane)
     written: dict[str, Path] = {}
     record = []
@@ -74,12 +80,20 @@ def simulate(out_dir: PathLike, *, kind: str = "soil", scale: int = 4, n: int = 
     return written
 
 
-def _simulated_volumes(kind, n, size, scale, rng, seed, heldout):
+def _simulated_volumes(kind, n, size, scale, rng, seed, heldout, grain_radius=None):
     if kind == "soil":
         from workbench.tasks.sr.soil import simulate_soil
 
         aff = np.diag([0.02, 0.02, 0.02, 1.0])  # 20 um voxels
-        return [(simulate_soil((size,) * 3, seed=int(rng.integers(2**31)))[0], aff) for _ in range(n)]
+        out = []
+        for _ in range(n):
+            s = int(rng.integers(2**31))
+            r = None
+            if grain_radius is not None:  # its own stream: the volumes' seeds stay those of the default
+                lo, hi = np.log(grain_radius[0]), np.log(grain_radius[1])
+                r = float(np.exp(np.random.default_rng([s, 1]).uniform(lo, hi)))
+            out.append((simulate_soil((size,) * 3, seed=s, grain_radius=r)[0], aff))
+        return out
     from workbench.tasks.sr import chest
 
     vol, aff = chest.load_chest_ct()
@@ -221,10 +235,11 @@ def resolve_config(config, scale: Optional[int] = None, model: Optional[str] = N
 
 
 def sample_case(kind: str = "soil", *, scale: int = 4, size: int = 64, seed: int = 7, inplane: bool = False,
-                depth: Optional[int] = None) -> dict:
+                depth: Optional[int] = None, grain_radius: Optional[float] = None) -> dict:
     """One held-out case in memory: ``{"lr", "tricubic", "hr": (array, affine)}``.
 
-    Soil uses seed ``10000 + seed`` (training uses small seeds); chest crops come from the
+    Soil uses seed ``10000 + seed`` (training uses small seeds) and, with ``grain_radius``,
+    that median grain radius in voxels instead of one drawn in 2-6; chest crops come from the
     held-out top 25% of axial slices (``size`` in-plane, the slab's depth along z).
     ``inplane`` degrades x and y only; ``depth`` keeps that many central slices (soil).
     """
@@ -237,7 +252,8 @@ def sample_case(kind: str = "soil", *, scale: int = 4, size: int = 64, seed: int
     if kind == "soil":
         from workbench.tasks.sr.soil import simulate_soil
 
-        hr, aff = simulate_soil((size,) * 3, seed=10_000 + seed)[0], np.diag([0.02, 0.02, 0.02, 1.0])
+        hr = simulate_soil((size,) * 3, seed=10_000 + seed, grain_radius=grain_radius)[0]
+        aff = np.diag([0.02, 0.02, 0.02, 1.0])
         if depth is not None and depth < hr.shape[2]:
             z0 = (hr.shape[2] - depth) // 2
             hr, aff = hr[:, :, z0:z0 + depth], aff @ _shift(0, 0, z0)
