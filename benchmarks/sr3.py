@@ -35,18 +35,20 @@ sys.path.insert(0, str(ROOT))
 from workbench.tasks.sr import workflow  # noqa: E402
 from workbench.tasks.sr.metrics import evaluate_slices  # noqa: E402
 from workbench.tasks.sr.predictor import SRPredictor  # noqa: E402
-from workbench.tasks.sr.sr3_predictor import SR3Predictor  # noqa: E402
+from workbench.tasks.sr.sr3_predictor import SR3Predictor, interval_factor  # noqa: E402
 from workbench.training.schedules import cpu_model_name  # noqa: E402
 
 METHODS = ("bicubic", "regression", "sr3_sample", "sr3_mean")
 METRICS = ("psnr", "ssim", "porosity_error", "tpc_error", "psd_distance")
 
 
-def calibration(mean: np.ndarray, std: np.ndarray, hr: np.ndarray) -> dict[str, float]:
+def calibration(mean: np.ndarray, std: np.ndarray, hr: np.ndarray, samples: int) -> dict[str, float]:
+    """Correlation of the std with the mean's error; coverage of 2 std and of the 95% prediction interval."""
     err = np.abs(mean - hr).ravel()
     s = std.ravel()
     corr = float(np.corrcoef(s, err)[0, 1]) if s.std() > 0 else float("nan")
-    return {"std_error_corr": corr, "within_2std": float(np.mean(err <= 2 * s))}
+    return {"std_error_corr": corr, "within_2std": float(np.mean(err <= 2 * s)),
+            "within_95_interval": float(np.mean(err <= interval_factor(samples) * s))}
 
 
 def run_case(seed: int, args, regression: SRPredictor, sr3: SR3Predictor) -> tuple[dict, dict, dict]:
@@ -60,7 +62,7 @@ def run_case(seed: int, args, regression: SRPredictor, sr3: SR3Predictor) -> tup
     t_sr3 = time.perf_counter() - t0
     results = {"bicubic": bicubic, "regression": reg, "sr3_sample": res.samples[0], "sr3_mean": res.mean}
     scores = {m: evaluate_slices(v, hr) for m, v in results.items()}
-    cal = calibration(res.mean, res.std, hr) if args.samples > 1 else {}
+    cal = calibration(res.mean, res.std, hr, args.samples) if args.samples > 1 else {}
     cal["seconds_per_slice"] = t_sr3 / lr.shape[2]
     images = {"lr": lr, "hr": hr, "std": res.std, **results}
     return scores, cal, images
@@ -154,8 +156,14 @@ def main(argv=None) -> int:
     gain = np.asarray(per_method["sr3_mean"]["psnr"]) - np.asarray(per_method["bicubic"]["psnr"])
     print(f"\nSR3 mean - bicubic: {fmt(list(gain), 2)} dB")
     if "std_error_corr" in cal_all:
+        from scipy.stats import t as student_t
+
+        k, c = args.samples, interval_factor(args.samples)
+        calibrated_2std = 2 * student_t.cdf(2 / np.sqrt(1 + 1 / k), k - 1) - 1
         print(f"uncertainty map: corr(std, |error of the mean|) {fmt(cal_all['std_error_corr'], 3)}; "
-              f"voxels with |error| <= 2 std {fmt(cal_all['within_2std'], 3)}")
+              f"voxels with |error| <= 2 std {fmt(cal_all['within_2std'], 3)} (a calibrated model: "
+              f"{calibrated_2std:.3f}); inside the 95% prediction interval mean +- {c:.2f} std "
+              f"{fmt(cal_all['within_95_interval'], 3)} (a calibrated model: 0.950)")
     print(f"SR3 K={args.samples}, {args.steps} steps: {fmt(cal_all['seconds_per_slice'], 2)} s per slice")
     case = workflow.sample_case("soil", scale=8, size=args.size, seed=args.seeds[0], inplane=True, depth=4)
     times = sampling_times(sr3, case["lr"][0], args.timing_steps, batch=min(4, args.depth))

@@ -9,11 +9,12 @@ import torch
 
 from workbench.cli import main
 from workbench.config import save_config
+from workbench.io_utils import InputError
 from workbench.models.sr3 import SR3UNet
 from workbench.tasks import get_task
 from workbench.tasks.sr import diffusion, workflow
 from workbench.tasks.sr.data import SRPair, SRPairSampler
-from workbench.tasks.sr.sr3_predictor import SR3Predictor
+from workbench.tasks.sr.sr3_predictor import SR3Predictor, interval_factor
 from workbench.training.checkpoint import load_checkpoint
 
 TINY = {"channels": [16, 32], "attention_levels": [False, True], "num_head_channels": 16, "context_dim": 16,
@@ -235,6 +236,7 @@ def test_cli_train_and_predict_with_samples(inplane_pairs, tmp_path, capsys):
     out = tmp_path / "SR.nii.gz"
     assert run("sr", "predict", small, "-o", out, "--model", "sr3", "--checkpoint", run_dir / "last.pt",
                "--samples", "3", "--steps", "3", "--seed", "5") == 0
+    assert f"within mean +- {interval_factor(3):.2f} std in 95% of voxels" in capsys.readouterr().out
     mean, std = nib.load(out), nib.load(tmp_path / "SR_std.nii.gz")
     assert mean.shape == std.shape == (32, 32, 3)
     assert np.allclose(mean.affine, nib.load(inplane_pairs / "hr_000.nii.gz").affine)
@@ -282,3 +284,19 @@ def test_config_command_prints_the_sr3_defaults(capsys):
     assert run("config", "--task", "sr", "--model", "sr3") == 0
     text = capsys.readouterr().out
     assert "name: sr3" in text and "ema_decay: 0.998" in text and "schedule: cosine" in text
+
+
+def test_interval_factor_covers_95_percent_of_a_calibrated_models_truths():
+    """Truth and K samples drawn from one distribution per voxel: mean +- c std holds the truth 95% of the time."""
+    rng = np.random.default_rng(0)
+    n = 200_000
+    centre, spread = rng.normal(0, 5, n), rng.uniform(0.1, 3.0, n)
+    for k in (2, 4, 16):
+        draws = centre + spread * rng.standard_normal((k + 1, n))  # k samples and the truth
+        mean, std = draws[:k].mean(0), draws[:k].std(0, ddof=1)
+        err = np.abs(mean - draws[k])
+        assert abs(np.mean(err <= interval_factor(k) * std) - 0.95) < 0.005
+        assert np.mean(err <= 2 * std) < 0.94  # two std alone undercovers, most at small K
+    assert interval_factor(4) == pytest.approx(3.558, abs=1e-3)
+    with pytest.raises(InputError):
+        interval_factor(1)

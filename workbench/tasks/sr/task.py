@@ -284,6 +284,7 @@ class SrTask(Task):
 
     def run_command(self, args, progress) -> int:
         from workbench.tasks.sr import workflow
+        from workbench.tasks.sr.sr3_predictor import interval_factor
 
         verb = args.command
         if verb == "simulate":
@@ -313,7 +314,9 @@ class SrTask(Task):
                                     nan_to_zero=args.nan_to_zero, inplane=args.inplane)
             print(f"wrote {info['output']} {tuple(info['shape'])} (x{info['scale'][0]}, {info['checkpoint']})")
             if info.get("std"):
-                print(f"wrote {info['std']} (standard deviation of {info['samples']} samples: the uncertainty map)")
+                c = interval_factor(info["samples"])
+                print(f"wrote {info['std']} (standard deviation of {info['samples']} samples: the uncertainty map; "
+                      f"if the model is calibrated, the truth is within mean +- {c:.2f} std in 95% of voxels)")
         elif verb == "baseline":
             info = workflow.baseline(args.method, args.lr, args.output, scale=args.scale, inplane=args.inplane)
             print(f"wrote {info['output']} ({args.method}, x{info['scale'][0]})")
