@@ -50,11 +50,12 @@ def make_phantom_sample() -> list[tuple]:
 
 
 # --------------------------------------------------------------------------- task samples (generic)
-def task_sample_layers(task_name: str, kind: str, **kw) -> list[tuple]:
+def task_sample_layers(task_name: str, kind: str, *, prefix: str | None = None, **kw) -> list[tuple]:
     """A task's simulated case as layer tuples, one per role of its view, placed by their affines.
 
     Layers on different grids (an LR input and its HR reference) overlay in world
-    coordinates: each gets the scale and translate of its own affine.
+    coordinates: each gets the scale and translate of its own affine. Layer names start
+    with ``prefix`` (default: ``kind``).
     """
     from workbench.tasks import get_task
 
@@ -64,7 +65,7 @@ def task_sample_layers(task_name: str, kind: str, **kw) -> list[tuple]:
     out = []
     for role, (array, affine) in case.items():
         spec = labels.get(role)
-        name = f"{kind} {spec.label if spec else role}"
+        name = f"{prefix or kind} {spec.label if spec else role}"
         meta = {**dwi_metadata(affine, is_4d=False), "role": role, "task": task.name,
                 "origin": f"{task.label} sample '{kind}' (held out from training)"}
         out.append((np.asarray(array, np.float32), {
@@ -88,6 +89,13 @@ def make_chest_sr_sample() -> list[tuple]:
 def make_soil_sr3_sample() -> list[tuple]:
     """npe2 sample-data hook: soil micro-CT degraded 8x in-plane (16 x 16 slices), bicubic / HR, for SR3."""
     return task_sample_layers("sr", "soil", scale=8, size=128, inplane=True, depth=8)
+
+
+def make_coarse_soil_sr3_sample() -> list[tuple]:
+    """npe2 sample-data hook: as :func:`make_soil_sr3_sample` with grains of radius 10 voxels (medium sand),
+    where the LR pixel is about a grain and SR3 gains most (the README's SR3 table)."""
+    return task_sample_layers("sr", "soil", prefix="coarse soil", scale=8, size=128, inplane=True, depth=8,
+                              grain_radius=10.0)
 
 
 # --------------------------------------------------------------------------- NIR diffuse optical tomography

@@ -27,8 +27,8 @@ def test_manifest_is_valid_and_lists_every_contribution():
     c = pm.contributions
     assert [r.filename_patterns for r in c.readers] == [["*.nii", "*.nii.gz"]]
     assert {tuple(w.layer_types) for w in c.writers} == {("image",), ("labels",)}
-    assert [s.key for s in c.sample_data] == ["dwi_phantom", "soil_sr", "chest_sr", "soil_sr3", "dot_phantom",
-                                              "xray2ct_phantom"]
+    assert [s.key for s in c.sample_data] == ["dwi_phantom", "soil_sr", "chest_sr", "soil_sr3", "soil_sr3_coarse",
+                                              "dot_phantom", "xray2ct_phantom"]
     assert {w.display_name for w in c.widgets} == {"Train", "Denoise", "Predict", "Compare", "Edge maps",
                                                     "Attention maps", "Clinician review", "Reconstruct NIR-DOT",
                                                     "Reconstruct CT from X-rays"}

@@ -228,6 +228,30 @@ def test_sr3_predict_panel_adds_mean_uncertainty_and_samples(soil8_viewer, qtbot
     assert cmp.recon.currentText() == mean.name  # the mean, not the uncertainty map, is the result
 
 
+def test_coarse_soil_sample_sr3_mean_beats_bicubic_by_2_db(make_napari_viewer, qtbot):
+    """File > Open Sample > coarse grains: its own layer names beside the fine sample's, and SR3's home ground."""
+    from workbench.tasks.sr.metrics import evaluate_slices
+
+    viewer = _viewer_with_sample(make_napari_viewer, "soil_sr3_coarse")
+    viewer.open_sample("recon-workbench", "soil_sr3")
+    coarse_hr, fine_hr = viewer.layers["coarse soil HR reference"], viewer.layers["soil HR reference"]
+    lr = viewer.layers["coarse soil LR input"]
+    assert lr.data.shape == (16, 16, 8) and coarse_hr.data.shape == fine_hr.data.shape == (128, 128, 8)
+    edges = [np.abs(np.diff(np.asarray(x.data), axis=0)).mean() for x in (coarse_hr, fine_hr)]
+    assert edges[0] < 0.8 * edges[1]  # bigger grains: fewer edges
+    _, panel = viewer.window.add_plugin_dock_widget("recon-workbench", "Predict")
+    panel.layer_combo.setCurrentText(lr.name)
+    panel.set_choice("model", "sr3")
+    panel.set_choice("steps", 10)
+    panel.run()
+    qtbot.waitUntil(lambda: panel.worker is None, timeout=240_000)
+    assert panel.last_error is None, panel.last_error
+    ref = np.asarray(coarse_hr.data)
+    ours = evaluate_slices(np.asarray(panel.output_layer.data), ref)
+    bicubic = evaluate_slices(np.asarray(viewer.layers["coarse soil tricubic"].data), ref)
+    assert ours["psnr"] > bicubic["psnr"] + 2.0
+
+
 def test_train_panel_switches_to_sr3_defaults_and_trains_it(soil8_viewer, qtbot, tmp_path):
     from napari_helpers import wait_idle
 

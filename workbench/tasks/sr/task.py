@@ -164,11 +164,12 @@ class SrTask(Task):
     predict_choice_requires = {"samples": ("model", "sr3"), "steps": ("model", "sr3")}
 
     def sample_case(self, kind: str = "soil", *, scale: int = 4, size: int = 64, seed: int = 7,
-                    inplane: bool = False, depth=None):
+                    inplane: bool = False, depth=None, grain_radius=None):
         """A held-out case: ``{"lr", "tricubic", "hr": (array, affine)}`` (soil seed 10000+, chest top slab)."""
         from workbench.tasks.sr import workflow
 
-        return workflow.sample_case(kind, scale=scale, size=size, seed=seed, inplane=inplane, depth=depth)
+        return workflow.sample_case(kind, scale=scale, size=size, seed=seed, inplane=inplane, depth=depth,
+                                    grain_radius=grain_radius)
 
     @staticmethod
     def _predictor(checkpoint, model, scale):
