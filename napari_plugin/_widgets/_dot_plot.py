@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Optional
 
 import numpy as np
-from qtpy.QtWidgets import QSizePolicy, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QWidget
 
 from napari_plugin._widgets._dot_work import DotResult
+from napari_plugin._widgets._loss_plot import FG, dark_canvas, style_dark_axes
 
 
 class BoundaryPlot(QWidget):
@@ -15,40 +16,20 @@ class BoundaryPlot(QWidget):
 
     def __init__(self, parent: Optional[QWidget] = None):
         super().__init__(parent)
-        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
-        from matplotlib.figure import Figure
-
-        from napari_plugin._widgets._loss_plot import BG
-
-        self.figure = Figure(figsize=(4.2, 2.5), dpi=90, facecolor=BG)
-        self.figure.subplots_adjust(left=0.15, right=0.97, bottom=0.2, top=0.8, wspace=0.45)
-        self.canvas = FigureCanvasQTAgg(self.figure)
-        self.canvas.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
-        self.canvas.setMinimumHeight(230)
-        lay = QVBoxLayout(self)
-        lay.setContentsMargins(0, 0, 0, 0)
-        lay.addWidget(self.canvas)
+        self.figure, self.canvas = dark_canvas(self, (4.2, 2.5), 230, left=0.15, right=0.97, bottom=0.2, top=0.8,
+                                               wspace=0.45)
         self.axes = self.figure.subplots(1, 2)
         self.n_points = 0
         self.rms: dict[str, float] = {}
         self.clear()
 
     def _style(self, ax, title: str, unit: str) -> None:
-        from napari_plugin._widgets._loss_plot import BG, FG, GRID
-
-        ax.clear()
-        ax.set_facecolor(BG)
-        for spine in ax.spines.values():
-            spine.set_color(GRID)
-        ax.tick_params(colors=FG, labelsize=7)
-        ax.grid(True, color=GRID, linewidth=0.5)
+        style_dark_axes(ax, labelsize=7)
         ax.set_title(title, color=FG, fontsize=8)
         ax.set_xlabel(f"measured {unit}", color=FG, fontsize=8)
         ax.set_ylabel(f"predicted {unit}", color=FG, fontsize=8)
 
     def clear(self) -> None:
-        from napari_plugin._widgets._loss_plot import FG
-
         for ax, (title, unit) in zip(self.axes, self._panels()):
             self._style(ax, title, unit)
         self.figure.suptitle("Measured vs predicted boundary data\n(after a reconstruction)", color=FG, fontsize=8)
@@ -60,8 +41,6 @@ class BoundaryPlot(QWidget):
         return (("CW log-amplitude", "ln(A/A0)"), ("modulated phase", "(deg)"))
 
     def show_result(self, result: DotResult, frequency_mhz: float) -> None:
-        from napari_plugin._widgets._loss_plot import FG
-
         use = np.ones(result.measured.shape[1:], bool) if result.mask is None else np.asarray(result.mask, bool)
         pairs = [(result.measured[0][use], result.predicted[0][use]),
                  (np.degrees(result.measured[2][use]), np.degrees(result.predicted[2][use]))]

@@ -23,21 +23,40 @@ TERM_LABELS = {
 }
 
 
+def dark_canvas(widget: QWidget, figsize: tuple[float, float], min_height: int, **margins):
+    """A matplotlib figure and its Qt canvas filling ``widget``, in napari's dark colours.
+
+    ``margins`` go to ``subplots_adjust``: fixed margins, since an automatic layout engine
+    re-measures every label on each draw (slow).
+    """
+    from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=figsize, dpi=90, facecolor=BG)
+    figure.subplots_adjust(**margins)
+    canvas = FigureCanvasQTAgg(figure)
+    canvas.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
+    canvas.setMinimumHeight(min_height)
+    lay = QVBoxLayout(widget)
+    lay.setContentsMargins(0, 0, 0, 0)
+    lay.addWidget(canvas)
+    return figure, canvas
+
+
+def style_dark_axes(ax, labelsize: int = 8) -> None:
+    """Clear ``ax`` and give it the dark background, grid and light ticks of :func:`dark_canvas`."""
+    ax.clear()
+    ax.set_facecolor(BG)
+    for spine in ax.spines.values():
+        spine.set_color(GRID)
+    ax.tick_params(colors=FG, labelsize=labelsize)
+    ax.grid(True, color=GRID, linewidth=0.5)
+
+
 class LossPlot(QWidget):
     def __init__(self, parent: Optional[QWidget] = None):
         super().__init__(parent)
-        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
-        from matplotlib.figure import Figure
-
-        # fixed margins: an automatic layout engine re-measures every label on each draw (slow)
-        self.figure = Figure(figsize=(4.0, 2.8), dpi=90, facecolor=BG)
-        self.figure.subplots_adjust(left=0.17, right=0.97, bottom=0.16, top=0.76)
-        self.canvas = FigureCanvasQTAgg(self.figure)
-        self.canvas.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
-        self.canvas.setMinimumHeight(280)
-        lay = QVBoxLayout(self)
-        lay.setContentsMargins(0, 0, 0, 0)
-        lay.addWidget(self.canvas)
+        self.figure, self.canvas = dark_canvas(self, (4.0, 2.8), 280, left=0.17, right=0.97, bottom=0.16, top=0.76)
         self.ax = self.figure.add_subplot(111)
         self._timer = QTimer(self)
         self._timer.setInterval(REDRAW_MS)
@@ -63,12 +82,7 @@ class LossPlot(QWidget):
 
     def _style_axes(self) -> None:
         ax = self.ax
-        ax.clear()
-        ax.set_facecolor(BG)
-        for spine in ax.spines.values():
-            spine.set_color(GRID)
-        ax.tick_params(colors=FG, labelsize=8)
-        ax.grid(True, color=GRID, linewidth=0.5)
+        style_dark_axes(ax)
         ax.set_xlabel("training step", color=FG, fontsize=9)
         ax.set_ylabel("loss (log scale)", color=FG, fontsize=9)
 
