@@ -22,7 +22,6 @@ import json
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
@@ -31,29 +30,29 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from workbench.tasks import get_task  # noqa: E402
+from workbench.tasks.case_pool import run_cases  # noqa: E402
 from workbench.tasks.sr import workflow  # noqa: E402
+from workbench.tasks.sr.soil import TRAINING_GRAIN_RADII  # noqa: E402
 from workbench.tasks.sr.sr3_predictor import default_sr3_checkpoint  # noqa: E402
 from workbench.training.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from workbench.training.ema import model_weights  # noqa: E402
 from workbench.training.schedules import cpu_model_name  # noqa: E402
 
 
-def _simulate_chunk(args) -> Path:
+def _simulate_chunk(args) -> None:
     folder, k, n, size, grain_radius = args
     workflow.simulate(folder, kind="soil", scale=8, inplane=True, n=n, size=size, seed=k, grain_radius=grain_radius)
-    return folder
 
 
 def simulate_training_volumes(root: Path, n_soil: int, size: int, chunk: int = 0, jobs: int = 1,
                               grain_radius=None) -> list[Path]:
-    """``n_soil`` volumes, in one folder (seed 0) or in chunks of ``chunk`` (chunk k drawn with seed k)."""
+    """``n_soil`` volumes, in one folder (seed 0) or in chunks of ``chunk`` (chunk k drawn with seed k),
+    ``jobs`` processes (the tasks' shared pool, :func:`workbench.tasks.case_pool.run_cases`)."""
     chunk = chunk or n_soil
     chunks = [(root / f"soil_{k:03d}", k, min(chunk, n_soil - k * chunk), size, grain_radius)
               for k in range(-(-n_soil // chunk))]
-    if jobs <= 1:
-        return [_simulate_chunk(c) for c in chunks]
-    with ProcessPoolExecutor(max_workers=jobs) as pool:
-        return list(pool.map(_simulate_chunk, chunks))
+    run_cases(_simulate_chunk, chunks, total=len(chunks), workers=jobs)
+    return [c[0] for c in chunks]
 
 
 def main(argv=None) -> int:
@@ -69,7 +68,7 @@ def main(argv=None) -> int:
     ap.add_argument("--lr", type=float, default=None, help="peak learning rate; default: the SR3 default config")
     ap.add_argument("--checkpoint-every", type=int, default=None, help="steps between last.pt writes")
     ap.add_argument("--device", default=None, help="auto (default config), cpu or cuda")
-    ap.add_argument("--grain-radius", type=float, nargs=2, metavar=("LO", "HI"), default=[2.0, 16.0],
+    ap.add_argument("--grain-radius", type=float, nargs=2, metavar=("LO", "HI"), default=list(TRAINING_GRAIN_RADII),
                     help="median grain radius of each volume drawn log-uniformly in [LO, HI] voxels")
     ap.add_argument("--chunk-size", type=int, default=0, help="simulate in chunks of this many volumes (seed k)")
     ap.add_argument("--jobs", type=int, default=1, help="processes simulating the chunks")

@@ -34,10 +34,11 @@ from workbench.tasks import get_task  # noqa: E402
 from workbench.tasks.sr import workflow  # noqa: E402
 from workbench.tasks.sr.predictor import WEIGHTS_DIR  # noqa: E402
 from workbench.training.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from workbench.tasks.sr.soil import TRAINING_GRAIN_RADII  # noqa: E402
 from workbench.training.schedules import cpu_model_name  # noqa: E402
 
 
-INPLANE_GRAINS = (2.0, 16.0)
+INPLANE_GRAINS = TRAINING_GRAIN_RADII
 """x8 in-plane (the SR3 comparison): grain radii from fine silt to medium sand, log-uniform."""
 INPLANE_STEPS = 6000
 """x8 in-plane: 5x the task's default 1200 steps (+1.06 dB at grain radius 10, +0.14 dB on the fine soils)."""
@@ -92,8 +93,8 @@ def main(argv=None) -> int:
                                                          "sampler_generator_state")}
     grains = (", grain radius {:g}-{:g} voxels (log-uniform)".format(*args.grain_radius) if args.grain_radius
               else "")
-    data = (f"{args.n_soil} soil volumes 128^3 (seeds 0..{grains}), x8 in-plane" if args.inplane else
-            f"{args.n_soil} soil (seeds 0..{grains}) + {args.n_chest} chest crops (training part only)")
+    data = (f"{args.n_soil} soil volumes 128^3 (seeds 0..){grains}, x8 in-plane" if args.inplane else
+            f"{args.n_soil} soil (seeds 0..){grains} + {args.n_chest} chest crops (training part only)")
     keep["task_meta"] = {**keep.get("task_meta", {}), "trained_by": "python scripts/train_sr_weights.py "
                          f"--scale {args.scale}{' --inplane' if args.inplane else ''}"
                          + "".join(" " + c for c in changed)

@@ -25,6 +25,9 @@ from workbench.io_utils import InputError
 
 SOIL_PHASES = ("pore", "matrix", "mineral")
 PHASE_ATTENUATION = (0.10, 0.45, 0.80)
+TRAINING_GRAIN_RADII = (2.0, 16.0)
+"""Median grain radii (voxels, log-uniform) of the x8 in-plane training volumes: silt and fine sand to medium
+sand (40-320 um at 20 um voxels), wider than :func:`simulate_soil`'s own default of 2-6."""
 
 
 def _field(rng: np.random.Generator, shape, sigma: float) -> np.ndarray:
