@@ -6,7 +6,7 @@ import functools
 
 import numpy as np
 
-from napari_plugin._layers import dwi_metadata, spatial_kwargs, to_layer_order
+from napari_plugin._layers import axial_view, dwi_metadata, spatial_kwargs, to_layer_order
 
 SHAPE = (32, 32, 16)
 SCHEME = "dti"
@@ -44,9 +44,38 @@ def phantom_layers(shape=SHAPE, scheme=SCHEME, snr=SNR, seed=SEED) -> list[tuple
     return [noisy, clean, mask]
 
 
+def shown_axially(layers: list[tuple]) -> list[tuple]:
+    """``layers``, and the viewer they are opened in turned to the axial view once it holds them all.
+
+    A sample hook only returns layer data; napari adds the layers afterwards, one insertion
+    each, and would show them sliced along x (its default: the first axis), which for a
+    volume degraded 8x in-plane is a 16 x 128 strip. So the hook asks the current viewer to
+    call :func:`napari_plugin._layers.axial_view` after the last of its layers is inserted.
+    Outside a viewer (a hook called from a script) nothing happens.
+    """
+    try:
+        import napari
+
+        viewer = napari.current_viewer()
+    except ImportError:
+        return layers
+    if viewer is None or not layers:
+        return layers
+    remaining = [len(layers)]
+
+    def on_inserted(event=None) -> None:
+        remaining[0] -= 1
+        if remaining[0] <= 0:
+            viewer.layers.events.inserted.disconnect(on_inserted)
+            axial_view(viewer)
+
+    viewer.layers.events.inserted.connect(on_inserted)
+    return layers
+
+
 def make_phantom_sample() -> list[tuple]:
     """npe2 sample-data hook."""
-    return phantom_layers()
+    return shown_axially(phantom_layers())
 
 
 # --------------------------------------------------------------------------- task samples (generic)
@@ -78,24 +107,24 @@ def task_sample_layers(task_name: str, kind: str, *, prefix: str | None = None, 
 
 def make_soil_sr_sample() -> list[tuple]:
     """npe2 sample-data hook: soil micro-CT, LR x4 / tricubic / HR."""
-    return task_sample_layers("sr", "soil", scale=4, size=64)
+    return shown_axially(task_sample_layers("sr", "soil", scale=4, size=64))
 
 
 def make_chest_sr_sample() -> list[tuple]:
     """npe2 sample-data hook: a held-out slab of the real chest CT, LR x2 / tricubic / HR."""
-    return task_sample_layers("sr", "chest", scale=2, size=96)
+    return shown_axially(task_sample_layers("sr", "chest", scale=2, size=96))
 
 
 def make_soil_sr3_sample() -> list[tuple]:
     """npe2 sample-data hook: soil micro-CT degraded 8x in-plane (16 x 16 slices), bicubic / HR, for SR3."""
-    return task_sample_layers("sr", "soil", scale=8, size=128, inplane=True, depth=8)
+    return shown_axially(task_sample_layers("sr", "soil", scale=8, size=128, inplane=True, depth=8))
 
 
 def make_coarse_soil_sr3_sample() -> list[tuple]:
     """npe2 sample-data hook: as :func:`make_soil_sr3_sample` with grains of radius 10 voxels (medium sand),
     where the LR pixel is about a grain and SR3 gains most (the README's SR3 table)."""
-    return task_sample_layers("sr", "soil", prefix="coarse soil", scale=8, size=128, inplane=True, depth=8,
-                              grain_radius=10.0)
+    return shown_axially(task_sample_layers("sr", "soil", prefix="coarse soil", scale=8, size=128, inplane=True,
+                                            depth=8, grain_radius=10.0))
 
 
 # --------------------------------------------------------------------------- NIR diffuse optical tomography
@@ -174,7 +203,7 @@ def dot_sample_layers(grid: int = DOT_GRID, seed: int = DOT_SEED) -> list[tuple]
 
 def make_dot_sample() -> list[tuple]:
     """npe2 sample-data hook: a held-out NIR-DOT phantom with its optodes and noisy boundary data."""
-    return dot_sample_layers()
+    return shown_axially(dot_sample_layers())
 
 
 # --------------------------------------------------------------------------- CT from biplanar X-rays

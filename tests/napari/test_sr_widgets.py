@@ -272,3 +272,17 @@ def test_train_panel_switches_to_sr3_defaults_and_trains_it(soil8_viewer, qtbot,
     ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
     assert ckpt["config"]["model"]["name"] == "sr3" and ckpt["ema_state"]
     assert "diffusion" in ckpt["val_history"][-1]["terms"]
+
+
+def test_samples_open_in_the_axial_view(make_napari_viewer):
+    """File > Open Sample shows in-plane slices (slider over z), not napari's default slices along x."""
+    viewer = _viewer_with_sample(make_napari_viewer, "soil_sr3")
+    assert tuple(viewer.dims.order) == (2, 1, 0)
+    shown = {name: tuple(viewer.layers[name].data.shape[a] for a in viewer.dims.displayed)
+             for name in ("soil LR input", "soil HR reference")}
+    assert shown == {"soil LR input": (16, 16), "soil HR reference": (128, 128)}  # not a 16 x 128 strip
+    dwi = _viewer_with_sample(make_napari_viewer, "dwi_phantom")
+    assert tuple(dwi.dims.order) == (0, 3, 2, 1)  # volume slider, then z
+    dwi.dims.order = (0, 1, 2, 3)  # the user turns it back
+    dwi.add_image(np.zeros((2, 4, 5, 6)), name="not a sample")
+    assert tuple(dwi.dims.order) == (0, 1, 2, 3)  # the sample's hook turned the view once, not at every insertion
