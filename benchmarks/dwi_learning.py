@@ -11,12 +11,15 @@ predicted over the whole field of view (the network never sees the volume it pre
 voxel of it is held out from its own prediction), inside the brain mask:
 
 - ``held-out MSE``: against the noisy volume, the J-invariant loss the network minimises
-  (Batson & Royer 2019: = MSE to E[noisy] + noise variance);
+  (Batson & Royer 2019: = MSE to E[noisy] + noise variance; not so for the ``sees-target`` diagnostics,
+  whose prediction may follow the noisy voxel);
 - ``MSE to E[noisy]``: against the Rician mean of the clean signal (Gudbjartsson & Patz 1995), the
   best a J-invariant predictor can reach: the network's error with the noise taken out;
 - ``MSE to clean``: against the phantom's clean signal (contains the Rician bias, which the
   post-processing's inversion removes later, for the network and the prior alike);
-- the same two numbers for the split MP-PCA prior (the network's first input, which it corrects).
+- the same two numbers for the split MP-PCA prior (the network's first input, which it corrects);
+- ``mean df/dy``: how much the prediction follows the noisy voxel it predicts (0 for a J-invariant
+  network, 1 for the noisy volume itself), by one perturbed prediction.
 
 Units: the input's, squared (the issue's 3795 vs 3759). A network that adds nothing matches the prior.
 
@@ -31,6 +34,22 @@ scaled by ``a``: ``target-noise-0.5`` (a = 0.5, what averaging four repeats of e
 and ``oracle-target`` (a = 0, the Rician mean itself). Same inputs (noisy), same architecture and steps;
 if these beat the prior by far more than the default, the noise in the self-supervised target, not the
 inputs or the capacity, is what holds the network back.
+
+What the J-invariant network cannot use is the noisy volume it predicts. ``sees-target`` gives it that volume
+as one more input channel and trains it by Stein's unbiased risk estimate instead (Stein 1981; for training a
+denoiser without clean data: Soltanayev & Chun 2018, "Training deep learning based denoisers without ground
+truth data", NeurIPS), the objective that lets a network weigh the target's own noisy voxels in the way the
+blend's SURE weighs the noisy volume: ``mean((f - y)^2 - v) + 2 mean(v df/dy)``, the divergence by one
+perturbed forward pass (Monte-Carlo SURE, Ramani et al. 2008; float32, so ``train.amp`` is off) and ``v`` the
+Rician variance about the magnitude mean per voxel, from the split prior (an estimate of that mean) and sigma.
+``sees-target-sigma`` uses the Gaussian ``v = sigma^2`` instead: magnitude noise has a smaller variance
+(0.43 sigma^2 in air), and SURE's bias ``(var - sigma^2)(1 - 2 df/dy)`` then rewards a network that
+anti-correlates its output with the noisy voxel. ``denoised-volumes`` keeps the J-invariant loss but feeds
+the other volumes MP-PCA-denoised instead of noisy: for target ``j`` in prior fold ``k``, the volumes outside
+``k`` as MP-PCA denoises them without fold ``k`` (the split prior's own intermediate), the other volumes of
+``k`` as their split prior (in the brain dilated by 2 voxels, 0 beyond); nothing depends on the noise of
+``j``. All three read only what a real scan has (sigma here is the phantom's, which the background estimate
+matches on this phantom).
 """
 
 from __future__ import annotations
@@ -47,8 +66,10 @@ from workbench.data.dwi import DWIPatchSampler, prepare_subject
 from workbench.data.phantoms import simulate_dwi
 from workbench.inference import predict_tiled
 from workbench.models import build_model
-from workbench.rician import rician_mean
+from workbench.data.transforms import apply_augment, sample_augment
+from workbench.rician import invert_rician_mean, rician_mean
 from workbench.tasks.dwi.objective import jinvariant_step
+from workbench.training.steps import StepOutput
 from workbench.training.events import StepEnd
 from workbench.training.schedules import cpu_has_native_bf16, cpu_model_name
 from workbench.training.trainer import Trainer
@@ -56,6 +77,9 @@ from workbench.training.trainer import Trainer
 VARIANTS = ("default", "wide", "patch48", "no-volumes", "no-reg-sh", "mse", "lr3e-3")
 #: diagnostics that read the truth: the scale of the target's noise (run only when asked for)
 TARGET_NOISE = {"target-noise-0.5": 0.5, "oracle-target": 0.0}
+#: the network also sees the noisy volume it predicts, trained by SURE with this noise variance
+SEES_TARGET = {"sees-target": "rician", "sees-target-sigma": "sigma"}
+DIAGNOSTICS = tuple(TARGET_NOISE) + tuple(SEES_TARGET) + ("denoised-volumes",)
 
 
 def configure(name: str, steps: int) -> tuple[Config, str]:
@@ -76,8 +100,10 @@ def configure(name: str, steps: int) -> tuple[Config, str]:
         cfg.loss.weights = {"mse": 1.0}
     elif name == "lr3e-3":
         cfg.train.lr = 3e-3
-    elif name != "default" and name not in TARGET_NOISE:
-        raise SystemExit(f"unknown variant {name!r}; known: {', '.join(VARIANTS + tuple(TARGET_NOISE))}")
+    elif name in SEES_TARGET:
+        cfg.train.amp = False  # the finite-difference divergence needs float32
+    elif name != "default" and name not in TARGET_NOISE and name != "denoised-volumes":
+        raise SystemExit(f"unknown variant {name!r}; known: {', '.join(VARIANTS + DIAGNOSTICS)}")
     return cfg, zero
 
 
@@ -112,6 +138,108 @@ class ZeroingSampler(DWIPatchSampler):
         return batch
 
 
+class SeesTargetSampler(DWIPatchSampler):
+    """Patches whose input ends with the noisy target volume and, for the loss only, its noise variance."""
+
+    #: (N, X, Y, Z) float32 noise variance per voxel, the subject's units squared
+    variance: torch.Tensor | None = None
+
+    def _draw(self, generator, augment):
+        image, target, mask, j = super()._draw(generator, False)
+        region = self._last_region
+        image = torch.cat([image, target, self.variance[(slice(j, j + 1),) + region]])
+        if augment:
+            params = sample_augment(generator)
+            image, target, mask = apply_augment(params, image, target, mask)
+            image[-1] *= params.intensity  # a variance scales with the square of the intensity
+        return image, target, mask, j
+
+    def _region(self, subject, center):
+        self._last_region = super()._region(subject, center)
+        return self._last_region
+
+
+class DenoisedVolumesSampler(DWIPatchSampler):
+    """Patches whose volume channels are the J-invariant denoised volumes of the target's fold."""
+
+    #: (folds, X, Y, Z, N) float16: per fold, every volume denoised without that fold's noise
+    denoised: np.ndarray | None = None
+    folds: np.ndarray | None = None
+
+    def _draw(self, generator, augment):
+        image, target, mask, j = super()._draw(generator, False)
+        image = denoised_input(image, self.denoised, self.folds, j, self._last_region, self.subjects[0].n_priors)
+        if augment:
+            image, target, mask = apply_augment(sample_augment(generator), image, target, mask)
+        return image, target, mask, j
+
+    def _region(self, subject, center):
+        self._last_region = super()._region(subject, center)
+        return self._last_region
+
+
+def denoised_input(image: torch.Tensor, denoised, folds, j: int, region, n_priors: int) -> torch.Tensor:
+    """``image`` (P + N, ...) with its N volume channels replaced by fold ``folds[j]``'s denoised volumes, j zeroed."""
+    den = denoised[(int(folds[j]),) + tuple(region)]  # (x, y, z, N)
+    image = image.clone()
+    image[n_priors:] = torch.from_numpy(np.moveaxis(den, -1, 0).astype(np.float32))
+    image[n_priors + j] = 0.0
+    return image
+
+
+def denoised_volumes(subject, n_folds: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per prior fold ``k``: the volumes outside ``k`` MP-PCA-denoised without ``k``, those in ``k`` their
+    split prior, both in the brain dilated by 2 voxels (where MP-PCA runs) and 0 beyond it;
+    ``(denoised (folds, X, Y, Z, N) float16, fold of each volume (N,))``."""
+    from scipy import ndimage
+
+    from workbench.data.qspace import fold_labels
+    from workbench.mppca import mppca_batched
+
+    data = np.moveaxis(subject.volumes.numpy(), 0, -1)
+    folds = fold_labels(subject.n_volumes, subject.bvals, n_folds)
+    grown = ndimage.binary_dilation(subject.mask.numpy(), iterations=2)
+    prior = np.moveaxis(subject.priors[0].numpy(), 0, -1)
+    out = np.empty((n_folds,) + data.shape, np.float16)
+    for k in range(n_folds):
+        src = np.flatnonzero(folds != k)
+        out[k] = prior
+        out[k][~grown] = 0  # beyond the brain the split prior is the regression prior, which reads every volume
+        out[k][..., src] = mppca_batched(np.take(data, src, axis=-1), grown)  # 0 beyond the brain
+    return out, folds
+
+
+def sure_step(model, batch, ctx):
+    """Monte-Carlo SURE of the network's prediction of the noisy target it also sees (the last input
+    channel but one; the last is the noise variance ``v``): ``mean((f - y)^2 - v + 2 v b (f(y + eps b) - f(y)) / eps)``
+    over the loss mask, ``eps`` 1% of the typical noise std."""
+    var, image = batch.input[:, -1:], batch.input[:, :-1]
+    pred = model(image, batch.cond).float()
+    m = batch.mask
+    n = m.sum().clamp_min(1.0)
+    if not ctx.training:
+        return StepOutput((((pred - batch.target) ** 2) * m).sum() / n, {})
+    probe = torch.randn(batch.target.shape, generator=ctx.generator)
+    eps = 0.01 * float(var[m.expand_as(var) > 0].mean().sqrt())
+    moved = image.clone()
+    moved[:, -1:] += eps * probe
+    divergence = ((model(moved, batch.cond).float() - pred) * probe * var * m).sum() / eps
+    loss = ((((pred - batch.target) ** 2) - var) * m).sum() / n + 2.0 * divergence / n
+    return StepOutput(loss, {"sure": float(loss.detach()), "divergence": float(divergence.detach() / n)})
+
+
+def noise_variance(subject, sigma: float, kind: str) -> torch.Tensor:
+    """Per-voxel noise variance about the magnitude mean: Rician from the split prior and ``sigma``
+    (``nu^2 + 2 sigma^2 - m^2`` with ``nu`` the inverted mean, between Rayleigh's 0.43 sigma^2 and
+    sigma^2), or ``sigma^2`` everywhere."""
+    prior = subject.priors[0].float().numpy()
+    if kind == "sigma":
+        return torch.full(prior.shape, float(sigma) ** 2)
+    nu = invert_rician_mean(prior, sigma)
+    var = np.clip(nu ** 2 + 2 * sigma ** 2 - prior ** 2, (2 - np.pi / 2) * sigma ** 2, sigma ** 2)
+    return torch.from_numpy(var.astype(np.float32))
+
+
 def errors(pred, j, subject, clean, target) -> dict[str, float]:
     brain = subject.mask.numpy()
     sc2 = subject.scale ** 2
@@ -125,7 +253,7 @@ def mean_errors(items: list[dict]) -> dict[str, float]:
     return {k: float(np.mean([d[k] for d in items])) for k in items[0]}
 
 
-def score(model, subject, clean, target, volumes, zero) -> dict[str, float]:
+def score(model, subject, clean, target, volumes, zero, sees_target=False, denoised=None) -> dict[str, float]:
     """Held-out MSE (vs noisy), MSE to E[noisy] and to clean of the network on ``volumes``, input units squared."""
     was_training = model.training
     model.eval()
@@ -133,9 +261,20 @@ def score(model, subject, clean, target, volumes, zero) -> dict[str, float]:
     with torch.no_grad():
         for j in volumes:
             image = zero_channels(subject.network_input(j), zero, subject.n_priors)
+            if sees_target:
+                image = torch.cat([image, subject.volumes[j:j + 1]])
+            if denoised is not None:
+                image = denoised_input(image, *denoised, j, (slice(None),) * 3, subject.n_priors)
             pred = predict_tiled(model, image, j, tile=64, overlap=8, device=torch.device("cpu"),
                                  amp=False)[0].numpy()
             items.append(errors(pred, j, subject, clean, target))
+            if sees_target:  # how much the prediction follows the noisy voxel: mean df/dy in the brain
+                probe = torch.randn(image.shape[1:], generator=torch.Generator().manual_seed(j))
+                eps = 1e-3
+                image[-1] += eps * probe
+                moved = predict_tiled(model, image, j, tile=64, overlap=8, device=torch.device("cpu"),
+                                      amp=False)[0].numpy()
+                items[-1]["dfdy"] = float(np.mean(((moved - pred) * probe.numpy() / eps)[subject.mask.numpy()]))
     model.train(was_training)
     return mean_errors(items)
 
@@ -145,14 +284,23 @@ def prior_score(subject, clean, target, volumes) -> dict[str, float]:
     return mean_errors([errors(p[j], j, subject, clean, target) for j in volumes])
 
 
-def run_variant(name, steps, eval_at, subject, clean, target, volumes) -> list[dict]:
+def run_variant(name, steps, eval_at, subject, clean, target, volumes, sigma) -> list[dict]:
     cfg, zero = configure(name, steps)
-    sampler = ZeroingSampler([subject], patch_size=cfg.data.patch_size, augment=cfg.data.augment)
-    sampler.zero = zero
+    sees = name in SEES_TARGET
+    if sees:
+        sampler = SeesTargetSampler([subject], patch_size=cfg.data.patch_size, augment=cfg.data.augment)
+        sampler.variance = noise_variance(subject, sigma, SEES_TARGET[name])
+    elif name == "denoised-volumes":
+        sampler = DenoisedVolumesSampler([subject], patch_size=cfg.data.patch_size, augment=cfg.data.augment)
+        sampler.denoised, sampler.folds = denoised_volumes(subject, cfg.data.prior_folds)
+    else:
+        sampler = ZeroingSampler([subject], patch_size=cfg.data.patch_size, augment=cfg.data.augment)
+        sampler.zero = zero
     if name in TARGET_NOISE:
         sampler.target_noise = (target, TARGET_NOISE[name])
     torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg.model, in_channels=subject.in_channels, out_channels=1,
+    in_channels = subject.in_channels + int(sees)
+    model = build_model(cfg.model, in_channels=in_channels, out_channels=1,
                         num_conditions=subject.n_volumes, residual_channel=0)
     rows: list[dict] = []
     t0 = time.perf_counter()
@@ -162,20 +310,21 @@ def run_variant(name, steps, eval_at, subject, clean, target, volumes) -> list[d
         if isinstance(event, StepEnd) and event.step in eval_at:
             seconds = time.perf_counter() - t0
             rows.append({"variant": name, "steps": steps, "step": event.step, "train_s": seconds,
-                         **score(trainer.raw_model, subject, clean, target, volumes, zero)})
+                         **score(trainer.raw_model, subject, clean, target, volumes, zero, sees,
+                                 (sampler.denoised, sampler.folds) if name == "denoised-volumes" else None)})
             r = rows[-1]
             print(f"  {name} {steps} step {event.step}: held-out {r['heldout']:.1f}, to E[noisy] "
                   f"{r['target']:.1f}, to clean {r['clean']:.1f} ({seconds:.0f} s)", flush=True)
 
-    trainer = Trainer(model, sampler, cfg, callbacks=(on_event,), step=jinvariant_step,
-                      model_meta={"in_channels": subject.in_channels})
+    trainer = Trainer(model, sampler, cfg, callbacks=(on_event,), step=sure_step if sees else jinvariant_step,
+                      model_meta={"in_channels": in_channels})
     trainer.fit()
     return rows
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS + tuple(TARGET_NOISE))
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS + DIAGNOSTICS)
     parser.add_argument("--steps", nargs="+", type=int, default=[400],
                         help="training lengths (each a separate run with its own schedule); "
                              "'default' also runs 1600")
@@ -207,14 +356,16 @@ def main(argv=None) -> int:
         runs = sorted(set(steps_list) | ({4 * max(steps_list)} if name == "default" and not args.quick else set()))
         for steps in runs:
             eval_at = {s for s in (steps // 4, steps // 2, steps) if s > 0}
-            rows += run_variant(name, steps, eval_at, subject, clean, target, volumes)
+            rows += run_variant(name, steps, eval_at, subject, clean, target, volumes, phantom.sigma / subject.scale)
     print(f"\nsplit MP-PCA prior (the network's input): held-out MSE {prior['heldout']:.1f}, "
           f"MSE to E[noisy] {prior['target']:.1f}, MSE to clean {prior['clean']:.1f}\n")
-    print("| variant | run steps | at step | held-out MSE | MSE to E[noisy] | vs prior | MSE to clean | train s |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| variant | run steps | at step | held-out MSE | MSE to E[noisy] | vs prior | MSE to clean | "
+          "mean df/dy | train s |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['variant']} | {r['steps']} | {r['step']} | {r['heldout']:.1f} | {r['target']:.1f} | "
-              f"{100 * (r['target'] / prior['target'] - 1):+.1f}% | {r['clean']:.1f} | {r['train_s']:.0f} |")
+              f"{100 * (r['target'] / prior['target'] - 1):+.1f}% | {r['clean']:.1f} | "
+              f"{r.get('dfdy', 0.0):.3f} | {r['train_s']:.0f} |")
     return 0
 
 
