@@ -66,7 +66,6 @@ from workbench.data.dwi import DWIPatchSampler, prepare_subject
 from workbench.data.phantoms import simulate_dwi
 from workbench.inference import predict_tiled
 from workbench.models import build_model
-from workbench.data.transforms import apply_augment, sample_augment
 from workbench.rician import invert_rician_mean, rician_mean
 from workbench.tasks.dwi.objective import jinvariant_step
 from workbench.training.steps import StepOutput
@@ -132,31 +131,20 @@ class ZeroingSampler(DWIPatchSampler):
         expected = torch.from_numpy(np.ascontiguousarray(mean[(slice(j, j + 1),) + region]))
         return expected + a * (noisy - expected)
 
-    def _batch(self, generator, batch_size, augment):
-        batch = super()._batch(generator, batch_size, augment)
-        batch.input = zero_channels(batch.input, self.zero, self.subjects[0].n_priors)
-        return batch
+    def _input(self, subject, j, region):
+        return zero_channels(super()._input(subject, j, region), self.zero, subject.n_priors)
 
 
 class SeesTargetSampler(DWIPatchSampler):
-    """Patches whose input ends with the noisy target volume and, for the loss only, its noise variance."""
+    """Patches whose input ends with the noisy target volume and, for the loss only, its noise std
+    (a std, not a variance: the intensity augmentation then scales it with the data)."""
 
-    #: (N, X, Y, Z) float32 noise variance per voxel, the subject's units squared
-    variance: torch.Tensor | None = None
+    #: (N, X, Y, Z) float32 noise std per voxel, the subject's units
+    noise_std: torch.Tensor | None = None
 
-    def _draw(self, generator, augment):
-        image, target, mask, j = super()._draw(generator, False)
-        region = self._last_region
-        image = torch.cat([image, target, self.variance[(slice(j, j + 1),) + region]])
-        if augment:
-            params = sample_augment(generator)
-            image, target, mask = apply_augment(params, image, target, mask)
-            image[-1] *= params.intensity  # a variance scales with the square of the intensity
-        return image, target, mask, j
-
-    def _region(self, subject, center):
-        self._last_region = super()._region(subject, center)
-        return self._last_region
+    def _input(self, subject, j, region):
+        return torch.cat([subject.network_input(j, region), self._target(subject, j, region),
+                          self.noise_std[(slice(j, j + 1),) + region]])
 
 
 class DenoisedVolumesSampler(DWIPatchSampler):
@@ -166,16 +154,9 @@ class DenoisedVolumesSampler(DWIPatchSampler):
     denoised: np.ndarray | None = None
     folds: np.ndarray | None = None
 
-    def _draw(self, generator, augment):
-        image, target, mask, j = super()._draw(generator, False)
-        image = denoised_input(image, self.denoised, self.folds, j, self._last_region, self.subjects[0].n_priors)
-        if augment:
-            image, target, mask = apply_augment(sample_augment(generator), image, target, mask)
-        return image, target, mask, j
-
-    def _region(self, subject, center):
-        self._last_region = super()._region(subject, center)
-        return self._last_region
+    def _input(self, subject, j, region):
+        return denoised_input(subject.network_input(j, region), self.denoised, self.folds, j, region,
+                              subject.n_priors)
 
 
 def denoised_input(image: torch.Tensor, denoised, folds, j: int, region, n_priors: int) -> torch.Tensor:
@@ -211,9 +192,9 @@ def denoised_volumes(subject, n_folds: int) -> tuple[np.ndarray, np.ndarray]:
 
 def sure_step(model, batch, ctx):
     """Monte-Carlo SURE of the network's prediction of the noisy target it also sees (the last input
-    channel but one; the last is the noise variance ``v``): ``mean((f - y)^2 - v + 2 v b (f(y + eps b) - f(y)) / eps)``
+    channel but one; the last is the noise std, ``v`` its square): ``mean((f - y)^2 - v + 2 v b (f(y + eps b) - f(y)) / eps)``
     over the loss mask, ``eps`` 1% of the typical noise std."""
-    var, image = batch.input[:, -1:], batch.input[:, :-1]
+    var, image = batch.input[:, -1:] ** 2, batch.input[:, :-1]
     pred = model(image, batch.cond).float()
     m = batch.mask
     n = m.sum().clamp_min(1.0)
@@ -253,18 +234,16 @@ def mean_errors(items: list[dict]) -> dict[str, float]:
     return {k: float(np.mean([d[k] for d in items])) for k in items[0]}
 
 
-def score(model, subject, clean, target, volumes, zero, sees_target=False, denoised=None) -> dict[str, float]:
-    """Held-out MSE (vs noisy), MSE to E[noisy] and to clean of the network on ``volumes``, input units squared."""
+def score(model, subject, clean, target, volumes, network_input, sees_target=False) -> dict[str, float]:
+    """Held-out MSE (vs noisy), MSE to E[noisy] and to clean of the network on ``volumes``, input units squared.
+
+    ``network_input(j)`` is the whole-field input of volume ``j`` (the variant's sampler builds it)."""
     was_training = model.training
     model.eval()
     items = []
     with torch.no_grad():
         for j in volumes:
-            image = zero_channels(subject.network_input(j), zero, subject.n_priors)
-            if sees_target:
-                image = torch.cat([image, subject.volumes[j:j + 1]])
-            if denoised is not None:
-                image = denoised_input(image, *denoised, j, (slice(None),) * 3, subject.n_priors)
+            image = network_input(j)
             pred = predict_tiled(model, image, j, tile=64, overlap=8, device=torch.device("cpu"),
                                  amp=False)[0].numpy()
             items.append(errors(pred, j, subject, clean, target))
@@ -289,7 +268,7 @@ def run_variant(name, steps, eval_at, subject, clean, target, volumes, sigma) ->
     sees = name in SEES_TARGET
     if sees:
         sampler = SeesTargetSampler([subject], patch_size=cfg.data.patch_size, augment=cfg.data.augment)
-        sampler.variance = noise_variance(subject, sigma, SEES_TARGET[name])
+        sampler.noise_std = noise_variance(subject, sigma, SEES_TARGET[name]).sqrt()
     elif name == "denoised-volumes":
         sampler = DenoisedVolumesSampler([subject], patch_size=cfg.data.patch_size, augment=cfg.data.augment)
         sampler.denoised, sampler.folds = denoised_volumes(subject, cfg.data.prior_folds)
@@ -302,6 +281,11 @@ def run_variant(name, steps, eval_at, subject, clean, target, volumes, sigma) ->
     in_channels = subject.in_channels + int(sees)
     model = build_model(cfg.model, in_channels=in_channels, out_channels=1,
                         num_conditions=subject.n_volumes, residual_channel=0)
+    whole = (slice(None),) * 3
+
+    def network_input(j):  # without the sees-target sampler's trailing noise-std channel
+        return sampler._input(subject, j, whole)[:in_channels]
+
     rows: list[dict] = []
     t0 = time.perf_counter()
     trainer = None
@@ -310,8 +294,7 @@ def run_variant(name, steps, eval_at, subject, clean, target, volumes, sigma) ->
         if isinstance(event, StepEnd) and event.step in eval_at:
             seconds = time.perf_counter() - t0
             rows.append({"variant": name, "steps": steps, "step": event.step, "train_s": seconds,
-                         **score(trainer.raw_model, subject, clean, target, volumes, zero, sees,
-                                 (sampler.denoised, sampler.folds) if name == "denoised-volumes" else None)})
+                         **score(trainer.raw_model, subject, clean, target, volumes, network_input, sees)})
             r = rows[-1]
             print(f"  {name} {steps} step {event.step}: held-out {r['heldout']:.1f}, to E[noisy] "
                   f"{r['target']:.1f}, to clean {r['clean']:.1f} ({seconds:.0f} s)", flush=True)

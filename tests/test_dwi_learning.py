@@ -44,8 +44,8 @@ def test_sure_step_estimates_the_error_to_the_clean_signal(bench, k):
     sigma = 0.2
     noisy = clean + sigma * torch.randn(shape, generator=g)
     prior = clean + 0.1 * torch.randn(shape, generator=g)  # independent of the target's noise
-    variance = torch.full(shape, sigma ** 2)
-    batch = Batch(input=torch.cat([prior, noisy, variance], 1), target=noisy, cond=torch.zeros(4, dtype=torch.long),
+    noise_std = torch.full(shape, sigma)
+    batch = Batch(input=torch.cat([prior, noisy, noise_std], 1), target=noisy, cond=torch.zeros(4, dtype=torch.long),
                   mask=torch.ones(shape))
     ctx = StepContext(criterion=None, generator=torch.Generator().manual_seed(1), training=True, step=0)
     model = Mix(k)

@@ -241,12 +241,16 @@ class DWIPatchSampler:
         center = voxels[int(torch.randint(len(voxels), (1,), generator=generator))]
         j = int(torch.randint(subject.n_volumes, (1,), generator=generator))
         region = self._region(subject, center)
-        image = subject.network_input(j, region)
+        image = self._input(subject, j, region)
         target = self._target(subject, j, region)
         mask = subject.loss_mask[region][None]
         if augment:
             image, target, mask = apply_augment(sample_augment(generator), image, target, mask)
         return image, target, mask, j
+
+    def _input(self, subject, j: int, region: tuple[slice, slice, slice]) -> torch.Tensor:
+        """(C, x, y, z) network input for target volume ``j`` in ``region`` (:meth:`DWISubject.network_input`)."""
+        return subject.network_input(j, region)
 
     def _target(self, subject, j: int, region: tuple[slice, slice, slice]) -> torch.Tensor:
         """(1, x, y, z) training target of volume ``j`` in ``region``: the noisy volume itself (J-invariance)."""
