@@ -48,7 +48,8 @@ anti-correlates its output with the noisy voxel. ``denoised-volumes`` keeps the 
 the other volumes MP-PCA-denoised instead of noisy: for target ``j`` in prior fold ``k``, the volumes outside
 ``k`` as MP-PCA denoises them without fold ``k`` (the split prior's own intermediate), the other volumes of
 ``k`` as their split prior (in the brain dilated by 2 voxels, 0 beyond); nothing depends on the noise of
-``j``. All three read only what a real scan has (sigma here is the phantom's, which the background estimate
+``j`` (``data.volume_input: denoised``, :class:`workbench.data.dwi.DWISubject`, the default since stop 39;
+``noisy-volumes`` is the earlier default, the noisy other volumes). All three read only what a real scan has (sigma here is the phantom's, which the background estimate
 matches on this phantom).
 """
 
@@ -78,7 +79,7 @@ VARIANTS = ("default", "wide", "patch48", "no-volumes", "no-reg-sh", "mse", "lr3
 TARGET_NOISE = {"target-noise-0.5": 0.5, "oracle-target": 0.0}
 #: the network also sees the noisy volume it predicts, trained by SURE with this noise variance
 SEES_TARGET = {"sees-target": "rician", "sees-target-sigma": "sigma"}
-DIAGNOSTICS = tuple(TARGET_NOISE) + tuple(SEES_TARGET) + ("denoised-volumes",)
+DIAGNOSTICS = tuple(TARGET_NOISE) + tuple(SEES_TARGET) + ("denoised-volumes", "noisy-volumes")
 
 
 def configure(name: str, steps: int) -> tuple[Config, str]:
@@ -99,9 +100,13 @@ def configure(name: str, steps: int) -> tuple[Config, str]:
         cfg.loss.weights = {"mse": 1.0}
     elif name == "lr3e-3":
         cfg.train.lr = 3e-3
+    elif name == "denoised-volumes":
+        cfg.data.volume_input = "denoised"
+    elif name == "noisy-volumes":
+        cfg.data.volume_input = "noisy"
     elif name in SEES_TARGET:
         cfg.train.amp = False  # the finite-difference divergence needs float32
-    elif name != "default" and name not in TARGET_NOISE and name != "denoised-volumes":
+    elif name != "default" and name not in TARGET_NOISE:
         raise SystemExit(f"unknown variant {name!r}; known: {', '.join(VARIANTS + DIAGNOSTICS)}")
     return cfg, zero
 
@@ -145,49 +150,6 @@ class SeesTargetSampler(DWIPatchSampler):
     def _input(self, subject, j, region):
         return torch.cat([subject.network_input(j, region), self._target(subject, j, region),
                           self.noise_std[(slice(j, j + 1),) + region]])
-
-
-class DenoisedVolumesSampler(DWIPatchSampler):
-    """Patches whose volume channels are the J-invariant denoised volumes of the target's fold."""
-
-    #: (folds, X, Y, Z, N) float16: per fold, every volume denoised without that fold's noise
-    denoised: np.ndarray | None = None
-    folds: np.ndarray | None = None
-
-    def _input(self, subject, j, region):
-        return denoised_input(subject.network_input(j, region), self.denoised, self.folds, j, region,
-                              subject.n_priors)
-
-
-def denoised_input(image: torch.Tensor, denoised, folds, j: int, region, n_priors: int) -> torch.Tensor:
-    """``image`` (P + N, ...) with its N volume channels replaced by fold ``folds[j]``'s denoised volumes, j zeroed."""
-    den = denoised[(int(folds[j]),) + tuple(region)]  # (x, y, z, N)
-    image = image.clone()
-    image[n_priors:] = torch.from_numpy(np.moveaxis(den, -1, 0).astype(np.float32))
-    image[n_priors + j] = 0.0
-    return image
-
-
-def denoised_volumes(subject, n_folds: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per prior fold ``k``: the volumes outside ``k`` MP-PCA-denoised without ``k``, those in ``k`` their
-    split prior, both in the brain dilated by 2 voxels (where MP-PCA runs) and 0 beyond it;
-    ``(denoised (folds, X, Y, Z, N) float16, fold of each volume (N,))``."""
-    from scipy import ndimage
-
-    from workbench.data.qspace import fold_labels
-    from workbench.mppca import mppca_batched
-
-    data = np.moveaxis(subject.volumes.numpy(), 0, -1)
-    folds = fold_labels(subject.n_volumes, subject.bvals, n_folds)
-    grown = ndimage.binary_dilation(subject.mask.numpy(), iterations=2)
-    prior = np.moveaxis(subject.priors[0].numpy(), 0, -1)
-    out = np.empty((n_folds,) + data.shape, np.float16)
-    for k in range(n_folds):
-        src = np.flatnonzero(folds != k)
-        out[k] = prior
-        out[k][~grown] = 0  # beyond the brain the split prior is the regression prior, which reads every volume
-        out[k][..., src] = mppca_batched(np.take(data, src, axis=-1), grown)  # 0 beyond the brain
-    return out, folds
 
 
 def sure_step(model, batch, ctx):
@@ -269,9 +231,6 @@ def run_variant(name, steps, eval_at, subject, clean, target, volumes, sigma) ->
     if sees:
         sampler = SeesTargetSampler([subject], patch_size=cfg.data.patch_size, augment=cfg.data.augment)
         sampler.noise_std = noise_variance(subject, sigma, SEES_TARGET[name]).sqrt()
-    elif name == "denoised-volumes":
-        sampler = DenoisedVolumesSampler([subject], patch_size=cfg.data.patch_size, augment=cfg.data.augment)
-        sampler.denoised, sampler.folds = denoised_volumes(subject, cfg.data.prior_folds)
     else:
         sampler = ZeroingSampler([subject], patch_size=cfg.data.patch_size, augment=cfg.data.augment)
         sampler.zero = zero
@@ -321,9 +280,9 @@ def main(argv=None) -> int:
     shape = (32, 32, 16) if args.quick else (64, 64, 32)
     steps_list = [40] if args.quick else args.steps
     phantom = simulate_dwi(shape=shape, scheme=args.scheme, snr=args.snr, seed=args.seed)
-    data = Config().data
+    subject_data = Config().data
     t0 = time.perf_counter()
-    subject = prepare_subject(phantom.noisy, phantom.bvals, phantom.bvecs, data, mask=phantom.mask)
+    subject = prepare_subject(phantom.noisy, phantom.bvals, phantom.bvecs, subject_data, mask=phantom.mask)
     print(f"# {args.scheme} SNR {args.snr:g} seed {args.seed}, {shape} x {subject.n_volumes}; priors "
           f"{time.perf_counter() - t0:.0f} s; CPU {cpu_model_name()} (native bf16: {cpu_has_native_bf16()}), "
           f"{args.threads} threads, torch {torch.__version__}", flush=True)
@@ -337,9 +296,12 @@ def main(argv=None) -> int:
     rows = []
     for name in args.variants:
         runs = sorted(set(steps_list) | ({4 * max(steps_list)} if name == "default" and not args.quick else set()))
+        data = configure(name, 1)[0].data
+        own = subject if data.denoised_volume_input == subject_data.denoised_volume_input else prepare_subject(phantom.noisy, phantom.bvals, phantom.bvecs, data,
+                                                                  mask=phantom.mask, scale=subject.scale)
         for steps in runs:
             eval_at = {s for s in (steps // 4, steps // 2, steps) if s > 0}
-            rows += run_variant(name, steps, eval_at, subject, clean, target, volumes, phantom.sigma / subject.scale)
+            rows += run_variant(name, steps, eval_at, own, clean, target, volumes, phantom.sigma / subject.scale)
     print(f"\nsplit MP-PCA prior (the network's input): held-out MSE {prior['heldout']:.1f}, "
           f"MSE to E[noisy] {prior['target']:.1f}, MSE to clean {prior['clean']:.1f}\n")
     print("| variant | run steps | at step | held-out MSE | MSE to E[noisy] | vs prior | MSE to clean | "

@@ -125,3 +125,18 @@ def test_config_differences():
     a = make_config(steps=4).model_dump(mode="json")
     b = make_config(steps=8, lr=0.5, weights={"mse": 1.0, "l1": 1.0}).model_dump(mode="json")
     assert config_differences(a, b, ignore=("train.steps",)) == ["loss.weights.l1", "train.lr"]
+
+
+def test_checkpoints_from_before_volume_input_read_noisy_volumes(tmp_path):
+    """A DWI checkpoint saved before ``data.volume_input`` existed was trained on the noisy volumes: it loads
+    with 'noisy', not with today's default (denoised), so its network gets the inputs it learned from."""
+    cfg = Config().model_dump(mode="json")
+    assert Config.model_validate(cfg).data.denoised_volume_input  # today's default
+    del cfg["data"]["volume_input"]
+    path = tmp_path / "old.pt"
+    save_checkpoint(path, {"step": 1, "config": cfg, "model_state": {}, "model_meta": {}})
+    loaded = Config.model_validate(load_checkpoint(path)["config"])
+    assert loaded.data.volume_input == "noisy" and not loaded.data.denoised_volume_input
+    cfg["data"]["volume_input"] = "auto"
+    save_checkpoint(path, {"step": 1, "config": cfg, "model_state": {}, "model_meta": {}})
+    assert Config.model_validate(load_checkpoint(path)["config"]).data.denoised_volume_input

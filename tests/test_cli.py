@@ -66,6 +66,27 @@ def test_train_resume_denoise_evaluate(sim, tmp_path, capsys):
         assert np.isfinite(metrics[key]), key
 
 
+def test_denoised_volume_inputs_travel_with_the_checkpoint(sim, tmp_path):
+    """A network trained on denoised volume inputs (same channel count as noisy ones) is applied to them."""
+    from workbench.data.nifti import load_dwi
+    from workbench.inference import Denoiser
+
+    (tmp_path / "den.yaml").write_text(TINY.replace("data: {", "data: {volume_input: denoised, "))
+    run = tmp_path / "run"
+    assert main(["--quiet", "train", str(sim / "dwi.nii.gz"), "--out", str(run), "--config",
+                 str(tmp_path / "den.yaml")]) == 0
+    denoiser = Denoiser.from_checkpoint(run / "best.pt")
+    assert denoiser.config.data.volume_input == "denoised"
+    series = load_dwi(sim / "dwi.nii.gz")
+    mask = nib.load(str(sim / "mask.nii.gz")).get_fdata() > 0
+    subject = denoiser.prepare(series.data, series.bvals, series.bvecs, mask)
+    assert subject.denoised is not None and subject.denoised.shape[0] == denoiser.config.data.prior_folds
+    out = tmp_path / "den.nii.gz"
+    assert main(["--quiet", "denoise", str(sim / "dwi.nii.gz"), "-o", str(out), "--checkpoint",
+                 str(run / "best.pt"), "--mask", str(sim / "mask.nii.gz")]) == 0
+    assert np.isfinite(nib.load(str(out)).get_fdata()).all()
+
+
 def test_denoise_self_supervised_without_checkpoint(sim, tmp_path, capsys):
     out = tmp_path / "self.nii.gz"
     assert main(["--quiet", "denoise", str(sim / "dwi.nii.gz"), "-o", str(out), "--config",

@@ -135,3 +135,45 @@ def test_overwrite_input_normalises_in_place_and_otherwise_leaves_the_data_alone
     other = prepare_subject(as64, p.bvals, p.bvecs, cfg, mask=p.mask, overwrite_input=True)
     assert np.array_equal(as64, kept.astype(np.float64))  # float64 is copied (divided in float64: rounding differs)
     torch.testing.assert_close(other.volumes, copied.volumes, rtol=1e-6, atol=1e-7)
+
+
+def test_denoised_volume_input_never_sees_the_target_noise():
+    """``volume_input: denoised`` stays J-invariant: new noise on volume j leaves every volume channel of j's
+    input unchanged (MP-PCA without j's fold; the split prior of j's fold-mates, whose regressions never read
+    j), 0 beyond the grown brain (where the prior falls back to a regression on every volume); the other
+    volumes' channels are less noisy than the noisy volumes and do depend on their own noise."""
+    from workbench.data.phantoms import simulate_dwi
+    from scipy import ndimage
+
+    ph = simulate_dwi(shape=(17, 18, 9), scheme="dti", snr=10.0, seed=3)
+    j, other = (int(v) for v in np.flatnonzero(ph.bvals > 50)[[4, 0]])
+    cfg = DataConfig(volume_input="denoised")
+
+    def channels(data, target):
+        subject = prepare_subject(data, ph.bvals, ph.bvecs, cfg, mask=ph.mask, scale=1000.0)
+        assert subject.denoised.shape == (cfg.prior_folds,) + tuple(subject.volumes.shape[1:]) + (subject.n_volumes,)
+        return subject.network_input(target)[subject.n_priors:].numpy(), subject
+
+    moved = ph.noisy.copy()
+    moved[..., j] += np.random.default_rng(0).normal(0, ph.sigma, moved.shape[:3]).astype(moved.dtype)
+    base, subject = channels(ph.noisy, j)
+    np.testing.assert_array_equal(channels(moved, j)[0], base)
+    assert np.abs(channels(moved, other)[0] - channels(ph.noisy, other)[0]).max() > 1e-3
+    assert not base[j].any()
+    grown = ndimage.binary_dilation(ph.mask, iterations=2)
+    assert not base[:, ~grown].any()
+    dw = np.flatnonzero(ph.bvals > 50)
+    dw = dw[dw != j]
+    clean = np.moveaxis(ph.clean, -1, 0)[dw][:, ph.mask] / 1000.0
+    noisy = subject.volumes.numpy()[dw][:, ph.mask]
+    err = lambda x: float(np.sqrt(np.mean((x - clean) ** 2)))
+    assert err(base[dw][:, ph.mask]) < 0.8 * err(noisy)
+    # the region a patch reads is the same as the whole input cut to it
+    region = (slice(3, 12), slice(2, 17), slice(1, 8))
+    np.testing.assert_array_equal(subject.network_input(j, region).numpy(),
+                                  subject.network_input(j)[(slice(None),) + region].numpy())
+
+
+def test_denoised_volume_input_needs_the_mppca_prior():
+    with pytest.raises(ValueError, match="qspace_prior to 'mppca'"):
+        DataConfig(volume_input="denoised", qspace_prior="sh")

@@ -5,8 +5,10 @@ For target volume ``j`` the network input is, channel by channel::
     [prior_1(j), ..., prior_P(j), v_0, ..., v_{j-1}, 0, v_{j+1}, ..., v_{N-1}]
 
 where the priors are closed-form leave-one-out predictions of ``j``
-(:mod:`workbench.data.qspace`) and volume ``j`` itself is zeroed. Nothing in the
-input depends on the noisy target, so the loss against it is the J-invariant
+(:mod:`workbench.data.qspace`) and volume ``j`` itself is zeroed. With
+``data.volume_input: denoised`` the ``v_i`` are the split prior's denoised volumes of
+``j``'s fold instead (:func:`workbench.data.qspace.split_mppca_prior`), which never saw
+``j``'s noise either. Nothing in the input depends on the noisy target, so the loss against it is the J-invariant
 self-supervised loss of Batson & Royer (Noise2Self, 2019): its expectation is
 the error to the clean signal plus the noise variance.
 """
@@ -22,7 +24,7 @@ from scipy import ndimage
 
 from workbench.config import DataConfig
 from workbench.data.linear_priors import LinearPriors, parity_of
-from workbench.data.qspace import B0_THRESHOLD, stored_and_linear_priors
+from workbench.data.qspace import B0_THRESHOLD, fold_labels, stored_and_linear_priors
 from workbench.data.transforms import apply_augment, sample_augment
 from workbench.io_utils import InputError
 from workbench.training.sampling import Batch
@@ -61,6 +63,11 @@ class DWISubject:
     linear: Optional[LinearPriors] = None
     #: volumes whose priors :meth:`release_volume_priors` handed back (their network input is gone)
     released: set = field(default_factory=set, repr=False)
+    #: ``data.volume_input: denoised``: (folds, X, Y, Z, N) float16, the volumes as the network reads them
+    #: when its target is in that prior fold (:func:`workbench.data.qspace.split_mppca_prior`); else None
+    denoised: Optional[torch.Tensor] = None
+    #: (N,) the prior fold of each volume (with ``denoised``)
+    folds: Optional[np.ndarray] = None
 
     @property
     def n_volumes(self) -> int:
@@ -94,6 +101,10 @@ class DWISubject:
             out[p:, x] = vols[:, x]
         if self.linear is not None:  # from the contiguous copy of the volumes just made
             out[s:p] = self.linear.predict(out[p:], j, parity_of(region, tuple(self.volumes.shape[1:])))
+        if self.denoised is not None:  # the linear priors read the noisy volumes, the network the denoised
+            den = self.denoised[(int(self.folds[j]),) + region]  # (x, y, z, N)
+            for x in range(den.shape[0]):
+                out[p:, x] = den[x].permute(2, 0, 1)
         out[p + j] = 0.0
         return out
 
@@ -103,6 +114,7 @@ class DWISubject:
         A new empty tensor, not a view: an empty view would keep the whole storage alive.
         """
         self.priors = self.priors.new_empty((self.priors.shape[0], 0) + tuple(self.priors.shape[2:]))
+        self.denoised = None if self.denoised is None else self.denoised.new_empty((0,) + tuple(self.denoised.shape[1:]))
 
     def release_volume_priors(self, j: int) -> None:
         """Hand the memory of volume ``j``'s priors back to the OS once its prediction is done.
@@ -174,10 +186,14 @@ def prepare_subject(
     # C order whatever the input's: (X, Y, Z, N), one row of volumes per voxel
     norm = data if own else np.empty(data.shape, dtype=np.float32)
     np.divide(data, scale, out=norm, casting="unsafe")
+    denoised = folds = None
+    if cfg.denoised_volume_input:
+        denoised = np.empty((cfg.prior_folds,) + norm.shape, dtype=np.float16)
+        folds = fold_labels(norm.shape[-1], bvals, cfg.prior_folds)
     priors, linear = stored_and_linear_priors(
         norm, bvals, bvecs, mask, cfg.qspace_prior, cfg.sh_order, cfg.prior_folds, progress=progress,
         should_stop=should_stop, mppca_stride=cfg.mppca_stride, volumes_first=True, dtype=np.float16,
-        mppca_lattice=cfg.mppca_lattice)
+        mppca_lattice=cfg.mppca_lattice, denoised=denoised)
     loss_mask = ndimage.binary_dilation(mask, iterations=2)
     return DWISubject(
         volumes=torch.from_numpy(norm).permute(3, 0, 1, 2),
@@ -188,6 +204,8 @@ def prepare_subject(
         bvals=None if bvals is None else np.asarray(bvals),
         bvecs=None if bvecs is None else np.asarray(bvecs),
         linear=linear,
+        denoised=None if denoised is None else torch.from_numpy(denoised),
+        folds=folds,
     )
 
 

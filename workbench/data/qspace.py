@@ -180,6 +180,7 @@ def split_mppca_prior(
     stride: int = 1,
     out: np.ndarray | None = None,
     lattice: int = 1,
+    denoised: np.ndarray | None = None,
 ) -> np.ndarray:
     """Leave-one-fold-out prediction of every volume from MP-PCA-denoised other volumes.
 
@@ -210,6 +211,12 @@ def split_mppca_prior(
         Written in place and returned (any float dtype and strides, e.g. a view of the
         float16 priors the network reads; values are clipped to float16's range there),
         instead of a new float32 array.
+    denoised : (n_folds, X, Y, Z, N) array, optional
+        Filled with what each fold's prediction read, the J-invariant denoised volumes of
+        ``data.volume_input: denoised``: ``denoised[k]`` holds the volumes outside fold ``k`` as MP-PCA
+        denoised them without ``k`` and the volumes of ``k`` as predicted here, both in the brain dilated
+        by 2 voxels and 0 beyond it (there the prior falls back to ``fallback``, which may read every
+        volume); a fold without MP-PCA keeps its other volumes noisy and its own 0.
     progress, should_stop : callable, optional
         ``progress(done, total)`` after each MP-PCA plane of patch centres of each fold (total:
         ``n_folds`` x planes); ``should_stop()`` before each (True raises
@@ -257,6 +264,9 @@ def split_mppca_prior(
                 raise ValueError(f"fold {k}: only {len(src)} other volumes; MP-PCA needs at least 4")
             out[..., dst] = _fallback_at(fallback, np.ones(data.shape[:3], bool))[:, dst].reshape(
                 data.shape[:3] + (len(dst),))
+            if denoised is not None:
+                denoised[k] = 0
+                denoised[k][..., src] = clip_for(denoised.dtype, np.take(data, src, axis=-1))
             continue
         # np.take keeps the (X, Y, Z, N) layout MP-PCA reads fastest (data[..., src] would be volumes-first)
         den = mppca_batched(np.take(data, src, axis=-1), grown, patch_radius=radius, centres=centres,
@@ -272,6 +282,10 @@ def split_mppca_prior(
             w = np.linalg.solve(gram + reg, feats.T @ targets[fit][:, dst].astype(np.float64))
             apply = checker == parity
             pred[apply] = flat[apply] @ w[:-1].astype(np.float32) + w[-1].astype(np.float32)
+        if denoised is not None:  # MP-PCA wrote 0 beyond the grown brain; the prediction is zeroed there
+            denoised[k][..., src] = clip_for(denoised.dtype, den)
+            own = clip_for(denoised.dtype, pred * grown.reshape(-1, 1))
+            denoised[k][..., dst] = own.reshape(data.shape[:3] + (len(dst),))
         del den, flat
         out[..., dst] = clip_for(out.dtype, pred).reshape(data.shape[:3] + (len(dst),))
     if fallback is not None:  # beyond the denoised region (air) the regression prior is the better guess
@@ -307,11 +321,14 @@ def stored_and_linear_priors(
     volumes_first: bool = False,
     dtype=np.float32,
     mppca_lattice: int = 1,
+    denoised: np.ndarray | None = None,
 ):
     """The priors of :func:`qspace_priors` as the network reads them: the split MP-PCA prior stored,
     (S, X, Y, Z, N) (``volumes_first``: (S, N, X, Y, Z)) in ``dtype``, S = 1 for ``mppca`` else 0,
     and the linear ones as a :class:`workbench.data.linear_priors.LinearPriors` applied on demand.
-    ``progress``/``should_stop`` report and cancel the split prior's MP-PCA planes."""
+    ``progress``/``should_stop`` report and cancel the split prior's MP-PCA planes; ``denoised``
+    ((n_folds, X, Y, Z, N), with ``kind`` 'mppca') receives the split prior's denoised folds
+    (:func:`split_mppca_prior`)."""
     from workbench.data.linear_priors import linear_priors
 
     stored_names, linear_names = prior_names(kind)
@@ -319,6 +336,8 @@ def stored_and_linear_priors(
     stored = np.empty(((len(stored_names), n) + data.shape[:3]) if volumes_first
                       else ((len(stored_names),) + data.shape), dtype=dtype)
     linear = linear_priors(data, bvals, bvecs, mask, tuple(linear_names), sh_order) if linear_names else None
+    if denoised is not None and not stored_names:
+        raise ValueError(f"denoised volumes come from the 'mppca' prior, not from {kind!r}")
     if stored_names:  # beyond the denoised region the split prior falls back to the regression prior
         checker = checkerboard(data.shape[:3])
 
@@ -326,7 +345,7 @@ def stored_and_linear_priors(
             return linear.predict_rows(data[where], checker[where], linear_names.index("regression"))
 
         split_mppca_prior(data, bvals, mask, n_folds=n_folds, progress=progress, should_stop=should_stop,
-                          fallback=regression_at, stride=mppca_stride, lattice=mppca_lattice,
+                          fallback=regression_at, stride=mppca_stride, lattice=mppca_lattice, denoised=denoised,
                           out=np.moveaxis(stored[0], 0, -1) if volumes_first else stored[0])
     return stored, linear
 

@@ -128,6 +128,8 @@ class Task:
     options_model: type[TaskOptions] = TaskOptions
     view: ViewSpec
     baselines: tuple[str, ...] = ()
+    #: ``train.steps`` when a config leaves it unset
+    default_steps: int = 400
 
     # -- configuration --------------------------------------------------------------
     def default_config(self, **options: Any):
@@ -223,4 +225,4 @@ class Task:
         raise NotImplementedError
 
     def describe(self) -> str:
-        return f"{self.name:<6s} {self.label}: {self.summary}"
+        return f"{self.name:<6s} {self.label}: {self.summary} ({self.default_steps} training steps by default)"

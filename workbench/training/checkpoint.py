@@ -121,7 +121,17 @@ def load_checkpoint(path: str | os.PathLike, expected_kind: Optional[str] = None
                 f"checkpoint {path} is not a complete workbench checkpoint (missing {', '.join(missing)}): "
                 "re-save it or use last.pt/best.pt"
             )
+        migrate_config(ckpt["config"])
     return ckpt
+
+
+def migrate_config(config: dict) -> dict:
+    """Fill in, in place, what a checkpoint's config (a full dump) lacks because it was saved before the
+    option existed, with the value that reproduces how it was trained: ``data.volume_input`` 'noisy'."""
+    data = config.get("data") if isinstance(config, dict) else None
+    if isinstance(data, dict):
+        data.setdefault("volume_input", "noisy")
+    return config
 
 
 _META_WORDS = {
