@@ -202,7 +202,7 @@ def main(argv=None) -> int:
     print(f"# DWI denoising benchmark: phantom {shape}, seeds {args.seeds}, our steps {config.train.steps}, "
           f"{args.threads} threads, MP-PCA stride {config.data.mppca_stride}/{config.inference.mppca_stride}, "
           f"lattice {config.data.mppca_lattice}/{config.inference.mppca_lattice}, "
-          f"{config.data.prior_folds} prior folds, {config.data.volume_input} volume inputs, "
+          f"{config.data.prior_folds} prior folds, {'denoised' if config.data.denoised_volume_input else 'noisy'} volume inputs, "
           f"torch {torch.__version__}\n", flush=True)
     results: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
     for seed in args.seeds:  # seeds outermost: a cut-short run still covers every setting

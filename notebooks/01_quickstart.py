@@ -22,8 +22,9 @@
 # 4. denoise the series and compare noisy / denoised / clean with metrics.
 #
 # **How long?** By default the notebook uses the full-size phantom (64×64×32, two b-value shells) and
-# the default configuration: about 7-8 minutes on a 2-core CPU (1-2 minutes to build the split MP-PCA prior,
-# 400 training steps at 0.6-1.1 s per step, a minute or two of inference and MP-PCA blend), much faster on a GPU. With the environment variable `CI` set (e.g. `CI=1 jupyter lab`) it runs a tiny
+# the default configuration: about 10 minutes on a 2-core CPU with native bfloat16 (AVX512-BF16/AMX; under a
+# minute for the split MP-PCA prior, 2000 training steps at about 0.25 s each, a minute of inference and MP-PCA
+# blend), about twice that on a CPU without it, much faster on a GPU. With the environment variable `CI` set (e.g. `CI=1 jupyter lab`) it runs a tiny
 # version (24×24×12 phantom, 20 steps, small model) in under a minute: good for a first look, not for
 # judging quality. For something in between, add `cfg.train.steps = 200` after `tutorial_setup` below.
 

@@ -177,3 +177,23 @@ def test_denoised_volume_input_never_sees_the_target_noise():
 def test_denoised_volume_input_needs_the_mppca_prior():
     with pytest.raises(ValueError, match="qspace_prior to 'mppca'"):
         DataConfig(volume_input="denoised", qspace_prior="sh")
+
+
+def test_denoised_inputs_are_predicted_fold_by_fold_and_released_per_fold(small_phantom):
+    """Whole-series inference walks the volumes fold by fold, so each fold's denoised volumes (1/folds of their
+    memory) go back to the OS once its last volume is predicted, not only at the end."""
+    p = small_phantom
+    subject = prepare_subject(p.noisy, p.bvals, p.bvecs, DataConfig(volume_input="denoised"), mask=p.mask)
+    order = subject.prediction_order()
+    assert sorted(order) == list(range(subject.n_volumes))
+    assert np.all(np.diff(subject.folds[order]) >= 0)  # grouped by fold
+    first = [j for j in order if subject.folds[j] == 0]
+    held = [int((subject.denoised[k] != 0).sum()) for k in range(subject.denoised.shape[0])]
+    for j in first[:-1]:
+        subject.release_volume_priors(j)
+    assert int((subject.denoised[0] != 0).sum()) == held[0]  # fold 0 still has a volume to predict
+    subject.release_volume_priors(first[-1])
+    assert int((subject.denoised[0] != 0).sum()) < 0.05 * held[0]  # whole pages released (read as zeros)
+    assert [int((subject.denoised[k] != 0).sum()) for k in range(1, len(held))] == held[1:]
+    assert prepare_subject(p.noisy, p.bvals, p.bvecs, DataConfig(volume_input="noisy"),
+                           mask=p.mask).prediction_order() == list(range(subject.n_volumes))

@@ -225,14 +225,14 @@ class Denoiser:
         # correction changes it (air goes to ~0 as its clean signal does)
         outside = ~brain
         with reuse_large_buffers(NETWORK_MMAP_THRESHOLD):  # one setting for the whole loop: no trim between volumes
-            for j in range(n):
+            for done, j in enumerate(subject.prediction_order(), start=1):
                 pred = torch.where(outside, subject.volumes[j], self.predict_volume(subject, j))
                 heldout[j] = float(((pred - subject.volumes[j])[brain].double() ** 2).mean())
                 preds[j] = pred.numpy()
-                if release_priors:  # the priors shrink as the predictions grow
+                if release_priors:  # the priors (and a finished fold's denoised volumes) shrink as the predictions grow
                     subject.release_volume_priors(j)
                 if progress is not None:
-                    progress(j + 1, n + blend_units)
+                    progress(done, n + blend_units)
         if release_priors:
             subject.release_priors()
         raw = np.moveaxis(preds, 0, -1) * np.float32(subject.scale) if keep_raw else None

@@ -116,18 +116,30 @@ class DWISubject:
         self.priors = self.priors.new_empty((self.priors.shape[0], 0) + tuple(self.priors.shape[2:]))
         self.denoised = None if self.denoised is None else self.denoised.new_empty((0,) + tuple(self.denoised.shape[1:]))
 
+    def prediction_order(self) -> list[int]:
+        """The volumes in the order whole-series inference predicts them: fold by fold with denoised volume
+        inputs (so each fold's denoised volumes can be released once its last volume is predicted), else 0..N-1."""
+        if self.denoised is None:
+            return list(range(self.n_volumes))
+        return [int(j) for j in np.argsort(self.folds, kind="stable")]
+
     def release_volume_priors(self, j: int) -> None:
         """Hand the memory of volume ``j``'s priors back to the OS once its prediction is done.
 
         Whole-series inference predicts one volume after another, so the priors shrink as
         the predictions grow (:func:`workbench.allocator.release_pages`, Linux); the network
-        input of ``j`` is then refused and :attr:`has_priors` is False.
+        input of ``j`` is then refused and :attr:`has_priors` is False. With denoised volume inputs,
+        the denoised volumes of ``j``'s fold go too once every volume of that fold is released.
         """
         from workbench.allocator import release_pages
 
         self.released.add(int(j))
         for p in range(self.priors.shape[0]):
             release_pages(self.priors[p, j])
+        if self.denoised is not None and self.denoised.shape[0]:
+            k = int(self.folds[j])
+            if self.released.issuperset(np.flatnonzero(self.folds == k).tolist()):
+                release_pages(self.denoised[k])
 
     def lazy_input(self, j: int) -> "LazyInput":
         """:meth:`network_input` of volume ``j`` built tile by tile when indexed (``x[:, region]``),
