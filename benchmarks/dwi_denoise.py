@@ -178,6 +178,7 @@ def main(argv=None) -> int:
                         help="folds of the split MP-PCA prior (data.prior_folds; default: the config's)")
     parser.add_argument("--volume-input", default=None, choices=("noisy", "denoised"),
                         help="what the network reads of the other volumes (data.volume_input; default: the config's)")
+    parser.add_argument("--compile", action="store_true", help="train the network torch.compile'd (train.compile)")
     parser.add_argument("--jsonl", type=str, default=None,
                         help="append every (setting, seed, method) result to this JSON-lines file as it comes")
     args = parser.parse_args(argv)
@@ -199,10 +200,12 @@ def main(argv=None) -> int:
         config.data.prior_folds = args.prior_folds
     if args.volume_input:
         config.data.volume_input = args.volume_input
+    config.train.compile = config.train.compile or args.compile
     print(f"# DWI denoising benchmark: phantom {shape}, seeds {args.seeds}, our steps {config.train.steps}, "
           f"{args.threads} threads, MP-PCA stride {config.data.mppca_stride}/{config.inference.mppca_stride}, "
           f"lattice {config.data.mppca_lattice}/{config.inference.mppca_lattice}, "
           f"{config.data.prior_folds} prior folds, {'denoised' if config.data.denoised_volume_input else 'noisy'} volume inputs, "
+          f"{'compiled' if config.train.compile else 'eager'} training, "
           f"torch {torch.__version__}\n", flush=True)
     results: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
     for seed in args.seeds:  # seeds outermost: a cut-short run still covers every setting

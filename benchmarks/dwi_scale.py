@@ -1,7 +1,7 @@
 """DWI denoising at clinical size: seconds and peak resident memory per stage.
 
     python benchmarks/dwi_scale.py [--sizes 64x64x32 96x96x60 128x128x80] [--modes pretrained scratch]
-                                   [--mppca-stride 2] [--mppca-lattice 4] [--steps 400] [--threads 2]
+                                   [--mppca-stride 2] [--mppca-lattice 4] [--steps 2000] [--threads 2]
 
 Each (size, mode) runs in a fresh process (so its peak RSS is its own: the phantom is
 simulated and written beforehand) on a multishell 65-volume phantom at SNR 10 (seed 0),
@@ -11,7 +11,7 @@ read from NIfTI as ``workbench denoise`` does, through the same calls as
 - ``pretrained``: a checkpoint trained once on a 64x64x32 phantom of another seed (7; its
   training time is printed, not counted), then the priors, the network over every volume,
   the MP-PCA blend, post-processing and the write;
-- ``scratch``: self-supervised training on the scan itself (``--steps``), then the same.
+- ``scratch``: self-supervised training on the scan itself (``--steps``, default the config's), then the same.
 
 A sampling thread reads the process's RSS every 20 ms; each stage's peak is the largest
 reading while it ran. The CPU, its bfloat16 support and the thread settings head the
@@ -79,7 +79,7 @@ def make_checkpoint(path: Path, steps: int, stride: int | None, lattice: int | N
 
     ph = simulate_dwi(shape=(64, 64, 32), scheme="multishell", snr=10.0, seed=7)
     cfg = configured(Config(), stride, lattice)
-    cfg.train.steps = steps
+    cfg.train.steps = steps or cfg.train.steps
     t0 = time.perf_counter()
     trainer = make_trainer([DWISeries(ph.noisy, ph.affine, None, ph.bvals, ph.bvecs)], str(path.parent), cfg,
                            masks=[ph.mask])
@@ -141,7 +141,7 @@ def one_run(data_dir: str, mode: str, checkpoint: str | None, steps: int, stride
             subject = None
         else:
             cfg = configured(Config(), stride, lattice)
-            cfg.train.steps = steps
+            cfg.train.steps = steps or cfg.train.steps
             sigma, _ = noise_sigma(series, None, cfg)
             clock.enter("q-space priors")
             trainer = make_trainer([series], tmp, cfg, overwrite_input=True)
@@ -194,7 +194,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", nargs="+", default=["64x64x32", "96x96x60", "128x128x80"])
     parser.add_argument("--modes", nargs="+", default=["pretrained", "scratch"], choices=["pretrained", "scratch"])
-    parser.add_argument("--steps", type=int, default=400, help="training steps (checkpoint and scratch)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="training steps (checkpoint and scratch; default: the config's, the task's default)")
     parser.add_argument("--mppca-stride", type=int, default=None, help="default: the config's")
     parser.add_argument("--mppca-lattice", type=int, default=None, choices=(1, 2, 4),
                         help="patch centres of MP-PCA in the brain (prior and blend; default: the config's)")
@@ -215,10 +216,11 @@ def main(argv=None) -> int:
     from workbench.training.schedules import cpu_has_native_bf16, cpu_model_name
 
     stride = args.mppca_stride or Config().inference.mppca_stride
+    steps = args.steps or Config().train.steps
     lattice = args.mppca_lattice or Config().inference.mppca_lattice
     print(f"# DWI at scale: {cpu_model_name()}, {os.cpu_count()} cores, native bfloat16 {cpu_has_native_bf16()}, "
           f"torch {torch.__version__} with {torch.get_num_threads()} threads, OMP_NUM_THREADS="
-          f"{os.environ.get('OMP_NUM_THREADS', 'unset')}, MP-PCA stride {stride}, lattice {lattice}, {args.steps} training steps\n",
+          f"{os.environ.get('OMP_NUM_THREADS', 'unset')}, MP-PCA stride {stride}, lattice {lattice}, {steps} training steps\n",
           flush=True)
     rows = []
     with tempfile.TemporaryDirectory(prefix="dwi-scale-ckpt-") as tmp:
@@ -230,7 +232,7 @@ def main(argv=None) -> int:
             folder = Path(tmp) / size
             write_phantom(tuple(int(v) for v in size.split("x")), folder)
             for mode in args.modes:
-                cmd = [sys.executable, __file__, "--one", str(folder), mode, str(ckpt), "--steps", str(args.steps)]
+                cmd = [sys.executable, __file__, "--one", str(folder), mode, str(ckpt), "--steps", str(steps)]
                 if args.mppca_stride:
                     cmd += ["--mppca-stride", str(args.mppca_stride)]
                 if args.mppca_lattice:

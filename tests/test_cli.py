@@ -80,7 +80,7 @@ def test_denoised_volume_inputs_travel_with_the_checkpoint(sim, tmp_path):
     series = load_dwi(sim / "dwi.nii.gz")
     mask = nib.load(str(sim / "mask.nii.gz")).get_fdata() > 0
     subject = denoiser.prepare(series.data, series.bvals, series.bvecs, mask)
-    assert subject.denoised is not None and subject.denoised.shape[0] == denoiser.config.data.prior_folds
+    assert subject.denoised is not None and subject.denoised.n_folds == denoiser.config.data.prior_folds
     out = tmp_path / "den.nii.gz"
     assert main(["--quiet", "denoise", str(sim / "dwi.nii.gz"), "-o", str(out), "--checkpoint",
                  str(run / "best.pt"), "--mask", str(sim / "mask.nii.gz")]) == 0

@@ -151,7 +151,11 @@ def test_denoised_volume_input_never_sees_the_target_noise():
 
     def channels(data, target):
         subject = prepare_subject(data, ph.bvals, ph.bvecs, cfg, mask=ph.mask, scale=1000.0)
-        assert subject.denoised.shape == (cfg.prior_folds,) + tuple(subject.volumes.shape[1:]) + (subject.n_volumes,)
+        den = subject.denoised  # only the MP-PCA outputs are kept: the volumes outside each fold, float16
+        assert den.n_folds == cfg.prior_folds
+        for k in range(den.n_folds):
+            assert den.others[k].dtype == np.float16
+            assert den.others[k].shape == tuple(subject.volumes.shape[1:]) + (int((den.folds != k).sum()),)
         return subject.network_input(target)[subject.n_priors:].numpy(), subject
 
     moved = ph.noisy.copy()
@@ -179,21 +183,33 @@ def test_denoised_volume_input_needs_the_mppca_prior():
         DataConfig(volume_input="denoised", qspace_prior="sh")
 
 
-def test_denoised_inputs_are_predicted_fold_by_fold_and_released_per_fold(small_phantom):
-    """Whole-series inference walks the volumes fold by fold, so each fold's denoised volumes (1/folds of their
-    memory) go back to the OS once its last volume is predicted, not only at the end."""
-    p = small_phantom
+def test_denoised_inputs_are_predicted_fold_by_fold_and_released_per_fold():
+    """Whole-series inference walks the volumes fold by fold. A target's fold-mates are read from their
+    priors, so a fold's priors stay (and its inputs stay exactly the same) until its last volume is
+    predicted; then its priors and denoised volumes go back to the OS, the other folds' untouched."""
+    from workbench.data.phantoms import simulate_dwi
+
+    p = simulate_dwi(shape=(36, 36, 12), scheme="dti", snr=15.0, seed=3)  # a volume's prior spans whole pages
     subject = prepare_subject(p.noisy, p.bvals, p.bvecs, DataConfig(volume_input="denoised"), mask=p.mask)
+    folds = subject.denoised.folds
     order = subject.prediction_order()
     assert sorted(order) == list(range(subject.n_volumes))
-    assert np.all(np.diff(subject.folds[order]) >= 0)  # grouped by fold
-    first = [j for j in order if subject.folds[j] == 0]
-    held = [int((subject.denoised[k] != 0).sum()) for k in range(subject.denoised.shape[0])]
+    assert np.all(np.diff(folds[order]) >= 0)  # grouped by fold
+    first = [j for j in order if folds[j] == 0]
+    held = [int((subject.priors[0, j] != 0).sum()) for j in range(subject.n_volumes)]
+    last_input = subject.network_input(first[-1])
     for j in first[:-1]:
         subject.release_volume_priors(j)
-    assert int((subject.denoised[0] != 0).sum()) == held[0]  # fold 0 still has a volume to predict
+    assert subject.denoised.others[0] is not None  # fold 0 still has a volume to predict
+    assert [int((subject.priors[0, j] != 0).sum()) for j in first] == [held[j] for j in first]
+    assert torch.equal(subject.network_input(first[-1]), last_input)
+    with pytest.raises(RuntimeError, match="released"):
+        subject.network_input(first[0])
     subject.release_volume_priors(first[-1])
-    assert int((subject.denoised[0] != 0).sum()) < 0.05 * held[0]  # whole pages released (read as zeros)
-    assert [int((subject.denoised[k] != 0).sum()) for k in range(1, len(held))] == held[1:]
+    assert subject.denoised.others[0] is None
+    assert all(int((subject.priors[0, j] != 0).sum()) < 0.3 * held[j] for j in first)  # its whole pages released
+    rest = [j for j in range(subject.n_volumes) if folds[j] != 0]
+    assert [int((subject.priors[0, j] != 0).sum()) for j in rest] == [held[j] for j in rest]
+    assert all(subject.denoised.others[k] is not None for k in range(1, subject.denoised.n_folds))
     assert prepare_subject(p.noisy, p.bvals, p.bvecs, DataConfig(volume_input="noisy"),
                            mask=p.mask).prediction_order() == list(range(subject.n_volumes))

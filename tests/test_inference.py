@@ -77,7 +77,8 @@ def test_tile_layout_example_and_fallback():
     assert tile_layout((128, 128, 80), 96, 16) == [(72, [0, 56]), (72, [0, 56]), (80, [0])]
     assert tile_layout((128, 128, 80), 96, 16, 327_680) == [(72, [0, 56]), (54, [0, 38, 74]), (80, [0])]
     assert tile_layout((128, 128, 80), 96, 16, 262_144) == [(72, [0, 56]), (72, [0, 56]), (48, [0, 32])]
-    assert Config().inference.tile_voxels == 262_144
+    assert tile_layout((128, 128, 80), 96, 16, 131_072) == [(54, [0, 38, 74]), (44, [0, 28, 56, 84]), (48, [0, 32])]
+    assert Config().inference.tile_voxels == 131_072
     # nothing fits 512 voxels: the shortest tiles an axis of 40 can take (9 of 19 = ceil((40 + 8 * 16) / 9))
     assert [length for length, _ in tile_layout((40, 40, 40), 96, 16, 512)] == [19, 19, 19]
 

@@ -149,7 +149,8 @@ def mp_threshold(eigenvalues: torch.Tensor, n_samples: int, n_features: int) -> 
 def mppca_batched(data: np.ndarray, mask: np.ndarray | None = None, patch_radius=2, stride: int = 1,
                   chunk: int = 256, eig_dtype: torch.dtype = torch.float32, progress=None,
                   should_stop=None, dense: np.ndarray | None = None, workers: int | None = None,
-                  lattice: int = 1, centres: np.ndarray | None = None) -> np.ndarray:
+                  lattice: int = 1, centres: np.ndarray | None = None,
+                  channels: np.ndarray | None = None) -> np.ndarray:
     """MP-PCA of a 4D series (X, Y, Z, N) with batched eigendecompositions.
 
     Parameters
@@ -170,6 +171,10 @@ def mppca_batched(data: np.ndarray, mask: np.ndarray | None = None, patch_radius
     progress, should_stop : callable, optional
         ``progress(done, total)`` after each plane of centres; ``should_stop()`` before each
         (True raises :class:`workbench.tasks.base.Cancelled`).
+    channels : (C,) int array, optional
+        Denoise only these volumes of ``data`` (the output has C volumes): the same values as
+        ``mppca_batched(np.take(data, channels, axis=-1))`` without that copy of the series
+        (one slab of patch planes is gathered at a time).
     dense : (X, Y, Z) bool, optional
         Where every voxel is a patch centre whatever ``stride`` (still only inside ``mask``).
         A voxel whose whole ``(2r+1)^3`` neighbourhood is dense gets exactly the ``stride=1``
@@ -181,12 +186,18 @@ def mppca_batched(data: np.ndarray, mask: np.ndarray | None = None, patch_radius
 
     Returns
     -------
-    (X, Y, Z, N) float32, clipped at 0, with NaNs (voxels no patch reached) set to 0.
+    (X, Y, Z, N) float32 (C volumes with ``channels``), clipped at 0, with NaNs (voxels no patch reached)
+    set to 0.
     """
     data = np.asarray(data)
     if data.ndim != 4:
         raise ValueError(f"data must be 4D (X, Y, Z, N), got shape {data.shape}")
-    shape, n = data.shape[:3], data.shape[3]
+    shape = data.shape[:3]
+    if channels is not None:
+        channels = torch.as_tensor(np.asarray(channels, dtype=np.int64))
+        if channels.ndim != 1 or len(channels) == 0 or int(channels.min()) < 0 or int(channels.max()) >= data.shape[3]:
+            raise ValueError(f"channels must be a non-empty list of volumes of the {data.shape[3]} in data")
+    n = data.shape[3] if channels is None else len(channels)
     radius = np.broadcast_to(np.asarray(patch_radius, dtype=int), (3,)).copy()
     radius[np.asarray(shape) == 1] = 0
     size = 2 * radius + 1
@@ -211,7 +222,7 @@ def mppca_batched(data: np.ndarray, mask: np.ndarray | None = None, patch_radius
     planes = np.flatnonzero(grid.any(axis=(0, 1)))
     # a C-ordered copy of any other layout: patches gather 5-20% faster from it than from an (N, X, Y, Z) view
     vol = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))
-    acc = torch.zeros(int(np.prod(shape)), n, dtype=torch.float32)
+    acc = torch.zeros(int(np.prod(shape)), n, dtype=torch.float32)  # (voxels, n): n counts ``channels``
     weight = torch.zeros(int(np.prod(shape)), dtype=torch.float32)
     # linear index offsets of a patch's samples relative to its corner, in the order unfold lays them out
     ox, oy, oz = np.meshgrid(np.arange(size[0]), np.arange(size[1]), np.arange(size[2]), indexing="ij")
@@ -228,6 +239,8 @@ def mppca_batched(data: np.ndarray, mask: np.ndarray | None = None, patch_radius
             if len(sx):
                 px, py = torch.from_numpy(sx - radius[0]), torch.from_numpy(sy - radius[1])
                 slab = vol[:, :, k - radius[2]: k + radius[2] + 1]  # (X, Y, 2rz+1, N)
+                if channels is not None:  # a copy of the slab's selected volumes (X x Y x (2rz+1) x n)
+                    slab = slab.index_select(3, channels)
                 # (X', Y', 2rz+1, N, 2rx+1, 2ry+1): patches at the selected corners, samples in (x, y, z) order
                 windows = slab.unfold(0, int(size[0]), 1).unfold(1, int(size[1]), 1)
                 corners = (px * shape[1] + py) * shape[2] + (k - radius[2])

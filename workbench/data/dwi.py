@@ -6,9 +6,8 @@ For target volume ``j`` the network input is, channel by channel::
 
 where the priors are closed-form leave-one-out predictions of ``j``
 (:mod:`workbench.data.qspace`) and volume ``j`` itself is zeroed. With
-``data.volume_input: denoised`` the ``v_i`` are the split prior's denoised volumes of
-``j``'s fold instead (:func:`workbench.data.qspace.split_mppca_prior`), which never saw
-``j``'s noise either. Nothing in the input depends on the noisy target, so the loss against it is the J-invariant
+``data.volume_input: denoised`` the ``v_i`` are what the split prior of ``j``'s fold read
+instead (:mod:`workbench.data.fold_inputs`), which never saw ``j``'s noise either. Nothing in the input depends on the noisy target, so the loss against it is the J-invariant
 self-supervised loss of Batson & Royer (Noise2Self, 2019): its expectation is
 the error to the clean signal plus the noise variance.
 """
@@ -23,6 +22,7 @@ import torch
 from scipy import ndimage
 
 from workbench.config import DataConfig
+from workbench.data.fold_inputs import DenoisedFolds
 from workbench.data.linear_priors import LinearPriors, parity_of
 from workbench.data.qspace import B0_THRESHOLD, fold_labels, stored_and_linear_priors
 from workbench.data.transforms import apply_augment, sample_augment
@@ -63,11 +63,9 @@ class DWISubject:
     linear: Optional[LinearPriors] = None
     #: volumes whose priors :meth:`release_volume_priors` handed back (their network input is gone)
     released: set = field(default_factory=set, repr=False)
-    #: ``data.volume_input: denoised``: (folds, X, Y, Z, N) float16, the volumes as the network reads them
-    #: when its target is in that prior fold (:func:`workbench.data.qspace.split_mppca_prior`); else None
-    denoised: Optional[torch.Tensor] = None
-    #: (N,) the prior fold of each volume (with ``denoised``)
-    folds: Optional[np.ndarray] = None
+    #: ``data.volume_input: denoised``: the other volumes as the network reads them, per prior fold of its
+    #: target (:mod:`workbench.data.fold_inputs`); else None
+    denoised: Optional[DenoisedFolds] = None
 
     @property
     def n_volumes(self) -> int:
@@ -102,9 +100,7 @@ class DWISubject:
         if self.linear is not None:  # from the contiguous copy of the volumes just made
             out[s:p] = self.linear.predict(out[p:], j, parity_of(region, tuple(self.volumes.shape[1:])))
         if self.denoised is not None:  # the linear priors read the noisy volumes, the network the denoised
-            den = self.denoised[(int(self.folds[j]),) + region]  # (x, y, z, N)
-            for x in range(den.shape[0]):
-                out[p:, x] = den[x].permute(2, 0, 1)
+            self.denoised.fill(out[p:], j, self.priors[0], region)
         out[p + j] = 0.0
         return out
 
@@ -114,32 +110,39 @@ class DWISubject:
         A new empty tensor, not a view: an empty view would keep the whole storage alive.
         """
         self.priors = self.priors.new_empty((self.priors.shape[0], 0) + tuple(self.priors.shape[2:]))
-        self.denoised = None if self.denoised is None else self.denoised.new_empty((0,) + tuple(self.denoised.shape[1:]))
+        if self.denoised is not None:
+            self.denoised.others = [None] * self.denoised.n_folds
 
     def prediction_order(self) -> list[int]:
         """The volumes in the order whole-series inference predicts them: fold by fold with denoised volume
         inputs (so each fold's denoised volumes can be released once its last volume is predicted), else 0..N-1."""
         if self.denoised is None:
             return list(range(self.n_volumes))
-        return [int(j) for j in np.argsort(self.folds, kind="stable")]
+        return [int(j) for j in np.argsort(self.denoised.folds, kind="stable")]
 
     def release_volume_priors(self, j: int) -> None:
         """Hand the memory of volume ``j``'s priors back to the OS once its prediction is done.
 
         Whole-series inference predicts one volume after another, so the priors shrink as
         the predictions grow (:func:`workbench.allocator.release_pages`, Linux); the network
-        input of ``j`` is then refused and :attr:`has_priors` is False. With denoised volume inputs,
-        the denoised volumes of ``j``'s fold go too once every volume of that fold is released.
+        input of ``j`` is then refused and :attr:`has_priors` is False. With denoised volume inputs the
+        inputs of ``j``'s fold-mates read ``j``'s prior, so the priors and the denoised volumes of a fold
+        go together once every volume of that fold is released.
         """
         from workbench.allocator import release_pages
 
         self.released.add(int(j))
+        done = [int(j)]
+        if self.denoised is not None:
+            k = int(self.denoised.folds[j])
+            mates = self.denoised.inside(k).tolist()
+            if not self.released.issuperset(mates):
+                return
+            self.denoised.release(k)
+            done = mates
         for p in range(self.priors.shape[0]):
-            release_pages(self.priors[p, j])
-        if self.denoised is not None and self.denoised.shape[0]:
-            k = int(self.folds[j])
-            if self.released.issuperset(np.flatnonzero(self.folds == k).tolist()):
-                release_pages(self.denoised[k])
+            for i in done:
+                release_pages(self.priors[p, i])
 
     def lazy_input(self, j: int) -> "LazyInput":
         """:meth:`network_input` of volume ``j`` built tile by tile when indexed (``x[:, region]``),
@@ -198,10 +201,9 @@ def prepare_subject(
     # C order whatever the input's: (X, Y, Z, N), one row of volumes per voxel
     norm = data if own else np.empty(data.shape, dtype=np.float32)
     np.divide(data, scale, out=norm, casting="unsafe")
-    denoised = folds = None
+    denoised = None
     if cfg.denoised_volume_input:
-        denoised = np.empty((cfg.prior_folds,) + norm.shape, dtype=np.float16)
-        folds = fold_labels(norm.shape[-1], bvals, cfg.prior_folds)
+        denoised = DenoisedFolds(fold_labels(norm.shape[-1], bvals, cfg.prior_folds))
     priors, linear = stored_and_linear_priors(
         norm, bvals, bvecs, mask, cfg.qspace_prior, cfg.sh_order, cfg.prior_folds, progress=progress,
         should_stop=should_stop, mppca_stride=cfg.mppca_stride, volumes_first=True, dtype=np.float16,
@@ -216,8 +218,7 @@ def prepare_subject(
         bvals=None if bvals is None else np.asarray(bvals),
         bvecs=None if bvecs is None else np.asarray(bvecs),
         linear=linear,
-        denoised=None if denoised is None else torch.from_numpy(denoised),
-        folds=folds,
+        denoised=denoised,
     )
 
 

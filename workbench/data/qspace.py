@@ -180,7 +180,7 @@ def split_mppca_prior(
     stride: int = 1,
     out: np.ndarray | None = None,
     lattice: int = 1,
-    denoised: np.ndarray | None = None,
+    denoised=None,
 ) -> np.ndarray:
     """Leave-one-fold-out prediction of every volume from MP-PCA-denoised other volumes.
 
@@ -211,12 +211,10 @@ def split_mppca_prior(
         Written in place and returned (any float dtype and strides, e.g. a view of the
         float16 priors the network reads; values are clipped to float16's range there),
         instead of a new float32 array.
-    denoised : (n_folds, X, Y, Z, N) array, optional
-        Filled with what each fold's prediction read, the J-invariant denoised volumes of
-        ``data.volume_input: denoised``: ``denoised[k]`` holds the volumes outside fold ``k`` as MP-PCA
-        denoised them without ``k`` and the volumes of ``k`` as predicted here, both in the brain dilated
-        by 2 voxels and 0 beyond it (there the prior falls back to ``fallback``, which may read every
-        volume); a fold without MP-PCA keeps its other volumes noisy and its own 0.
+    denoised : :class:`workbench.data.fold_inputs.DenoisedFolds`, optional
+        Receives what each fold's prediction read, for ``data.volume_input: denoised``: the volumes
+        outside fold ``k`` as MP-PCA denoised them without ``k`` (0 beyond the brain dilated by 2
+        voxels); a fold without MP-PCA keeps its other volumes noisy.
     progress, should_stop : callable, optional
         ``progress(done, total)`` after each MP-PCA plane of patch centres of each fold (total:
         ``n_folds`` x planes); ``should_stop()`` before each (True raises
@@ -239,6 +237,8 @@ def split_mppca_prior(
     brain = fit_voxels(data, mask, n // max(n_folds, 1) * (n_folds - 1) + 1)
     grown = ndimage.binary_dilation(brain, iterations=2) if not brain.all() else brain
     labels = fold_labels(n, bvals, n_folds)
+    if denoised is not None and not np.array_equal(denoised.folds, labels):
+        raise ValueError("denoised.folds are not this prior's folds: build it with fold_labels(n, bvals, n_folds)")
     checker = checkerboard(data.shape[:3]).reshape(-1)
     radius = np.array([min(patch_radius, (d - 1) // 2) for d in data.shape[:3]])  # small images: smaller patch
     targets = data.reshape(-1, n)
@@ -265,11 +265,10 @@ def split_mppca_prior(
             out[..., dst] = _fallback_at(fallback, np.ones(data.shape[:3], bool))[:, dst].reshape(
                 data.shape[:3] + (len(dst),))
             if denoised is not None:
-                denoised[k] = 0
-                denoised[k][..., src] = clip_for(denoised.dtype, np.take(data, src, axis=-1))
+                denoised.keep(k, np.take(data, src, axis=-1), grown, from_prior=False)
             continue
-        # np.take keeps the (X, Y, Z, N) layout MP-PCA reads fastest (data[..., src] would be volumes-first)
-        den = mppca_batched(np.take(data, src, axis=-1), grown, patch_radius=radius, centres=centres,
+        # MP-PCA gathers the volumes outside k plane by plane (no copy of them)
+        den = mppca_batched(data, grown, patch_radius=radius, centres=centres, channels=src,
                             progress=fold_progress, should_stop=should_stop)
         flat = den.reshape(-1, len(src))  # float32; float64 only for the fit's voxels
         pred = np.empty((flat.shape[0], len(dst)), dtype=np.float32)
@@ -282,14 +281,17 @@ def split_mppca_prior(
             w = np.linalg.solve(gram + reg, feats.T @ targets[fit][:, dst].astype(np.float64))
             apply = checker == parity
             pred[apply] = flat[apply] @ w[:-1].astype(np.float32) + w[-1].astype(np.float32)
-        if denoised is not None:  # MP-PCA wrote 0 beyond the grown brain; the prediction is zeroed there
-            denoised[k][..., src] = clip_for(denoised.dtype, den)
-            own = clip_for(denoised.dtype, pred * grown.reshape(-1, 1))
-            denoised[k][..., dst] = own.reshape(data.shape[:3] + (len(dst),))
+        if denoised is not None:  # MP-PCA wrote 0 beyond the grown brain
+            denoised.keep(k, den, grown, from_prior=True)
         del den, flat
         out[..., dst] = clip_for(out.dtype, pred).reshape(data.shape[:3] + (len(dst),))
     if fallback is not None:  # beyond the denoised region (air) the regression prior is the better guess
-        out[~grown] = clip_for(out.dtype, _fallback_at(fallback, ~grown))
+        step = max(1, (1 << 16) // max(1, data.shape[1] * data.shape[2]))  # ~64k voxels at a time: no copy of the air
+        for a in range(0, data.shape[0], step):
+            where = np.zeros_like(grown)
+            where[a:a + step] = ~grown[a:a + step]
+            if where.any():
+                out[where] = clip_for(out.dtype, _fallback_at(fallback, where))
     return out
 
 
@@ -321,14 +323,14 @@ def stored_and_linear_priors(
     volumes_first: bool = False,
     dtype=np.float32,
     mppca_lattice: int = 1,
-    denoised: np.ndarray | None = None,
+    denoised=None,
 ):
     """The priors of :func:`qspace_priors` as the network reads them: the split MP-PCA prior stored,
     (S, X, Y, Z, N) (``volumes_first``: (S, N, X, Y, Z)) in ``dtype``, S = 1 for ``mppca`` else 0,
     and the linear ones as a :class:`workbench.data.linear_priors.LinearPriors` applied on demand.
     ``progress``/``should_stop`` report and cancel the split prior's MP-PCA planes; ``denoised``
-    ((n_folds, X, Y, Z, N), with ``kind`` 'mppca') receives the split prior's denoised folds
-    (:func:`split_mppca_prior`)."""
+    (a :class:`workbench.data.fold_inputs.DenoisedFolds`, with ``kind`` 'mppca') receives the split
+    prior's denoised folds (:func:`split_mppca_prior`)."""
     from workbench.data.linear_priors import linear_priors
 
     stored_names, linear_names = prior_names(kind)
