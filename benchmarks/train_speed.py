@@ -1,11 +1,14 @@
 """Training step time with and without mixed precision, per model, through the real trainer.
 
-    python benchmarks/train_speed.py [--steps 30] [--models multiscale denoiser ...] [--profile] [--norm]
+    python benchmarks/train_speed.py [--steps 30] [--models multiscale denoiser ...] [--profile] [--norm] [--compile]
 
 Prints one table: seconds per optimizer step (median after warm-up) for float32
 and for AMP (bfloat16 autocast on CPU), and their ratio, at the default data
 settings on the 64x64x32x65 phantom. Ratios are measured in one run, back to back.
 The CPU model and whether it computes bfloat16 natively head the output.
+
+``--compile`` adds a column: AMP with ``train.compile`` (inductor), median after the compilation
+(the first step; run it twice to see the timing without compilation, which inductor caches on disk).
 
 ``--profile`` adds, per model, where a step's time goes (torch.profiler, self CPU time per
 operator, float32 vs AMP); ``--norm`` times GroupNorm forward + backward on one 4 x 24 x 32^3
@@ -109,6 +112,7 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--profile", action="store_true", help="also print where a step's time goes, per model")
     parser.add_argument("--norm", action="store_true", help="also time GroupNorm per memory layout and dtype")
+    parser.add_argument("--compile", action="store_true", help="also time AMP steps with train.compile")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     print(f"# CPU {cpu_model_name()}, native bfloat16 (AVX512-BF16/AMX): {cpu_has_native_bf16()}")
@@ -117,23 +121,26 @@ def main(argv=None) -> int:
     base = Config()
     print(f"# step time, batch {base.data.batch_size} x {base.data.patch_size}^3 patches, 65 volumes, "
           f"{args.threads} threads, torch {torch.__version__}\n")
-    print("| model | params | float32 s/step | AMP s/step | float32 / AMP |")
-    print("|---|---|---|---|---|")
+    extra = " AMP compiled s/step | float32 / AMP compiled |" if args.compile else ""
+    print("| model | params | float32 s/step | AMP s/step | float32 / AMP |" + extra)
+    print("|---|---|---|---|---|" + "---|---|" * bool(extra))
     for name in args.models:
         row = {}
-        for amp in (False, True):
+        for amp, compiled in ((False, False), (True, False)) + (((True, True),) if args.compile else ()):
             cfg = base.model_copy(deep=True)
             cfg.model.name = name
             cfg.train.steps = args.steps
             cfg.train.val_every = 10 * args.steps
             cfg.train.amp = amp
-            times = step_times(series, cfg)[3:]  # skip warm-up
-            row[amp] = statistics.median(times)
+            cfg.train.compile = compiled
+            times = step_times(series, cfg)[3:]  # skip warm-up (and compilation)
+            row[amp if not compiled else "compiled"] = statistics.median(times)
         from workbench.models import build_model
 
         n_params = model_summary(build_model(base.model.model_copy(update={"name": name}), in_channels=67,
                                              num_conditions=65))["parameters"]
-        print(f"| {name} | {n_params:,} | {row[False]:.3f} | {row[True]:.3f} | {row[False] / row[True]:.2f} |",
+        cells = f" {row['compiled']:.3f} | {row[False] / row['compiled']:.2f} |" if args.compile else ""
+        print(f"| {name} | {n_params:,} | {row[False]:.3f} | {row[True]:.3f} | {row[False] / row[True]:.2f} |" + cells,
               flush=True)
     if args.norm:
         norm_table()
