@@ -79,7 +79,7 @@ def make_checkpoint(path: Path, steps: int, stride: int | None, lattice: int | N
 
     ph = simulate_dwi(shape=(64, 64, 32), scheme="multishell", snr=10.0, seed=7)
     cfg = configured(Config(), stride, lattice)
-    cfg.train.steps = steps or cfg.train.steps
+    cfg.train.steps = steps
     t0 = time.perf_counter()
     trainer = make_trainer([DWISeries(ph.noisy, ph.affine, None, ph.bvals, ph.bvecs)], str(path.parent), cfg,
                            masks=[ph.mask])
@@ -226,7 +226,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="dwi-scale-ckpt-") as tmp:
         ckpt = Path(args.checkpoint or Path(tmp) / "pretrained.pt")
         if "pretrained" in args.modes and not args.checkpoint:
-            print(f"(checkpoint trained on 64x64x32x65, seed 7: {make_checkpoint(ckpt, args.steps, args.mppca_stride, args.mppca_lattice):.0f} s, "
+            print(f"(checkpoint trained on 64x64x32x65, seed 7: {make_checkpoint(ckpt, steps, args.mppca_stride, args.mppca_lattice):.0f} s, "
                   "not counted below)\n", flush=True)
         for size in args.sizes:
             folder = Path(tmp) / size

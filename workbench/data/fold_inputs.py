@@ -36,16 +36,15 @@ class DenoisedFolds:
     #: (X, Y, Z) bool, where MP-PCA ran (the brain dilated by 2 voxels); set by ``keep``
     region: np.ndarray | None = None
     #: per fold: (X, Y, Z, volumes outside it) float16, or None once released / not yet kept
-    others: list = field(default_factory=list)
+    others: list = field(init=False)
     #: per fold: whether its own volumes are read from the split prior (False: a fold whose complement was
     #: too small for MP-PCA keeps its other volumes noisy and its own 0)
-    from_prior: list = field(default_factory=list)
+    from_prior: list = field(init=False)
 
     def __post_init__(self) -> None:
         self.folds = np.asarray(self.folds, dtype=np.int64)
         n_folds = int(self.folds.max()) + 1 if len(self.folds) else 0
-        self.others = self.others or [None] * n_folds
-        self.from_prior = self.from_prior or [False] * n_folds
+        self.others, self.from_prior = [None] * n_folds, [False] * n_folds
 
     @property
     def n_folds(self) -> int:
@@ -63,12 +62,13 @@ class DenoisedFolds:
         want = region.shape + (len(self.outside(k)),)
         if values.shape != want:
             raise ValueError(f"fold {k}: values of shape {values.shape}, expected {want}")
+        from workbench.data.qspace import clip_for
+
         self.region = region
-        np.clip(values, -65000.0, 65000.0, out=values)
-        self.others[k] = values.astype(np.float16)
+        self.others[k] = clip_for(np.float16, values).astype(np.float16)
         self.from_prior[k] = bool(from_prior)
 
-    def fill(self, chans: torch.Tensor, j: int, prior: torch.Tensor | None,
+    def fill(self, chans: torch.Tensor, j: int, prior: torch.Tensor,
              region: tuple[slice, slice, slice]) -> None:
         """Write target ``j``'s N volume channels over ``region`` into ``chans`` ((N, x, y, z) float32);
         ``prior`` is the split prior, (N, X, Y, Z). Channel ``j`` gets its fold-mates' treatment: the
@@ -97,6 +97,3 @@ class DenoisedFolds:
         if self.others[k] is not None:
             release_pages(self.others[k])
             self.others[k] = None
-
-    def nbytes(self) -> int:
-        return sum(a.nbytes for a in self.others if a is not None)
