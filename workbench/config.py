@@ -138,7 +138,7 @@ class TrainConfig(_Strict):
         None, ge=1, le=10_000_000,
         description="optimizer steps; unset: the task's default (`workbench tasks`: 2000 for dwi, 400 for the others)",
     )
-    lr: float = Field(2e-3, gt=0, le=1.0, description="peak learning rate (onecycle) or starting one; 2e-3 is dwi's default, the other tasks set their own")
+    lr: float = Field(1e-3, gt=0, le=1.0)
     optimizer: Literal["adam", "adamw"] = "adamw"
     weight_decay: float = Field(1e-4, ge=0)
     betas: tuple[float, float] = Field((0.9, 0.999), description="Adam/AdamW momentum coefficients (beta1, beta2)")

@@ -23,9 +23,8 @@ class DwiTask(Task):
     summary = "self-supervised (J-invariant) denoising of 4D diffusion MRI, ahead of MP-PCA"
     options_model = DwiOptions
     baselines = ("mppca", "patch2self", "nlmeans")
-    #: 2000 steps (peak learning rate 2e-3) on denoised volume inputs: the network 0.4-0.9 dB above its own prior
-    #: after the blend on multishell SNR 10, in ~9.5 minutes per 64x64x32x65 scan on 2 cores (README, issue 15);
-    #: 400 left it level with the prior
+    #: 2000 steps on denoised volume inputs: the network 0.5 dB above its own prior after the blend, in ~9.5
+    #: minutes per 64x64x32x65 scan on 2 cores (README, issue 15); 400 left it level with the prior
     default_steps = 2000
     view = ViewSpec(
         layers=(LayerSpec("noisy", "noisy DWI"), LayerSpec("denoised", "denoised"),
