@@ -163,6 +163,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--baselines", nargs="*", default=["mppca", "patch2self"], choices=BASELINE_CHOICES)
     parser.add_argument("--steps", type=int, default=None, help="override train.steps for our model")
+    parser.add_argument("--lr", type=float, default=None, help="override train.lr (onecycle's peak) for our model")
     parser.add_argument("--quick", action="store_true", help="32x32x16 phantom and 40 steps")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--losses", nargs="*", default=[], type=parse_loss,
@@ -190,6 +191,8 @@ def main(argv=None) -> int:
         config.train.steps, config.train.val_every = 40, 20
     if args.steps:
         config.train.steps = args.steps
+    if args.lr:
+        config.train.lr = args.lr
     if args.mppca_stride:
         config.data.mppca_stride = config.inference.mppca_stride = args.mppca_stride
     if args.prior_lattice:
@@ -202,6 +205,7 @@ def main(argv=None) -> int:
         config.data.volume_input = args.volume_input
     config.train.compile = config.train.compile or args.compile
     print(f"# DWI denoising benchmark: phantom {shape}, seeds {args.seeds}, our steps {config.train.steps}, "
+          f"lr {config.train.lr:g}, "
           f"{args.threads} threads, MP-PCA stride {config.data.mppca_stride}/{config.inference.mppca_stride}, "
           f"lattice {config.data.mppca_lattice}/{config.inference.mppca_lattice}, "
           f"{config.data.prior_folds} prior folds, {'denoised' if config.data.denoised_volume_input else 'noisy'} volume inputs, "
