@@ -50,6 +50,10 @@ def test_per_shell_groups_and_flags():
     assert [(r["b"], r["volumes"]) for r in rows] == [(0, 2), (1002, 3), (1998, 3)]
     assert [r["rmse"] for r in rows] == pytest.approx([2.0, 1.0, 3.0])
     assert [r["flagged"] for r in rows] == [False, False, True]
+    # the limit sits between the phantoms' b = 1000 shells at SNR 10 (17.5% near the floor, estimates within
+    # 13%) and their b = 2000 shells at SNR 20 (23%, estimates as low as 0.44 of the truth)
+    flags = [r["flagged"] for r in per_shell(mse, bvals, np.array([0, 0, .175, .175, .175, .23, .23, .23]))]
+    assert flags == [False, False, True]
     # a shell whose risk is not positive cannot be trusted either
     risk = np.array([1, 1, -0.1, -0.1, 0.05, 1, 1, 1.0])
     assert [r["flagged"] for r in per_shell(mse, bvals, np.zeros(8), risk)] == [False, True, False]

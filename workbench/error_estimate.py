@@ -29,7 +29,10 @@ QUADRATURE_NODES = 9
 #: A shell is flagged when more than this fraction of its brain voxels has an estimated signal
 #: below 1.5 sigma: there the inversion's slope changes faster than the quadrature can follow,
 #: and the estimate may be low (``benchmarks/dwi_denoise.py`` prints estimate vs truth per shell).
-FLOOR_FRACTION_LIMIT = 0.25
+#: On the phantoms the b = 1000 shells at SNR 10 (estimates within 13%) have 17.5% of their voxels
+#: there, the b = 2000 shells at SNR 20 (estimates 0.44-0.64 of the truth) 23%: 0.25 let one of the
+#: latter through unflagged (stop 42).
+FLOOR_FRACTION_LIMIT = 0.20
 FLOOR_SNR = 1.5
 #: A shell is also flagged when its estimated RMSE is below this fraction of sigma: the estimate is then a
 #: difference of numbers ~50x larger than itself, and the Rician noise variance it subtracts was measured 3% off
