@@ -138,7 +138,12 @@ class TrainConfig(_Strict):
         None, ge=1, le=10_000_000,
         description="optimizer steps; unset: the task's default (`workbench tasks`: 2000 for dwi, 400 for the others)",
     )
-    lr: float = Field(1e-3, gt=0, le=1.0)
+    lr: Optional[float] = Field(
+        None, gt=0, le=1.0,
+        description="peak learning rate (onecycle's max_lr; the constant or starting rate of the other schedules); "
+        "unset: the task's default (`workbench tasks`; 1e-3 for each today, and the sr, dot and xray2ct default "
+        "configs set their own)",
+    )
     optimizer: Literal["adam", "adamw"] = "adamw"
     weight_decay: float = Field(1e-4, ge=0)
     betas: tuple[float, float] = Field((0.9, 0.999), description="Adam/AdamW momentum coefficients (beta1, beta2)")
@@ -251,6 +256,8 @@ class Config(_Strict):
             object.__setattr__(self, "options", checked)
         if self.train.steps is None:  # the task's default length, written out (checkpoints store the number)
             object.__setattr__(self.train, "steps", int(task.default_steps))
+        if self.train.lr is None:  # likewise the task's learning rate
+            object.__setattr__(self.train, "lr", float(task.default_lr))
         return self
 
     def to_yaml(self) -> str:

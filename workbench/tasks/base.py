@@ -130,6 +130,8 @@ class Task:
     baselines: tuple[str, ...] = ()
     #: ``train.steps`` when a config leaves it unset
     default_steps: int = 400
+    #: ``train.lr`` when a config leaves it unset
+    default_lr: float = 1e-3
 
     # -- configuration --------------------------------------------------------------
     def default_config(self, **options: Any):
@@ -225,4 +227,5 @@ class Task:
         raise NotImplementedError
 
     def describe(self) -> str:
-        return f"{self.name:<6s} {self.label}: {self.summary} ({self.default_steps} training steps by default)"
+        return (f"{self.name:<6s} {self.label}: {self.summary} ({self.default_steps} training steps at "
+                f"learning rate {self.default_lr:g} by default)")
