@@ -23,8 +23,9 @@ class DwiTask(Task):
     summary = "self-supervised (J-invariant) denoising of 4D diffusion MRI, ahead of MP-PCA"
     options_model = DwiOptions
     baselines = ("mppca", "patch2self", "nlmeans")
-    #: 2000 steps on denoised volume inputs: the network 0.5 dB above its own prior after the blend, in ~9.5
-    #: minutes per 64x64x32x65 scan on 2 cores (README, issue 15); 400 left it level with the prior
+    #: 2000 steps on denoised volume inputs: the network +0.25 to +2.0 dB above its own prior after the blend
+    #: (+0.41 at multishell SNR 10), in 7-10 minutes per 64x64x32 scan on 2 cores (README, issue 15); 400 left it
+    #: level with the prior
     default_steps = 2000
     #: onecycle's peak. 1e-3 keeps the default ahead of every DIPY variant in every benchmark run; 1.5e-3 and
     #: 2e-3 gain more over the prior at SNR 10 (2e-3 reaches issue 15's +0.5 dB) but each lets one multishell
