@@ -175,6 +175,8 @@ def main(argv=None) -> int:
                         "4 body-centred cubic (data.mppca_lattice; default: the config's)")
     parser.add_argument("--blend-lattice", type=int, default=None, choices=(1, 2, 4),
                         help="the same for the blend's MP-PCA (inference.mppca_lattice; default: the config's)")
+    parser.add_argument("--prior-ridge", type=float, default=None,
+                        help="ridge of the split prior's regression (data.prior_ridge; default: the config's)")
     parser.add_argument("--prior-folds", type=int, default=None,
                         help="folds of the split MP-PCA prior (data.prior_folds; default: the config's)")
     parser.add_argument("--volume-input", default=None, choices=("noisy", "denoised"),
@@ -201,6 +203,8 @@ def main(argv=None) -> int:
         config.inference.mppca_lattice = args.blend_lattice
     if args.prior_folds:
         config.data.prior_folds = args.prior_folds
+    if args.prior_ridge is not None:
+        config.data.prior_ridge = args.prior_ridge
     if args.volume_input:
         config.data.volume_input = args.volume_input
     config.train.compile = config.train.compile or args.compile
@@ -208,7 +212,7 @@ def main(argv=None) -> int:
           f"lr {config.train.lr:g}, "
           f"{args.threads} threads, MP-PCA stride {config.data.mppca_stride}/{config.inference.mppca_stride}, "
           f"lattice {config.data.mppca_lattice}/{config.inference.mppca_lattice}, "
-          f"{config.data.prior_folds} prior folds, {'denoised' if config.data.denoised_volume_input else 'noisy'} volume inputs, "
+          f"{config.data.prior_folds} prior folds (ridge {config.data.prior_ridge:g}), {'denoised' if config.data.denoised_volume_input else 'noisy'} volume inputs, "
           f"{'compiled' if config.train.compile else 'eager'} training, "
           f"torch {torch.__version__}\n", flush=True)
     results: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))

@@ -40,6 +40,12 @@ class DataConfig(_Strict):
         description="interleaved folds of the 'mppca' prior: each fold is predicted from MP-PCA of the "
         "others (more folds: more volumes per MP-PCA, one MP-PCA run per fold)",
     )
+    prior_ridge: float = Field(
+        1e-4, ge=0.0, le=1.0,
+        description="ridge of the 'mppca' prior's regression from each fold's MP-PCA output onto the fold's "
+        "volumes, relative to the mean feature energy; 1e-3 (the default until stop 43) shrank the prior's "
+        "angular contrast, so FA came out low (README, 'The split prior's ridge')",
+    )
     mppca_stride: int = Field(
         1, ge=1, le=5,
         description="patch-centre spacing of the 'mppca' prior's MP-PCA (workbench.mppca): 1 = every voxel, "

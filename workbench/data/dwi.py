@@ -207,7 +207,7 @@ def prepare_subject(
     priors, linear = stored_and_linear_priors(
         norm, bvals, bvecs, mask, cfg.qspace_prior, cfg.sh_order, cfg.prior_folds, progress=progress,
         should_stop=should_stop, mppca_stride=cfg.mppca_stride, volumes_first=True, dtype=np.float16,
-        mppca_lattice=cfg.mppca_lattice, denoised=denoised)
+        mppca_lattice=cfg.mppca_lattice, denoised=denoised, ridge=cfg.prior_ridge)
     loss_mask = ndimage.binary_dilation(mask, iterations=2)
     return DWISubject(
         volumes=torch.from_numpy(norm).permute(3, 0, 1, 2),

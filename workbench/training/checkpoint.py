@@ -127,10 +127,12 @@ def load_checkpoint(path: str | os.PathLike, expected_kind: Optional[str] = None
 
 def migrate_config(config: dict) -> dict:
     """Fill in, in place, what a checkpoint's config (a full dump) lacks because it was saved before the
-    option existed, with the value that reproduces how it was trained: ``data.volume_input`` 'noisy'."""
+    option existed, with the value that reproduces how it was trained: ``data.volume_input`` 'noisy',
+    ``data.prior_ridge`` 1e-3."""
     data = config.get("data") if isinstance(config, dict) else None
     if isinstance(data, dict):
         data.setdefault("volume_input", "noisy")
+        data.setdefault("prior_ridge", 1e-3)
     return config
 
 
