@@ -140,3 +140,17 @@ def test_checkpoints_from_before_volume_input_read_noisy_volumes(tmp_path):
     cfg["data"]["volume_input"] = "auto"
     save_checkpoint(path, {"step": 1, "config": cfg, "model_state": {}, "model_meta": {}})
     assert Config.model_validate(load_checkpoint(path)["config"]).data.denoised_volume_input
+
+
+def test_checkpoints_from_before_prior_ridge_rebuild_the_prior_they_were_trained_on(tmp_path):
+    """Before ``data.prior_ridge`` the split prior's ridge was a fixed 1e-3: an old checkpoint loads with it
+    (its network corrects that prior), a new config keeps its own value."""
+    cfg = Config().model_dump(mode="json")
+    assert cfg["data"]["prior_ridge"] == 1e-4
+    del cfg["data"]["prior_ridge"]
+    path = tmp_path / "old.pt"
+    save_checkpoint(path, {"step": 1, "config": cfg, "model_state": {}, "model_meta": {}})
+    assert Config.model_validate(load_checkpoint(path)["config"]).data.prior_ridge == 1e-3
+    cfg["data"]["prior_ridge"] = 0.0
+    save_checkpoint(path, {"step": 1, "config": cfg, "model_state": {}, "model_meta": {}})
+    assert Config.model_validate(load_checkpoint(path)["config"]).data.prior_ridge == 0.0

@@ -213,3 +213,21 @@ def test_denoised_inputs_are_predicted_fold_by_fold_and_released_per_fold():
     assert all(subject.denoised.others[k] is not None for k in range(1, subject.denoised.n_folds))
     assert prepare_subject(p.noisy, p.bvals, p.bvecs, DataConfig(volume_input="noisy"),
                            mask=p.mask).prediction_order() == list(range(subject.n_volumes))
+
+
+def test_the_configs_prior_ridge_reaches_the_split_prior(small_phantom):
+    """``data.prior_ridge`` is the split prior's regression ridge: prepare_subject's prior channel equals
+    split_mppca_prior with that ridge (in the brain; float16 as stored), and another ridge changes it."""
+    from workbench.data.qspace import split_mppca_prior
+
+    p = small_phantom
+    default = prepare_subject(p.noisy, p.bvals, p.bvecs, DataConfig(), mask=p.mask)
+    heavy = prepare_subject(p.noisy, p.bvals, p.bvecs, DataConfig(prior_ridge=1e-2), mask=p.mask)
+    norm = (p.noisy / default.scale).astype(np.float32)
+    for subject, ridge in ((default, 1e-4), (heavy, 1e-2)):
+        direct = split_mppca_prior(norm, p.bvals, p.mask, n_folds=3, ridge=ridge)
+        stored = subject.priors[0].numpy().astype(np.float32).transpose(1, 2, 3, 0)
+        np.testing.assert_allclose(stored[p.mask], direct[p.mask], rtol=2e-3, atol=2e-3)
+    change = np.abs(heavy.priors[0].numpy().astype(np.float32) - default.priors[0].numpy().astype(np.float32))
+    change = change.transpose(1, 2, 3, 0)[p.mask]
+    assert change.mean() > 1e-3
