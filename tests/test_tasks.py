@@ -35,21 +35,21 @@ def test_every_task_has_a_valid_default_config_and_view(name):
 def test_unset_steps_and_learning_rate_take_the_tasks_defaults_and_set_ones_are_kept():
     dwi = Config()
     assert dwi.train.steps == get_task("dwi").default_steps == 2000
-    assert dwi.train.lr == get_task("dwi").default_lr == 1e-3
+    assert dwi.train.lr == get_task("dwi").default_lr == 2e-3 != Task.default_lr
     other = Config.model_validate({"task": "dot", "train": {"steps": 10}})
     assert (other.train.steps, other.train.lr) == (10, Task.default_lr)
     mine = Config.model_validate({"train": {"lr": 3e-4}})
     assert mine.train.lr == 3e-4 and Config.from_yaml(mine.to_yaml()).train.lr == 3e-4
-    assert "2000 training steps at learning rate 0.001" in get_task("dwi").describe()
+    assert "2000 training steps at learning rate 0.002" in get_task("dwi").describe()
     # a task with its own rate gets it where the config leaves the rate unset, and only there
     dwi_task = get_task("dwi")
     try:
         dwi_task.default_lr = 7e-4
-        assert Config().train.lr == 7e-4 and Config.model_validate({"train": {"lr": 2e-3}}).train.lr == 2e-3
+        assert Config().train.lr == 7e-4 and Config.model_validate({"train": {"lr": 3e-3}}).train.lr == 3e-3
         assert Config.model_validate({"task": "dot"}).train.lr == Task.default_lr
     finally:
         del dwi_task.default_lr
-    assert Config().train.lr == 1e-3
+    assert Config().train.lr == 2e-3
     with pytest.raises(ValueError):
         Config.model_validate({"train": {"lr": 0}})
 
