@@ -147,8 +147,8 @@ class TrainConfig(_Strict):
     lr: Optional[float] = Field(
         None, gt=0, le=1.0,
         description="peak learning rate (onecycle's max_lr; the constant or starting rate of the other schedules); "
-        "unset: the task's default (`workbench tasks`; 1e-3 for each today, and the sr, dot and xray2ct default "
-        "configs set their own)",
+        "unset: the task's default (`workbench tasks`: 2e-3 for dwi, 1e-3 for the others, whose default "
+        "configs may set their own)",
     )
     optimizer: Literal["adam", "adamw"] = "adamw"
     weight_decay: float = Field(1e-4, ge=0)

@@ -201,9 +201,10 @@ def split_mppca_prior(
     ridge : float
         Tikhonov weight of the regression, times the mean energy of its features. Ridge shrinks the
         weights, so each predicted volume keeps less of what sets its direction apart from the others
-        (lower angular contrast), and FA comes out low: on the 64x64x32 benchmark phantoms (seed 0) 1e-3 gave the prior an FA bias
-        of -0.008 at multishell SNR 20 and -0.039 at DTI SNR 20, 1e-4 -0.005 and -0.025, and a
-        PSNR 0.2-0.7 dB higher but at multishell SNR 10 (-0.03 dB); below 1e-4 little changes.
+        (lower angular contrast), and FA comes out low: on the 64x64x32 benchmark phantoms (seed 0)
+        1e-3 gave the prior an FA bias of -0.008 at multishell SNR 20 and -0.039 at DTI SNR 20, 1e-4
+        -0.005 and -0.025, and a PSNR 0.2-0.7 dB higher but at multishell SNR 10 (-0.03 dB); below
+        1e-4 little changes (``benchmarks/dwi_prior_ridge.py``).
     stride : int
         Patch-centre spacing of MP-PCA (:func:`workbench.mppca.mppca_batched`; 1 = DIPY's estimator).
     lattice : {1, 2, 4}
